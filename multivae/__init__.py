@@ -1,0 +1,1 @@
+"""Multimodal VAEs for partially observed data."""
