@@ -10,6 +10,7 @@ from multivae.data.missingness import (
     polymnist_scheme,
 )
 from multivae.data.reader import (
+    BlockBatchSampler,
     BlockShuffleSampler,
     MultimodalDataset,
     list_splits,
@@ -23,6 +24,7 @@ from multivae.data.writer import SplitArrays, SplitWriter, write_dataset, write_
 __all__ = [
     "SPLITS",
     "Batch",
+    "BlockBatchSampler",
     "BlockShuffleSampler",
     "DataFormatError",
     "DatasetSchema",

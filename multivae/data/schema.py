@@ -255,14 +255,3 @@ class DatasetSchema:
                 f"unreadable multivae schema metadata ({type(error).__name__}: {error})",
                 where=where,
             ) from None
-
-    def with_missingness(self, missingness: dict[str, Any] | None) -> DatasetSchema:
-        """A copy with another missingness record."""
-        return DatasetSchema(
-            modalities=self.modalities,
-            num_classes=self.num_classes,
-            class_names=self.class_names,
-            name=self.name,
-            missingness=missingness,
-            extra=self.extra,
-        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from multivae.data.errors import DataFormatError
 from multivae.data.schema import (
@@ -235,26 +236,41 @@ def write_split(
 def write_dataset(
     root: str | os.PathLike[str],
     schema: DatasetSchema,
-    splits: Mapping[str, SplitArrays],
+    splits: Mapping[str, SplitArrays | Iterable[SplitArrays]],
+    *,
+    progress: str | None = None,
     **writer_options: Any,
 ) -> Path:
-    """Write several splits at once.
+    """Write several splits, all or nothing.
 
-    Each split lands atomically, and bad data in any split is refused before any split is moved
-    into place.
+    Each split is given whole (a :class:`SplitArrays`) or as an iterable of chunks, which are
+    streamed to disk one at a time. Every split is written completely before any is moved into
+    place, so bad data or an exception anywhere leaves ``root`` as it was.
+
+    Args:
+        root: Dataset folder.
+        schema: Description stored in every file.
+        splits: Split name -> rows.
+        progress: Description of a progress bar over rows, or ``None`` for no bar.
+        **writer_options: Passed to :class:`SplitWriter`.
     """
     for split in splits:
         check_split_name(split, where=root)
-    writers = []
+    writers: list[SplitWriter] = []
+    bar = tqdm(desc=progress, unit="sample", disable=progress is None)
     try:
-        for split, arrays in splits.items():
+        for split, rows in splits.items():
             writer = SplitWriter(root, split, schema, **writer_options)
             writers.append(writer)
-            writer.write(arrays.data, arrays.present, arrays.labels, arrays.sample_ids)
+            for chunk in [rows] if isinstance(rows, SplitArrays) else rows:
+                writer.write(chunk.data, chunk.present, chunk.labels, chunk.sample_ids)
+                bar.update(len(chunk))
     except BaseException:
         for writer in writers:
             writer.abort()
         raise
+    finally:
+        bar.close()
     for writer in writers:
         writer.commit()
     return Path(root)

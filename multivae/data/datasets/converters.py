@@ -23,7 +23,7 @@ import re
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
@@ -33,7 +33,6 @@ import scipy.io
 from numpy.typing import NDArray
 from PIL import Image
 from scipy.io.matlab import MatReadError
-from tqdm import tqdm
 
 from multivae.data.errors import DataFormatError
 from multivae.data.missingness import (
@@ -42,7 +41,7 @@ from multivae.data.missingness import (
     polymnist_scheme,
 )
 from multivae.data.schema import SPLITS, DatasetSchema, ModalitySpec
-from multivae.data.writer import SplitArrays, SplitWriter
+from multivae.data.writer import SplitArrays, write_dataset
 
 __all__ = ["convert_mnist_svhn", "convert_polymnist"]
 
@@ -115,33 +114,6 @@ def _stratified_split(
 
 def _to_unit_float(pixels: _UInt8Array) -> NDArray[np.float32]:
     return pixels.astype(np.float32) / np.float32(255)
-
-
-def _write_splits(
-    out: Path,
-    schema: DatasetSchema,
-    producers: Mapping[str, Iterator[SplitArrays]],
-    *,
-    total: int,
-    description: str,
-    progress: bool,
-) -> None:
-    """Stream every split, then commit them all; a failure anywhere commits none."""
-    writers: list[SplitWriter] = []
-    try:
-        with tqdm(total=total, desc=description, unit="sample", disable=not progress) as bar:
-            for split, chunks in producers.items():
-                writer = SplitWriter(out, split, schema)
-                writers.append(writer)
-                for chunk in chunks:
-                    writer.write(chunk.data, chunk.present, chunk.labels, chunk.sample_ids)
-                    bar.update(len(chunk))
-    except BaseException:
-        for writer in writers:
-            writer.abort()
-        raise
-    for writer in writers:
-        writer.commit()
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,14 +534,7 @@ def convert_polymnist(
             "val": _polymnist_chunks(release, train_listing, val_rows, masks["val"], chunk_rows),
             "test": _polymnist_chunks(release, test_listing, all_test_rows, None, chunk_rows),
         }
-        _write_splits(
-            out,
-            schema,
-            producers,
-            total=len(train_listing) + len(test_listing),
-            description="PolyMNIST",
-            progress=progress,
-        )
+        write_dataset(out, schema, producers, progress="PolyMNIST" if progress else None)
     return out
 
 
@@ -939,12 +904,5 @@ def convert_mnist_svhn(
         )
         for split in SPLITS
     }
-    _write_splits(
-        out,
-        schema,
-        producers,
-        total=sum(p[0].size for p in pairs.values()),
-        description="MNIST-SVHN",
-        progress=progress,
-    )
+    write_dataset(out, schema, producers, progress="MNIST-SVHN" if progress else None)
     return out

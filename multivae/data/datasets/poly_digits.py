@@ -16,16 +16,17 @@ is complete so that cross-modal coherence can be measured on every modality).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from multivae.data.datasets.digits import balanced_labels, digit_pools, render_digits
 from multivae.data.missingness import apply_presence, polymnist_scheme
 from multivae.data.schema import DatasetSchema, ModalitySpec
-from multivae.data.writer import SplitWriter
+from multivae.data.writer import SplitArrays, write_dataset
 
 TEXTURE_SIZE = 128
 _CHUNK = 1024
@@ -136,7 +137,6 @@ def build_poly_digits(
     texture_rng = np.random.default_rng([seed, 1])
     textures = [_texture(m, texture_rng) for m in range(num_modalities)]
     names = [f"m{i}" for i in range(num_modalities)]
-    schema = poly_digits_schema(num_modalities)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     records: dict[str, Any] = {}
     masks = {}
@@ -145,11 +145,8 @@ def build_poly_digits(
             drawn = polymnist_scheme(size, names, missing_rate, seed=seed * 10 + split_number)
             masks[split] = drawn.present
             records[split] = drawn.record
-    schema = DatasetSchema(
-        modalities=schema.modalities,
-        num_classes=schema.num_classes,
-        class_names=schema.class_names,
-        name=schema.name,
+    schema = dataclasses.replace(
+        poly_digits_schema(num_modalities),
         missingness=records,
         extra={
             "generator": "poly-digits",
@@ -158,34 +155,34 @@ def build_poly_digits(
             "digit_source": "sklearn.datasets.load_digits, disjoint per-split pools",
         },
     )
-    for split_number, (split, size) in enumerate(sizes.items()):
+
+    def chunks(split_number: int, split: str, size: int) -> Iterator[SplitArrays]:
         pool_images, pool_labels = pools[split]
         by_class = [np.flatnonzero(pool_labels == d) for d in range(10)]
         rng = np.random.default_rng([seed, 2, split_number])
         labels = balanced_labels(size, 10, rng)
         present = masks.get(split) or {n: np.ones(size, dtype=bool) for n in names}
-        with SplitWriter(out, split, schema) as writer:
-            chunks = tqdm(
-                range(0, size, _CHUNK), desc=f"poly-digits {split}", unit="chunk", leave=False
+        for start in range(0, size, _CHUNK):
+            chunk_labels = labels[start : start + _CHUNK]
+            # A different real digit image per modality: draw without replacement per sample.
+            picks = np.stack(
+                [
+                    rng.choice(by_class[label], num_modalities, replace=False)
+                    for label in chunk_labels
+                ]
             )
-            for start in chunks:
-                chunk_labels = labels[start : start + _CHUNK]
-                # A different real digit image per modality: draw without replacement per sample.
-                picks = np.stack(
-                    [
-                        rng.choice(by_class[label], num_modalities, replace=False)
-                        for label in chunk_labels
-                    ]
-                )
-                data = {
-                    name: _composite(render_digits(pool_images[picks[:, m]], rng), textures[m], rng)
-                    for m, name in enumerate(names)
-                }
-                chunk_present = {n: present[n][start : start + _CHUNK] for n in names}
-                writer.write(
-                    apply_presence(data, chunk_present),
-                    chunk_present,
-                    labels=chunk_labels,
-                    sample_ids=np.arange(start, start + len(chunk_labels)),
-                )
+            data = {
+                name: _composite(render_digits(pool_images[picks[:, m]], rng), textures[m], rng)
+                for m, name in enumerate(names)
+            }
+            chunk_present = {n: present[n][start : start + _CHUNK] for n in names}
+            yield SplitArrays(
+                apply_presence(data, chunk_present),
+                chunk_present,
+                chunk_labels,
+                np.arange(start, start + len(chunk_labels)),
+            )
+
+    splits = {split: chunks(i, split, size) for i, (split, size) in enumerate(sizes.items())}
+    write_dataset(out, schema, splits, progress="poly-digits")
     return out
