@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -101,6 +102,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--no-validate", action="store_true")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per configuration: median rate, max memory"
+    )
     parser.add_argument("--child", nargs=2, metavar=("ROOT", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -139,7 +143,15 @@ def main() -> None:
                 "--batch-size",
                 str(args.batch_size),
             ] + (["--no-validate"] if args.no_validate else [])
-            result = run_child(command)
+            runs = [run_child(command) for _ in range(args.repeat)]
+            result = {
+                key: (
+                    statistics.median(r[key] for r in runs)
+                    if "samples_per_s" in key
+                    else max(r[key] for r in runs)
+                )
+                for key in runs[0]
+            }
             rows.append((on_disk, n_train, workers, result))
             print(f"{on_disk:.2f} GiB, {workers} workers: {result}", file=sys.stderr)
     print(

@@ -76,6 +76,52 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a generator parameter, e.g. --param n_train=2000 (repeatable)",
     )
 
+    convert = commands.add_parser(
+        "convert",
+        help="convert a public dataset you downloaded (PolyMNIST, MNIST-SVHN) to Parquet",
+        description=(
+            "Convert public data already on disk (nothing is downloaded) into a multivae "
+            "dataset folder. The release's test split becomes test/; its train split is split "
+            "into train/ and val/ (stratified, seeded). Missingness applies to train and val."
+        ),
+    )
+    sources = convert.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    polymnist = sources.add_parser(
+        "polymnist",
+        help="the PolyMNIST release (zip or extracted folder with train/m0..m4, test/m0..m4)",
+        description="Convert the PolyMNIST release: PNGs named <index>.<label>.png under "
+        "train/m0 ... test/m4, zipped or extracted.",
+    )
+    polymnist.add_argument("source_path", metavar="ZIP_OR_DIR", help="the release")
+    mnist_svhn = sources.add_parser(
+        "mnist-svhn",
+        help="MNIST + SVHN from torchvision's download folders, paired by class",
+        description="Pair every MNIST digit with --pairs-per-image SVHN images of the same "
+        "class (the MMVAE construction). Reads MNIST/raw/*-ubyte[.gz] and "
+        "{train,test}_32x32.mat.",
+    )
+    mnist_svhn.add_argument("--mnist", required=True, metavar="DIR", help="torchvision MNIST root")
+    mnist_svhn.add_argument("--svhn", required=True, metavar="DIR", help="torchvision SVHN root")
+    mnist_svhn.add_argument("--pairs-per-image", type=int, default=5, metavar="K")
+    for source in (polymnist, mnist_svhn):
+        source.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+        source.add_argument(
+            "--missing-rate",
+            type=float,
+            default=0.0,
+            metavar="R",
+            help="probability that a modality is missing from a train/val sample "
+            "(PolyMNIST: every modality but m0)",
+        )
+        source.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.1,
+            metavar="F",
+            help="fraction of the release's train split moved to val/, per class",
+        )
+        source.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
+
     inspect = commands.add_parser(
         "inspect",
         help="describe a dataset folder",
@@ -110,6 +156,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
                 **dict(args.param),
             )
+            print(format_summary(summarize(path)))
+        elif args.command == "convert":
+            from multivae.data.datasets import convert_mnist_svhn, convert_polymnist
+            from multivae.data.summary import format_summary, summarize
+
+            options = {
+                "missing_rate": args.missing_rate,
+                "val_fraction": args.val_fraction,
+                "seed": args.seed,
+            }
+            if args.source == "polymnist":
+                path = convert_polymnist(args.source_path, args.out, **options)
+            else:
+                path = convert_mnist_svhn(
+                    args.mnist, args.svhn, args.out, pairs_per_image=args.pairs_per_image, **options
+                )
             print(format_summary(summarize(path)))
         elif args.command == "inspect":
             from multivae.data.summary import format_summary, summarize

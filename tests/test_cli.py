@@ -3,7 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from multivae.cli import main
+from multivae.data import MultimodalDataset
 
 
 def test_prepare_data_then_inspect(tmp_path, capsys):
@@ -64,3 +67,35 @@ def test_console_script_help_lists_datasets():
     )
     for name in ("poly-digits", "digits-label", "gaussian-views", "--missing-rate", "n_train"):
         assert name in result.stdout
+
+
+def test_convert_polymnist_folder(tmp_path, capsys):
+    from PIL import Image
+
+    release = tmp_path / "MMNIST"
+    for split, count in (("train", 20), ("test", 10)):
+        for m in range(2):
+            folder = release / split / f"m{m}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = np.full((28, 28, 3), index * 10 + m, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.{index % 5}.png")
+    out = tmp_path / "converted"
+    status = main(
+        ["convert", "polymnist", str(tmp_path), "--out", str(out), "--val-fraction", "0.2"]
+    )
+    assert status == 0
+    assert "dataset 'polymnist'" in capsys.readouterr().out.lower()
+    test = MultimodalDataset(out, "test").read_all()
+    assert tuple(test.data["m1"].shape) == (10, 3, 28, 28)
+    order = test.sample_id.argsort()
+    expected = (np.arange(10) * 10 + 1) / 255
+    np.testing.assert_allclose(test.data["m1"][order, 0, 0, 0].numpy(), expected, rtol=1e-6)
+    assert len(MultimodalDataset(out, "train")) + len(MultimodalDataset(out, "val")) == 20
+
+
+def test_convert_reports_a_bad_release(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status = main(["convert", "polymnist", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
+    assert status == 2
+    assert capsys.readouterr().err.startswith("multivae convert: error: ")

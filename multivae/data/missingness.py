@@ -81,7 +81,7 @@ def missing_completely_at_random(
         record={
             "scheme": "missing_completely_at_random",
             "rates": per_modality,
-            "seed": seed,
+            "seed": int(seed),
             "at_least_one": "a sample that drew no modality keeps one chosen uniformly",
         },
     )
@@ -108,7 +108,7 @@ def polymnist_scheme(
             "scheme": "polymnist",
             "rate": rate,
             "always_present": modalities[0],
-            "seed": seed,
+            "seed": int(seed),
         },
     )
 
@@ -152,7 +152,7 @@ def missing_not_at_random_by_class(
             "scheme": "missing_not_at_random_by_class",
             "rates": table.tolist(),
             "modalities": list(modalities),
-            "seed": seed,
+            "seed": int(seed),
             "at_least_one": "a sample that drew no modality keeps one chosen uniformly",
         },
     )

@@ -122,6 +122,26 @@ def read_schema(root: str | os.PathLike[str], split: str | None = None) -> Datas
     return read_file_schema(split_files(root, splits[0])[0])
 
 
+def _unreadable_group(
+    handle: pq.ParquetFile, path: Path, index: int, error: BaseException
+) -> DataFormatError:
+    """Name the column of a row group that fails to decode, when a single one does."""
+    for column in handle.schema_arrow.names:
+        try:
+            handle.read_row_group(index, columns=[column])
+        except (pa.ArrowException, OSError) as column_error:
+            return DataFormatError(
+                f"row group {index} does not decode ({type(column_error).__name__}: "
+                f"{column_error}); null cells in a tensor column do this: a missing modality "
+                "must be stored as zeros with its presence flag false",
+                file=path,
+                column=column,
+            )
+    return DataFormatError(
+        f"corrupt or truncated row group {index} ({type(error).__name__}: {error})", file=path
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _RowGroup:
     file: int
@@ -225,13 +245,11 @@ class MultimodalDataset(Dataset[Sample]):
         """
         group = self._groups[group_number]
         path = self.files[group.file]
+        handle = _open(path)
         try:
-            table = _open(path).read_row_group(group.index)
+            table = handle.read_row_group(group.index)
         except (pa.ArrowException, OSError) as error:
-            raise DataFormatError(
-                f"corrupt or truncated row group {group.index} ({type(error).__name__}: {error})",
-                file=path,
-            ) from None
+            raise _unreadable_group(handle, path, group.index, error) from None
         data: dict[str, np.ndarray[Any, Any]] = {}
         present: dict[str, np.ndarray[Any, Any]] = {}
         for spec in self.schema.modalities:

@@ -82,7 +82,7 @@ def check_modality(
             row_values = flat[row]
             offending = row_values[(row_values < range_low) | (row_values > range_high)][0]
             raise DataFormatError(
-                f"expected values in [{range_low:g}, {range_high:g}], found {offending!r}",
+                f"expected values in [{range_low:g}, {range_high:g}], found {offending.item()!r}",
                 file=file,
                 column=column,
                 row=row_offset + row,

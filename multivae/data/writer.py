@@ -150,7 +150,10 @@ class SplitWriter:
                 file=where,
                 column=SAMPLE_ID_COLUMN,
             )
-        self._next_sample_id = int(sample_ids.max()) + 1 if rows else self._next_sample_id
+        if rows == 0:
+            # Nothing to append (Arrow cannot build a tensor column from an empty array).
+            return
+        self._next_sample_id = int(sample_ids.max()) + 1
         columns: dict[str, pa.Array] = {SAMPLE_ID_COLUMN: pa.array(sample_ids, pa.int64())}
         for spec in self.schema.modalities:
             values = np.ascontiguousarray(data[spec.name])
@@ -200,7 +203,9 @@ class SplitWriter:
         self._close_file()
         if self.rows_written == 0:
             self.abort()
-            raise DataFormatError("expected at least one row, found none", where=self.split)
+            raise DataFormatError(
+                "expected at least one row, found none", where=str(self.root / self.split)
+            )
         for path in self._staging.iterdir():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -271,6 +276,12 @@ def write_dataset(
         raise
     finally:
         bar.close()
+    empty = [str(writer.root / writer.split) for writer in writers if writer.rows_written == 0]
+    if empty:
+        # Refused before any split moves into place (commit would refuse it after the others).
+        for writer in writers:
+            writer.abort()
+        raise DataFormatError("expected at least one row, found none", where=", ".join(empty))
     for writer in writers:
         writer.commit()
     return Path(root)
