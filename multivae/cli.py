@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from multivae.data.errors import DataFormatError
+
+if TYPE_CHECKING:
+    from multivae.models.base import Capabilities
 
 
 def _parse_parameter(text: str) -> tuple[str, Any]:
@@ -36,6 +40,31 @@ def _datasets_epilog() -> str:
         "  multivae prepare-data gaussian-views --out data/gv --param num_views=3",
     ]
     return "\n".join(lines)
+
+
+def _train_epilog() -> str:
+    return "\n".join(
+        [
+            "run config (keys; see examples/*.yaml):",
+            "  model          registered model name (multivae list-models)",
+            "  data | builtin a dataset folder, or {name, missing_rate, seed, params}",
+            "  model_config   the model's options; modalities filled from the dataset if omitted",
+            "  training       epochs, stage_epochs, batch_size, optimizer {name, kwargs},",
+            "                 scheduler {name, kwargs} (stepped per epoch), grad_clip_norm,",
+            "                 precision fp32|bf16, device auto|cpu|cuda, seed,",
+            "                 early_stopping_patience, early_stopping_min_delta, keep best|last,",
+            "                 checkpoint_every, num_workers, progress_bar",
+            "  output_dir     folder of the run's outputs",
+            "",
+            "example:",
+            "  multivae train --config examples/mvae.yaml --set training.epochs=3",
+        ]
+    )
+
+
+def _capability_flags(capabilities: Capabilities) -> str:
+    flags = [name.replace("_", "-") for name, value in asdict(capabilities).items() if value]
+    return " ".join(flags) if flags else "-"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -138,6 +167,43 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also decode every row group and check every value (NaN, range, presence)",
     )
+
+    commands.add_parser(
+        "list-models",
+        help="list the registered models and their capabilities",
+        description="Print one registered model per line with the capabilities it declares "
+        "(missing-modalities, private-latents, multi-stage, importance-sampled).",
+    )
+
+    train = commands.add_parser(
+        "train",
+        help="train a model from a run config (YAML or JSON)",
+        description=(
+            "Train the model of a run config on its dataset. The output folder receives "
+            "run.yaml (the resolved config), checkpoint.pt (every training.checkpoint_every "
+            "epochs and at the end), model/ (the best or last weights, loadable with "
+            "multivae.load_model) and metrics.json."
+        ),
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument(
+        "--config", required=True, metavar="FILE", help="run config (.yaml, .yml or .json)"
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in output_dir (exactly where it stopped)",
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config entry by its dotted key, e.g. --set training.epochs=3 "
+        "(values read as JSON when they parse; repeatable)",
+    )
     return parser
 
 
@@ -178,7 +244,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             summary = summarize(args.path, validate=args.validate)
             print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-    except (DataFormatError, ValueError, FileNotFoundError) as error:
+        elif args.command == "list-models":
+            from multivae.registry import get_model_class, list_models
+
+            for name in list_models():
+                flags = _capability_flags(get_model_class(name).capabilities)
+                print(f"{name:<12} {flags}")
+        elif args.command == "train":
+            from multivae.run import load_run_config, run_training
+
+            result = run_training(load_run_config(args.config, args.overrides), resume=args.resume)
+            if result.best_epoch is not None:
+                print(f"best epoch: {result.best_epoch} ({result.monitor} {result.best_loss:.6g})")
+            print(f"model: {result.model_dir}")
+            print(f"metrics: {result.metrics_path}")
+    except (
+        DataFormatError,
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        FloatingPointError,
+    ) as error:
         print(f"multivae {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -99,3 +99,83 @@ def test_convert_reports_a_bad_release(tmp_path, capsys):
     status = main(["convert", "polymnist", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert status == 2
     assert capsys.readouterr().err.startswith("multivae convert: error: ")
+
+
+def test_list_models_prints_every_model_with_its_capabilities(capsys):
+    import multivae
+
+    assert main(["list-models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == multivae.list_models()
+    flags = {line.split()[0]: line.split()[1:] for line in lines}
+    assert "missing-modalities" in flags["mvae"]
+    assert "importance-sampled" in flags["mmvae"]
+    assert "importance-sampled" not in flags["mvae"]
+
+
+def _write_run_config(tmp_path, **training):
+    import yaml
+
+    config = {
+        "model": "mvae",
+        "builtin": {
+            "name": "gaussian-views",
+            "missing_rate": 0.5,
+            "seed": 0,
+            "params": {"n_train": 64, "n_val": 32, "n_test": 16},
+        },
+        "model_config": {"latent_dim": 2, "warmup": 1.0},
+        "training": {"epochs": 2, "batch_size": 32, "device": "cpu", **training},
+        "output_dir": str(tmp_path / "run"),
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_writes_a_loadable_model_and_metrics_then_resumes(tmp_path, capsys, monkeypatch):
+    import multivae
+
+    monkeypatch.setenv("MULTIVAE_CACHE", str(tmp_path / "cache"))
+    config = _write_run_config(tmp_path)
+    assert main(["train", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    run = tmp_path / "run"
+    assert f"model: {run / 'model'}" in out
+    assert f"metrics: {run / 'metrics.json'}" in out
+    model = multivae.load_model(run / "model")
+    assert model.name == "mvae"
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
+
+    assert main(["train", "--config", str(config)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    assert main(["train", "--config", str(config), "--resume", "--set", "training.epochs=3"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
+
+
+def test_train_refuses_a_bad_config_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MULTIVAE_CACHE", str(tmp_path / "cache"))
+    config = _write_run_config(tmp_path, epoch=3)
+    assert main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"multivae train: error: {config}: training: unknown key 'epoch'")
+    assert "Did you mean 'epochs'?" in error
+    assert error.count("\n") == 1
+
+    config = _write_run_config(tmp_path)
+    assert main(["train", "--config", str(config), "--set", "model_config.betaa=2"]) == 2
+    assert "Did you mean 'beta'?" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--set", "training.epochs"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_train_help_describes_the_run_config():
+    script = Path(sys.executable).parent / "multivae"
+    result = subprocess.run(
+        [str(script), "train", "--help"], capture_output=True, text=True, check=True
+    )
+    for text in ("--config", "--resume", "--set", "training.epochs=3", "model_config", "builtin"):
+        assert text in result.stdout

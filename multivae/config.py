@@ -1,0 +1,208 @@
+"""Config dataclasses with a strict JSON/YAML round trip.
+
+Every config in the project (model, architecture, training, run) is a dataclass deriving from
+:class:`Config`. Reading one from a dict, JSON or YAML refuses unknown keys with a suggestion of the
+closest known key, converts nested dataclasses, tuples and dicts by their type hints, and checks
+the types of scalar values, so a misspelled option is an error instead of a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+import uuid
+from pathlib import Path
+from typing import Any, Self, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that does not match its dataclass: what was expected, what was found, where."""
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Convert a JSON-like ``value`` to the type ``hint``, refusing what does not fit."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(
+            errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {hint}"
+        )
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping for {hint.__name__}, found {value!r}")
+        return _from_dict(hint, value, where)
+    if origin in (tuple,):
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, found {len(value)}")
+        return tuple(
+            _convert(v, a, f"{where}[{i}]")
+            for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if origin in (list,):
+        (arg,) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        return [_convert(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict,):
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        return {
+            _convert(k, key_type, where): _convert(v, value_type, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if origin is typing.Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{where}: expected one of {list(allowed)}, found {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = " (YAML reads 1e-3 as text: write 1.0e-3)"
+                except ValueError:
+                    pass
+            raise ConfigError(f"{where}: expected a number, found {value!r}{hint}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return value
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, found {value!r}")
+        return None
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _from_dict(cls: type[T], raw: dict[str, Any], where: str) -> T:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    label = where or cls.__name__
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(
+                f"{label}: unknown key {key!r} for {cls.__name__}; expected one of "
+                f"{sorted(fields)}.{_suggest(key, list(fields))}"
+            )
+    values = {
+        key: _convert(value, hints[key], f"{where}.{key}" if where else key)
+        for key, value in raw.items()
+    }
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"{label}: missing required keys {missing}")
+    return cls(**values)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclasses.dataclass
+class Config:
+    """Base of every config dataclass: strict conversion from and to plain data."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (tuples become lists)."""
+        plain: dict[str, Any] = _to_plain(self)
+        return plain
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str = "") -> Self:
+        """Build from plain data; unknown keys and ill-typed values raise :class:`ConfigError`."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where or cls.__name__}: expected a mapping, found {raw!r}")
+        return _from_dict(cls, raw, where)
+
+    def to_json(self) -> str:
+        """JSON text, keys sorted."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        """YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> Self:
+        """Inverse of :meth:`to_yaml` (safe loader: no Python objects)."""
+        return cls.from_dict(yaml.safe_load(text))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write JSON or YAML by the file's suffix, atomically."""
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
+        temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+        temporary.write_text(text)
+        os.replace(temporary, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Self:
+        """Read JSON or YAML by the file's suffix."""
+        path = Path(path)
+        text = path.read_text()
+        try:
+            return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None

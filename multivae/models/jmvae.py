@@ -1,0 +1,254 @@
+"""JMVAE: a joint encoder plus unimodal encoders (Suzuki et al. 2016, arXiv:1611.01891).
+
+A shared latent ``z`` with prior ``p(z) = N(0, I)``, decoders ``p(x_m | z)``, a joint encoder
+``q(z | X)`` over all modalities and one encoder ``q(z | x_m)`` per modality. The training
+objective is the paper's JMVAE-kl; per sample with every modality observed::
+
+    loss = -sum_m log p(x_m | z)
+           + w * [beta * KL(q(z|X) || p(z)) + alpha * sum_m KL(q(z|X) || q(z|x_m))],
+    z ~ q(z|X)
+
+with ``w`` rising linearly from 0 to 1 over ``warmup`` epochs of :attr:`progress`. As in the
+reference code, the warmup scales the alpha terms as well as the prior KL.
+
+Incomplete samples (the paper and the reference refuse them). The joint encoder is a function of
+all modalities; zeros in place of an absent modality are not data, so its output means nothing
+for an incomplete sample. A sample with observed modalities ``O`` (not all of them) uses instead
+the product of its observed experts, ``q_O(z) = prod_{m in O} q(z | x_m)`` (no prior expert, the
+same posterior as inference uses), and the objective restricted to ``O``::
+
+    loss = -sum_{m in O} log p(x_m | z)
+           + w * [beta * KL(q_O || p(z)) + alpha * sum_{m in O} KL(q_O || q(z|x_m))],
+    z ~ q_O
+
+* The first two terms are a (beta-)ELBO of ``log p(X_O)``: the decoders factorise given ``z``, so
+  the absent modalities marginalise out, and an ELBO holds for any ``q``.
+* The alpha terms keep the observed experts in agreement with their product, the role they play
+  towards the joint encoder on complete samples. With one observed modality the product is that
+  modality's posterior: the alpha term vanishes and the sample trains a plain VAE of ``x_m``
+  through ``q(z|x_m)``, which is what that posterior is for.
+* A sample with no observed modality (invalid data anyway) contributes exactly zero.
+
+The choice between the two posteriors is a per-sample ``torch.where``: the joint encoder runs on
+every batch (absent cells are zeros), but for incomplete samples its output is never selected,
+so it gets exactly zero gradient from them, and the product gets none from complete samples.
+
+Inference (:meth:`JMVAE.posterior`): the joint encoder for samples where every modality is
+conditioned on and observed, otherwise the product of the observed conditioning experts. The
+product has no prior expert, as in the reference: each ``q(z|x_m)`` is trained towards
+``q(z|X)``, which already contains the prior once, and a single conditioning modality then gives
+exactly ``q(z|x_m)``, the paper's unimodal inference. (The exact combination ``prod_m q(z|x_m) /
+p(z)^(|S|-1)`` can have a negative precision, so it is not used.) Conditioning on nothing gives
+``N(0, I)``, the prior.
+
+Deliberate differences from the paper and the reference code (MultiVae):
+
+* Incomplete samples train with the objective above.
+* The warmup follows fractional epochs from 0, so the KL weight starts at 0; the reference uses
+  ``epoch / warmup`` with whole epochs counted from 1.
+* The joint encoder is built from the config: per modality a feature network of the modality's
+  encoder architecture (or ``joint_encoders``), the features concatenated, then ReLU and an MLP.
+
+Randomness: :meth:`JMVAE.forward` draws exactly one standard normal tensor of shape ``(N,
+latent_dim)``, the reparameterisation noise, from torch's global generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from multivae.config import ConfigError
+from multivae.data.batch import Batch
+from multivae.models.base import (
+    Capabilities,
+    GaussianPosterior,
+    ModelConfig,
+    ModelOutput,
+    MultimodalVAE,
+)
+from multivae.nn.architectures import ArchitectureConfig, MLPEncoder, build_encoder
+from multivae.nn.fusion import LOGVAR_BOUNDS, product_of_experts
+from multivae.objectives import kl_normal, kl_standard_normal, linear_warmup
+from multivae.registry import register_model
+
+
+@dataclass
+class JMVAEConfig(ModelConfig):
+    """Configuration of :class:`JMVAE`.
+
+    Attributes:
+        alpha: Weight of the KL terms between the fused posterior and each unimodal posterior.
+        beta: Weight of the KL between the fused posterior and the prior.
+        warmup: Epochs over which the KL weight rises linearly from 0 to 1 (0: no warmup).
+        joint_feature_dim: Size of the features each modality contributes to the joint encoder.
+        joint_hidden: Hidden sizes of the joint encoder's MLP head.
+        joint_encoders: Architecture of the joint encoder's feature network, per modality; a
+            modality not listed uses its own encoder's architecture.
+    """
+
+    alpha: float = 0.1
+    beta: float = 1.0
+    warmup: float = 10.0
+    joint_feature_dim: int = 128
+    joint_hidden: tuple[int, ...] = (512,)
+    joint_encoders: dict[str, ArchitectureConfig] = field(default_factory=dict)
+
+
+class JointEncoder(nn.Module):
+    """``q(z | X)``: a feature network per modality, concatenated, then ReLU and an MLP head.
+
+    Args:
+        features: Modality name -> network mapping ``(N, *shape)`` to ``(N, feature_dim)``.
+        feature_dim: Size of each modality's features.
+        hidden: Hidden sizes of the head.
+        output_dim: Size of the output (mean and log-variance).
+    """
+
+    def __init__(
+        self,
+        features: dict[str, nn.Module],
+        feature_dim: int,
+        hidden: Sequence[int],
+        output_dim: int,
+    ) -> None:
+        super().__init__()
+        self.features = nn.ModuleDict(features)
+        # Feature networks end with a linear layer; the ReLU keeps the head from composing with
+        # it into a single linear map.
+        self.head = nn.Sequential(
+            nn.ReLU(), MLPEncoder((len(features) * feature_dim,), output_dim, hidden)
+        )
+
+    def forward(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean and log-variance, concatenated: ``(N, output_dim)``."""
+        features = torch.cat([network(data[name]) for name, network in self.features.items()], -1)
+        out: torch.Tensor = self.head(features)
+        return out
+
+
+@register_model
+class JMVAE(MultimodalVAE):
+    """Joint multimodal VAE (JMVAE-kl) with a joint encoder, trainable on incomplete samples.
+
+    Args:
+        config: The model's config.
+    """
+
+    name = "jmvae"
+    config_class = JMVAEConfig
+    capabilities = Capabilities(missing_modalities=True)
+    config: JMVAEConfig
+
+    def __init__(self, config: JMVAEConfig) -> None:
+        super().__init__(config)
+        for option in ("alpha", "beta", "warmup"):
+            value = getattr(config, option)
+            if value < 0:
+                raise ConfigError(f"{self.name} config: {option} must be >= 0, found {value}")
+        if config.joint_feature_dim < 1:
+            raise ConfigError(
+                f"{self.name} config: joint_feature_dim must be >= 1, found "
+                f"{config.joint_feature_dim}"
+            )
+        if any(size < 1 for size in config.joint_hidden):
+            raise ConfigError(
+                f"{self.name} config: joint_hidden sizes must be >= 1, found "
+                f"{list(config.joint_hidden)}"
+            )
+        unknown = sorted(set(config.joint_encoders) - set(self.modalities))
+        if unknown:
+            raise ConfigError(
+                f"{self.name} config: joint_encoders names unknown modalities {unknown}; "
+                f"expected some of {list(self.modalities)}"
+            )
+        features = {
+            name: build_encoder(
+                config.joint_encoders.get(name, spec.encoder),
+                spec.shape,
+                config.joint_feature_dim,
+                spec.num_categories,
+            )
+            for name, spec in config.modalities.items()
+        }
+        self.joint_encoder = JointEncoder(
+            features, config.joint_feature_dim, config.joint_hidden, 2 * config.latent_dim
+        )
+
+    def _fused_posterior(
+        self, batch: Batch, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The posterior given the modalities of ``mask``, per sample, and its experts.
+
+        Args:
+            batch: The data.
+            mask: ``(M, N)`` the modalities to condition on (already restricted to observed).
+
+        Returns:
+            Mean and log-variance ``(N, D)``: the joint encoder's where a sample's row of
+            ``mask`` is all true, the product of its experts elsewhere; then the unimodal means
+            and log-variances ``(M, N, D)``.
+        """
+        means, logvars = self.unimodal_posteriors(batch)
+        product_mean, product_logvar = product_of_experts(means, logvars, mask, prior_expert=False)
+        joint_mean, joint_logvar = self.joint_encoder(batch.data).chunk(2, dim=-1)
+        complete = mask.all(0).unsqueeze(-1)
+        mean = torch.where(complete, joint_mean, product_mean)
+        logvar = torch.where(complete, joint_logvar.clamp(*LOGVAR_BOUNDS), product_logvar)
+        return mean, logvar, means, logvars
+
+    def per_sample_objective(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The loss and its parts for each sample, each of shape ``(N,)``.
+
+        ``loss = recon + kl_weight * (beta * kl + alpha * kl_unimodal)``; ``recon`` is the
+        negative log-likelihood of the observed modalities, ``kl`` the KL to the prior and
+        ``kl_unimodal`` the sum of the KLs to the observed unimodal posteriors (see the module
+        docstring).
+        """
+        self.check_batch(batch)
+        presence = self.condition_mask(batch, None)
+        mean, logvar, expert_means, expert_logvars = self._fused_posterior(batch, presence)
+        z = GaussianPosterior(mean, logvar).rsample(1)[0]
+        recon = -self.log_likelihoods(self.decode(z), batch).sum(0)
+        kl = kl_standard_normal(mean, logvar)
+        zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
+        observed = presence.unsqueeze(-1)
+        # Absent experts become N(0, I) before the KL: the masked-out values must keep finite
+        # derivatives, or the where's zero gradient times an infinite derivative gives NaN.
+        kl_experts = kl_normal(
+            mean,
+            logvar,
+            torch.where(observed, expert_means, zero),
+            torch.where(observed, expert_logvars, zero),
+        )
+        kl_unimodal = torch.where(presence, kl_experts, zero).sum(0)
+        regularizer = self.config.beta * kl + self.config.alpha * kl_unimodal
+        loss = recon + self.kl_weight * regularizer
+        return {"loss": loss, "recon": recon, "kl": kl, "kl_unimodal": kl_unimodal}
+
+    @property
+    def kl_weight(self) -> float:
+        """The current warmup factor of the KL terms (from 0 to 1)."""
+        return linear_warmup(self.progress, self.config.warmup)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """The JMVAE-kl loss averaged over the samples, with its parts as metrics."""
+        parts = {name: value.mean() for name, value in self.per_sample_objective(batch).items()}
+        loss = parts.pop("loss")
+        parts["kl_weight"] = torch.tensor(self.kl_weight, dtype=loss.dtype, device=loss.device)
+        return ModelOutput(loss=loss, metrics=parts)
+
+    def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
+        """``q(z | observed cond modalities)``: joint encoder if all are there, else a product.
+
+        Args:
+            batch: The data.
+            cond: Modalities to condition on (all by default); absent ones are left out per
+                sample.
+        """
+        self.check_batch(batch)
+        mean, logvar, _, _ = self._fused_posterior(batch, self.condition_mask(batch, cond))
+        return GaussianPosterior(mean, logvar)

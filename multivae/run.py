@@ -1,0 +1,247 @@
+"""One training run from one config file: data, model, training settings and output folder.
+
+A run config is YAML (or JSON) read by :class:`RunConfig`; :func:`run_training` does the whole
+run and is what the CLI (``multivae train``), Ray workers and Kubeflow components call. Example::
+
+    model: mvae
+    builtin: {name: poly-digits, missing_rate: 0.5, seed: 0, params: {n_train: 10000}}
+    model_config: {latent_dim: 32, beta: 1.0}
+    training: {epochs: 30, batch_size: 128, optimizer: {name: Adam, kwargs: {lr: 1.0e-3}}}
+    output_dir: runs/mvae
+
+Relative paths (``data``, ``output_dir``) are relative to the working directory. Write floats
+with a dot (``1.0e-3``): YAML reads ``1e-3`` as a string.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from multivae.config import Config, ConfigError
+from multivae.data.datasets import load_builtin
+from multivae.data.reader import MultimodalDataset, make_dataloader
+from multivae.data.schema import DatasetSchema
+from multivae.models.base import ModelConfig
+from multivae.registry import create_model, get_model_class
+from multivae.training.config import TrainingConfig
+from multivae.training.loop import (
+    Callback,
+    Trainer,
+    TrainingResult,
+    distributed_rank,
+    resolve_device,
+)
+
+RUN_CONFIG_FILE = "run.yaml"
+
+
+@dataclass
+class BuiltinDataConfig(Config):
+    """A built-in dataset, generated on first use (see :func:`multivae.data.datasets.load_builtin`).
+
+    Attributes:
+        name: The dataset (``multivae prepare-data --help`` lists them).
+        missing_rate: Probability that a modality is missing from a train or val sample.
+        seed: Seed of the generator.
+        params: Generator parameters, e.g. ``{"n_train": 2000}``.
+    """
+
+    name: str
+    missing_rate: float = 0.0
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig(Config):
+    """Everything one training run needs.
+
+    Attributes:
+        model: A registered model name (``multivae list-models``).
+        output_dir: Folder for the checkpoint, ``model/``, ``metrics.json`` and ``run.yaml``.
+        data: A dataset folder with ``train/`` and ``val/`` splits; or else ``builtin``.
+        builtin: A built-in dataset; or else ``data``.
+        model_config: The model's options. ``modalities`` may be left out: each modality then
+            gets the dataset's likelihood and default architectures. Entries given under
+            ``modalities.<name>`` override those defaults for that modality.
+        training: The training settings.
+    """
+
+    model: str
+    output_dir: str
+    data: str | None = None
+    builtin: BuiltinDataConfig | None = None
+    model_config: dict[str, Any] = field(default_factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.builtin is None):
+            found = "both" if self.data is not None else "neither"
+            raise ConfigError(
+                "expected one of 'data' (a dataset folder) and 'builtin' (a built-in dataset), "
+                f"found {found}"
+            )
+        get_model_class(self.model)
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, booleans, null, lists), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply dotted ``KEY=VALUE`` overrides (``training.epochs=3``) to a plain config.
+
+    Values are read as JSON when they parse (``3``, ``1e-3``, ``true``, ``null``, ``[1, 2]``),
+    as text otherwise. Missing or null intermediate mappings are created; the result is checked
+    when the config is built, so misspelled keys get the usual suggestion.
+
+    Raises:
+        ConfigError: For an override without ``=`` or a path through a non-mapping value.
+    """
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        path, separator, text = override.partition("=")
+        keys = path.split(".")
+        if not separator or not all(keys):
+            raise ConfigError(f"--set: expected KEY=VALUE with a dotted KEY, found {override!r}")
+        target = raw
+        for depth, key in enumerate(keys[:-1]):
+            if target.get(key) is None:
+                target[key] = {}
+            if not isinstance(target[key], dict):
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(
+                    f"--set {override}: expected a mapping at {where!r}, found {target[key]!r}"
+                )
+            target = target[key]
+        target[keys[-1]] = _parse_value(text)
+    return raw
+
+
+def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML or JSON run config and apply ``--set`` style overrides.
+
+    Raises:
+        FileNotFoundError: When there is no file at ``path``.
+        ConfigError: For malformed YAML or JSON, an unknown key (with the closest known key) or
+            an ill-typed value, prefixed by the file's name.
+    """
+    path = Path(path)
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()} ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of run settings, found {raw!r}")
+    try:
+        return RunConfig.from_dict(apply_overrides(raw, overrides))
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def resolve_model_config(config: RunConfig, schema: DatasetSchema) -> dict[str, Any]:
+    """The model's options with every modality filled in from the dataset's schema."""
+    defaults = ModelConfig.from_schema(schema).to_dict()["modalities"]
+    given = config.model_config.get("modalities") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"model_config.modalities: expected a mapping, found {given!r}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"model_config.modalities: the dataset has no modalities {unknown}; expected some "
+            f"of {list(defaults)}"
+        )
+    modalities = {}
+    for name, default in defaults.items():
+        entries = given.get(name) or {}
+        if not isinstance(entries, dict):
+            raise ConfigError(
+                f"model_config.modalities.{name}: expected a mapping, found {entries!r}"
+            )
+        modalities[name] = {**default, **entries}
+    return {**config.model_config, "modalities": modalities}
+
+
+class _SaveRunConfig(Callback):
+    """Writes the resolved run config once the trainer has checked the output folder."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        if distributed_rank() == 0:
+            trainer.output_dir.mkdir(parents=True, exist_ok=True)
+            self.config.save(trainer.output_dir / RUN_CONFIG_FILE)
+
+
+def run_training(
+    config: RunConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> TrainingResult:
+    """Train ``config.model`` on the config's data; write the run's outputs.
+
+    ``output_dir`` receives ``run.yaml`` (the resolved config: model options with every
+    modality filled in, so the file alone reproduces the run), ``checkpoint.pt``, ``model/`` and
+    ``metrics.json``. Batches are shuffled with ``training.seed`` (epoch ``e`` uses
+    ``seed + e``), and the weights are initialized after seeding with it.
+
+    Args:
+        config: The run.
+        resume: Continue from the checkpoint in ``output_dir``.
+        callbacks: Passed to the :class:`~multivae.training.Trainer`.
+
+    Raises:
+        ConfigError: For model options the model refuses (unknown keys get the closest known
+            key), or settings the machine cannot honour (``cuda`` without a GPU).
+        DataFormatError: For a dataset folder without ``train/`` or ``val/``, or bad files.
+        FileExistsError: When starting afresh in a folder that holds a checkpoint.
+        FileNotFoundError: When resuming without a checkpoint.
+    """
+    training = config.training
+    if config.builtin is not None:
+        folder = load_builtin(
+            config.builtin.name,
+            missing_rate=config.builtin.missing_rate,
+            seed=config.builtin.seed,
+            **config.builtin.params,
+        )
+    else:
+        assert config.data is not None
+        folder = Path(config.data)
+    train = MultimodalDataset(folder, "train")
+    val = MultimodalDataset(folder, "val")
+    torch.manual_seed(training.seed)
+    model = create_model(config.model, resolve_model_config(config, train.schema))
+    device = resolve_device(training.device)
+    resolved = RunConfig.from_dict({**config.to_dict(), "model_config": model.config.to_dict()})
+    trainer = Trainer(
+        model,
+        training,
+        config.output_dir,
+        callbacks=[_SaveRunConfig(resolved), *callbacks],
+        device=device,
+    )
+    loader_options: dict[str, Any] = {
+        "batch_size": training.batch_size,
+        "seed": training.seed,
+        "num_workers": training.num_workers,
+        "pin_memory": device.type == "cuda",
+    }
+    return trainer.fit(
+        make_dataloader(train, shuffle=True, **loader_options),
+        make_dataloader(val, shuffle=False, **loader_options),
+        resume=resume,
+    )
