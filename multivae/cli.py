@@ -196,6 +196,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="continue from the checkpoint in output_dir (exactly where it stopped)",
     )
     train.add_argument(
+        "--ray",
+        action="store_true",
+        help="train on Ray Train workers (the run's 'ray' section, or its defaults); connects "
+        "to RAY_ADDRESS when set, else starts a local Ray instance",
+    )
+    train.add_argument(
+        "--num-workers", type=int, metavar="N", help="Ray Train workers (implies --ray)"
+    )
+    train.add_argument(
+        "--gpus-per-worker", type=float, metavar="G", help="GPUs per Ray worker (implies --ray)"
+    )
+    train.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -204,7 +216,42 @@ def _build_parser() -> argparse.ArgumentParser:
         help="override a config entry by its dotted key, e.g. --set training.epochs=3 "
         "(values read as JSON when they parse; repeatable)",
     )
+    tune = commands.add_parser(
+        "tune",
+        help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA) from a sweep file",
+        description=(
+            "Run the sweep of a sweep file: Optuna (TPE) proposes trials, ASHA stops weak ones "
+            "early, each trial is a real training run reported to Ray Tune and to MLflow as a "
+            "nested run of the sweep's parent run. The best finished trial is exported to "
+            "OUTPUT_DIR/best (model/, run.yaml, metrics.json) and described in "
+            "OUTPUT_DIR/best.json. Works unchanged as a Ray job: ray job submit --working-dir . "
+            "-- multivae tune --sweep FILE."
+        ),
+        epilog="example:\n  multivae tune --sweep examples/sweep-mopoe.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("--sweep", required=True, metavar="FILE", help="sweep file (YAML)")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep entry by its dotted key, e.g. --set num_samples=4 (repeatable)",
+    )
     return parser
+
+
+def _ray_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` entries for ``train --ray``/``--num-workers``/``--gpus-per-worker``."""
+    overrides = []
+    if args.ray or args.num_workers is not None or args.gpus_per_worker is not None:
+        overrides.append("ray.name=train")
+    if args.num_workers is not None:
+        overrides.append(f"ray.num_workers={args.num_workers}")
+    if args.gpus_per_worker is not None:
+        overrides.append(f"ray.gpus_per_worker={args.gpus_per_worker}")
+    return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,17 +300,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "train":
             from multivae.run import load_run_config, run_training
 
-            result = run_training(load_run_config(args.config, args.overrides), resume=args.resume)
+            config = load_run_config(args.config, [*_ray_overrides(args), *args.overrides])
+            result = run_training(config, resume=args.resume)
             if result.best_epoch is not None:
                 print(f"best epoch: {result.best_epoch} ({result.monitor} {result.best_loss:.6g})")
             print(f"model: {result.model_dir}")
             print(f"metrics: {result.metrics_path}")
+        elif args.command == "tune":
+            from multivae.integrations.tune import sweep_from_file
+
+            sweep = sweep_from_file(args.sweep, args.overrides)
+            print(f"best trial: {sweep.best_trial} {json.dumps(sweep.best_params)}")
+            print(f"best model: {sweep.best_dir / 'model'}")
+            finished = sum(trial["finished"] for trial in sweep.trials)
+            print(f"trials: {finished} finished of {len(sweep.trials)}")
+            if sweep.parent_run_id is not None:
+                print(f"mlflow parent run: {sweep.parent_run_id}")
     except (
         DataFormatError,
         ValueError,
         FileNotFoundError,
         FileExistsError,
         FloatingPointError,
+        RuntimeError,
     ) as error:
         print(f"multivae {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from multivae.config import ConfigError
+from multivae.io import staged_folder
 
 if TYPE_CHECKING:
     from multivae.models.base import MultimodalVAE
@@ -80,11 +79,7 @@ def _model_card(model: MultimodalVAE) -> str:
 
 def save_pretrained(model: MultimodalVAE, directory: str | os.PathLike[str]) -> Path:
     """Write the model folder atomically (into a temporary sibling, then renamed)."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
+    with staged_folder(directory) as staging:
         document = {
             "format_version": FORMAT_VERSION,
             "model": model.name,
@@ -94,16 +89,7 @@ def save_pretrained(model: MultimodalVAE, directory: str | os.PathLike[str]) -> 
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CARD_FILE).write_text(_model_card(model))
-        if directory.exists():
-            retired = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(directory, retired)
-            os.replace(staging, directory)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return directory
+    return Path(directory)
 
 
 def _local_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:

@@ -62,6 +62,64 @@ class BuiltinDataConfig(Config):
 
 
 @dataclass
+class RayConfig(Config):
+    """How a run trains on Ray Train (``multivae train --ray``).
+
+    Attributes:
+        num_workers: Training workers (data-parallel ranks).
+        cpus_per_worker: CPUs reserved per worker.
+        gpus_per_worker: GPUs per worker; more than 0 trains on CUDA with NCCL.
+        resources_per_worker: Extra custom Ray resources per worker, e.g. ``{"a100": 1}``.
+        max_failures: Worker-group restarts (from the last checkpoint) before the run fails.
+        address: Ray cluster to connect to (``ray://...``, ``auto``); else ``RAY_ADDRESS``, else
+            a local Ray instance.
+        storage_path: Ray Train's storage for reported checkpoints (a folder every node sees,
+            or a cloud URI); ``output_dir/ray`` by default.
+        name: Name of the Ray Train run inside ``storage_path``.
+        shuffle_buffer_size: Rows in each worker's local shuffle buffer (0: read order).
+    """
+
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    max_failures: int = 3
+    address: str | None = None
+    storage_path: str | None = None
+    name: str = "train"
+    shuffle_buffer_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"ray.num_workers: expected at least 1, found {self.num_workers}")
+        for option in ("cpus_per_worker", "gpus_per_worker", "shuffle_buffer_size"):
+            if getattr(self, option) < 0:
+                raise ConfigError(f"ray.{option}: expected >= 0, found {getattr(self, option)}")
+
+
+@dataclass
+class MLflowConfig(Config):
+    """MLflow tracking of a run.
+
+    Attributes:
+        enabled: Track the run.
+        tracking_uri: Where; else ``MLFLOW_TRACKING_URI``, else the SQLite file
+            ``output_dir/mlflow.db``.
+        experiment: MLflow experiment name.
+        run_name: Name of the MLflow run (MLflow picks one when empty).
+        parent_run_id: Make the run a nested run of this one (sweeps, pipelines).
+        register_as: Register the final model in the MLflow model registry under this name.
+    """
+
+    enabled: bool = True
+    tracking_uri: str | None = None
+    experiment: str = "multivae"
+    run_name: str | None = None
+    parent_run_id: str | None = None
+    register_as: str | None = None
+
+
+@dataclass
 class RunConfig(Config):
     """Everything one training run needs.
 
@@ -74,6 +132,8 @@ class RunConfig(Config):
             gets the dataset's likelihood and default architectures. Entries given under
             ``modalities.<name>`` override those defaults for that modality.
         training: The training settings.
+        ray: Train on Ray Train workers with these settings; ``None`` trains in this process.
+        mlflow: MLflow tracking.
     """
 
     model: str
@@ -82,6 +142,8 @@ class RunConfig(Config):
     builtin: BuiltinDataConfig | None = None
     model_config: dict[str, Any] = field(default_factory=dict)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    ray: RayConfig | None = None
+    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.builtin is None):
@@ -153,6 +215,39 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
         raise ConfigError(f"{path}: {error}") from None
 
 
+def tracking_callbacks(config: RunConfig, folder: Path) -> list[Callback]:
+    """The MLflow callback of a run (none when ``mlflow.enabled`` is false)."""
+    if not config.mlflow.enabled:
+        return []
+    from multivae.integrations.mlflow import MLflowCallback, default_tracking_uri
+
+    settings = config.mlflow
+    return [
+        MLflowCallback(
+            tracking_uri=settings.tracking_uri or default_tracking_uri(config.output_dir),
+            experiment=settings.experiment,
+            run_name=settings.run_name,
+            parent_run_id=settings.parent_run_id,
+            config=config.to_dict(),
+            dataset=folder,
+            register_as=settings.register_as,
+        )
+    ]
+
+
+def resolve_dataset(config: RunConfig) -> Path:
+    """The run's dataset folder; a built-in dataset is generated (and cached) on first use."""
+    if config.builtin is not None:
+        return load_builtin(
+            config.builtin.name,
+            missing_rate=config.builtin.missing_rate,
+            seed=config.builtin.seed,
+            **config.builtin.params,
+        )
+    assert config.data is not None
+    return Path(config.data)
+
+
 def resolve_model_config(config: RunConfig, schema: DatasetSchema) -> dict[str, Any]:
     """The model's options with every modality filled in from the dataset's schema."""
     defaults = ModelConfig.from_schema(schema).to_dict()["modalities"]
@@ -210,17 +305,12 @@ def run_training(
         FileExistsError: When starting afresh in a folder that holds a checkpoint.
         FileNotFoundError: When resuming without a checkpoint.
     """
+    if config.ray is not None:
+        from multivae.integrations.ray_train import train_with_ray
+
+        return train_with_ray(config, resume=resume, callbacks=callbacks)
     training = config.training
-    if config.builtin is not None:
-        folder = load_builtin(
-            config.builtin.name,
-            missing_rate=config.builtin.missing_rate,
-            seed=config.builtin.seed,
-            **config.builtin.params,
-        )
-    else:
-        assert config.data is not None
-        folder = Path(config.data)
+    folder = resolve_dataset(config)
     train = MultimodalDataset(folder, "train")
     val = MultimodalDataset(folder, "val")
     torch.manual_seed(training.seed)
@@ -231,7 +321,8 @@ def run_training(
         model,
         training,
         config.output_dir,
-        callbacks=[_SaveRunConfig(resolved), *callbacks],
+        # Tracking first: a callback after it (a Tune report) may end the process.
+        callbacks=[_SaveRunConfig(resolved), *tracking_callbacks(resolved, folder), *callbacks],
         device=device,
     )
     loader_options: dict[str, Any] = {

@@ -398,7 +398,11 @@ class MultimodalVAE(nn.Module):
 
         A fitted ``sampler`` (anything with ``sample(n) -> (n, D)``) replaces the prior.
         """
-        z = self.prior_sample(n) if sampler is None else sampler.sample(n)
+        if sampler is None:
+            z = self.prior_sample(n)
+        else:
+            # Samplers draw on the CPU; the decoders may be elsewhere.
+            z = sampler.sample(n).to(next(self.parameters()).device)
         return {
             name: self.likelihood(name).mean(
                 self.decode(self.generation_latent(z, name), [name])[name]

@@ -152,10 +152,15 @@ class MVAE(MultimodalVAE):
         mean = mean.reshape(n_terms, n_samples, latent_dim)
         logvar = logvar.reshape(n_terms, n_samples, latent_dim)
         z = GaussianPosterior(mean, logvar).rsample(1)[0]
-        log_p = self.log_likelihoods(self.decode(z), batch)  # (M, T, N), absent cells zero
         zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
-        in_subset = membership.transpose(0, 1).unsqueeze(-1)  # (M, T, 1)
-        recon = -torch.where(in_subset, log_p, zero).sum((0, 1))
+        recon = torch.zeros(n_samples, dtype=mean.dtype, device=mean.device)
+        for name in self.modalities:
+            # Each decoder runs only on the latents of the terms that reconstruct its modality
+            # (joint + its own single term + the random subsets holding it), not on all T.
+            rows = [t for t, subset in enumerate(chosen) if name in subset]
+            params = self.decode(z[rows], [name])[name]
+            log_p = self.likelihood(name).log_prob(params, batch.data[name])  # (T_m, N)
+            recon = recon - torch.where(batch.mask[name], log_p, zero).sum(0)
         # A term with no observed member is the prior itself; masking states the rule instead of
         # relying on its KL being zero.
         kl = torch.where(experts.any(1), kl_standard_normal(mean, logvar), zero).sum(0)

@@ -132,8 +132,26 @@ class Callback:
         """
         return False
 
+    def on_epoch_saved(
+        self, epoch: int, metrics: Mapping[str, float | int | str], checkpoint: Path | None
+    ) -> None:
+        """Called after :meth:`on_epoch_end` and after the epoch's checkpoint, if any, is written.
+
+        Args:
+            epoch: The epoch just finished, counted over all stages from 1.
+            metrics: Its history entry.
+            checkpoint: The checkpoint file written at this epoch (by rank 0; the same path is
+                passed on every rank), or ``None`` when this epoch wrote none.
+        """
+
     def on_train_end(self, result: TrainingResult) -> None:
         """Called once at the end of :meth:`Trainer.fit`, after the outputs are written."""
+
+    def on_train_error(self, error: BaseException) -> None:
+        """Called when :meth:`Trainer.fit` fails after ``on_train_begin``; the error is re-raised.
+
+        The checkpoint of the last saved epoch stays in place, so the run can be resumed.
+        """
 
 
 @dataclass
@@ -308,65 +326,78 @@ class Trainer:
         state = self._state
         for callback in self.callbacks:
             callback.on_train_begin(self)
-        started = time.monotonic() - state.elapsed
-        saved_epoch = state.epoch if resume else -1
-        stopped_by_callback = False
-        while True:
-            stage = stages[state.stage_index]
-            self.module.set_stage(stage)
-            optimizer = self.config.optimizer.build(self.module.stage_parameters(stage))
-            scheduler = (
-                None if self.config.scheduler is None else self.config.scheduler.build(optimizer)
-            )
-            if pending is not None:
-                optimizer.load_state_dict(pending["optimizer"])
-                if scheduler is not None and pending["scheduler"] is not None:
-                    scheduler.load_state_dict(pending["scheduler"])
-                pending = None
-            epochs = self.config.epochs_of(stage)
-            while not state.stage_done and state.stage_epoch < epochs:
-                record = self._epoch(
-                    stage, epochs, optimizer, train_data, val_data, steps_per_epoch
+        try:
+            started = time.monotonic() - state.elapsed
+            saved_epoch = state.epoch if resume else -1
+            stopped_by_callback = False
+            while True:
+                stage = stages[state.stage_index]
+                self.module.set_stage(stage)
+                optimizer = self.config.optimizer.build(self.module.stage_parameters(stage))
+                scheduler = (
+                    None
+                    if self.config.scheduler is None
+                    else self.config.scheduler.build(optimizer)
                 )
-                monitored = float(record["val_loss" if val_data is not None else "train_loss"])
-                if scheduler is not None:
-                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        scheduler.step(monitored)
-                    else:
-                        scheduler.step()
-                self._track_best(monitored, stage)
-                state.history.append(record)
-                requests = [
-                    callback.on_epoch_end(state.epoch, record) for callback in self.callbacks
-                ]
-                stopped_by_callback = bool(
-                    _all_reduce(
-                        torch.tensor(float(any(requests)), device=self.device), dist.ReduceOp.MAX
-                    ).item()
-                )
-                state.elapsed = time.monotonic() - started
-                every = self.config.checkpoint_every
-                if stopped_by_callback or (every and state.epoch % every == 0):
-                    self._save_checkpoint(optimizer, scheduler)
-                    saved_epoch = state.epoch
-                if stopped_by_callback:
+                if pending is not None:
+                    optimizer.load_state_dict(pending["optimizer"])
+                    if scheduler is not None and pending["scheduler"] is not None:
+                        scheduler.load_state_dict(pending["scheduler"])
+                    pending = None
+                epochs = self.config.epochs_of(stage)
+                while not state.stage_done and state.stage_epoch < epochs:
+                    record = self._epoch(
+                        stage, epochs, optimizer, train_data, val_data, steps_per_epoch
+                    )
+                    monitored = float(record["val_loss" if val_data is not None else "train_loss"])
+                    if scheduler is not None:
+                        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                            scheduler.step(monitored)
+                        else:
+                            scheduler.step()
+                    self._track_best(monitored, stage)
+                    state.history.append(record)
+                    requests = [
+                        callback.on_epoch_end(state.epoch, record) for callback in self.callbacks
+                    ]
+                    stopped_by_callback = bool(
+                        _all_reduce(
+                            torch.tensor(float(any(requests)), device=self.device),
+                            dist.ReduceOp.MAX,
+                        ).item()
+                    )
+                    state.elapsed = time.monotonic() - started
+                    every = self.config.checkpoint_every
+                    saved = stopped_by_callback or bool(every and state.epoch % every == 0)
+                    if saved:
+                        self._save_checkpoint(optimizer, scheduler)
+                        saved_epoch = state.epoch
+                    for callback in self.callbacks:
+                        callback.on_epoch_saved(
+                            state.epoch, record, self.checkpoint_path if saved else None
+                        )
+                    if stopped_by_callback:
+                        break
+                if stopped_by_callback or state.stage_index == len(stages) - 1:
                     break
-            if stopped_by_callback or state.stage_index == len(stages) - 1:
-                break
+                if self.config.keep == "best" and state.best_state is not None:
+                    self.module.load_state_dict(state.best_state)
+                state.next_stage()
+            state.elapsed = time.monotonic() - started
+            if saved_epoch != state.epoch:
+                self._save_checkpoint(optimizer, scheduler)
             if self.config.keep == "best" and state.best_state is not None:
                 self.module.load_state_dict(state.best_state)
-            state.next_stage()
-        state.elapsed = time.monotonic() - started
-        if saved_epoch != state.epoch:
-            self._save_checkpoint(optimizer, scheduler)
-        if self.config.keep == "best" and state.best_state is not None:
-            self.module.load_state_dict(state.best_state)
-        result = self._result(val_data is not None, stopped_by_callback)
-        if self.rank == 0:
-            self._write_outputs(result)
-        for callback in self.callbacks:
-            callback.on_train_end(result)
-        return result
+            result = self._result(val_data is not None, stopped_by_callback)
+            if self.rank == 0:
+                self._write_outputs(result)
+            for callback in self.callbacks:
+                callback.on_train_end(result)
+            return result
+        except BaseException as error:
+            for callback in self.callbacks:
+                callback.on_train_error(error)
+            raise
 
     # ----------------------------------------------------------------------------------------
     # One epoch

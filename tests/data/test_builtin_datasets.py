@@ -5,6 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from multivae.data import MultimodalDataset, read_schema
 from multivae.data.datasets import get_builtin, load_builtin, prepare_builtin
@@ -59,7 +61,7 @@ def test_poly_digits_class_is_readable_in_every_modality(poly, name):
     train = MultimodalDataset(poly, "train").read_all()
     test = MultimodalDataset(poly, "test").read_all()
     keep = train.mask[name].numpy()
-    classifier = LogisticRegression(max_iter=300).fit(
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(
         _gray(train, name)[keep], train.label.numpy()[keep]
     )
     accuracy = classifier.score(_gray(test, name), test.label.numpy())

@@ -422,10 +422,6 @@ def ray_session():
 
 
 @pytest.mark.integration
-# Ray Data's DataContext warns about its own deprecated options when it is first created.
-@pytest.mark.filterwarnings("ignore:`use_push_based_shuffle` is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:`use_polars` is deprecated:DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:`use_arrow_tensor_v2` is deprecated:DeprecationWarning")
 def test_ray_data_iterates_torch_batches(ray_session, dataset_root):
     root, splits = dataset_root
     arrays = splits["train"]

@@ -13,8 +13,6 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from multivae.data.datasets.digits_label import build_digits_label
 from multivae.data.datasets.gaussian_views import build_gaussian_views
 from multivae.data.datasets.poly_digits import build_poly_digits
 from multivae.data.schema import SPLITS
+from multivae.io import staged_folder
 
 GENERATOR_VERSION = 1
 
@@ -133,19 +132,8 @@ def prepare_builtin(
                 f"{out} exists and is not a multivae dataset (found {foreign or 'a file'}); "
                 "give a new or empty folder"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
+    with staged_folder(out, create=False) as staging:
         dataset.build(staging, missing_rate=missing_rate, seed=seed, **parameters)
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -1,0 +1,512 @@
+"""MLflow tracking of training runs: params, tags, per-epoch metrics, artifacts and the registry.
+
+:class:`MLflowCallback` records one :class:`~multivae.training.Trainer` run as one MLflow run:
+the run config as flattened params (:func:`flatten_config`), tags naming the model, the data
+(:func:`dataset_fingerprint`), the package version and the git commit (:func:`run_tags`), every
+numeric metric of every epoch with ``step=epoch``, and at the end ``run.yaml``,
+``metrics.json``, the model folder (under ``model/``) and any ``*.png`` figures as artifacts. A
+resumed run continues the same MLflow run, whose id is kept in ``output_dir/mlflow_run.json``.
+
+Everything goes through an explicit :class:`~mlflow.tracking.MlflowClient` bound to one tracking
+URI; nothing uses MLflow's global "active run", so several runs can be tracked from one process
+(Ray Tune trials in threads). Under ``torch.distributed`` only rank 0 talks to MLflow.
+
+:func:`register_model` turns a run's model folder into an MLflow pyfunc model, logged as
+"models from code" (:mod:`multivae.integrations.mlflow_pyfunc`; nothing is pickled), and
+registers it in the model registry. :func:`start_parent_run` and :func:`finish_run` frame sweeps
+and pipelines: one parent run, one nested run per trial or step (``parent_run_id``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import mlflow
+import numpy as np
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+from multivae.data.errors import DataFormatError
+from multivae.data.reader import list_splits, split_files
+from multivae.hub import CONFIG_FILE
+from multivae.run import RUN_CONFIG_FILE
+from multivae.training.loop import (
+    METRICS_FILE,
+    MODEL_FOLDER,
+    Callback,
+    Trainer,
+    TrainingResult,
+    distributed_rank,
+)
+
+RUN_FILE = "mlflow_run.json"
+"""Written into the run's ``output_dir``: ``{"tracking_uri", "experiment_id", "run_id"}``."""
+TRACKING_DB = "mlflow.db"
+ARTIFACTS_FOLDER = "mlartifacts"
+"""Artifact root of experiments created in a local SQLite store, next to the database file."""
+FIGURES_FOLDER = "figures"
+PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
+PYFUNC_MODEL_DIR = "model_dir"
+"""Name of the model folder among the pyfunc model's artifacts (``context.artifacts``)."""
+TRUNCATED = "...[truncated]"
+"""Ends a param value cut to MLflow's length limit (the full config is in ``run.yaml``)."""
+_SQLITE_PREFIX = "sqlite:///"
+_SAMPLED_BLOCKS = 16
+_BLOCK_BYTES = 16 * 1024
+_logger = logging.getLogger(__name__)
+
+
+def default_tracking_uri(output_dir: str | os.PathLike[str]) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the SQLite file ``output_dir/mlflow.db``.
+
+    The folder is created. Artifacts of experiments created in that store go to
+    ``output_dir/mlartifacts``.
+    """
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    folder = Path(output_dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"{_SQLITE_PREFIX}{folder / TRACKING_DB}"
+
+
+def _sampled_bytes(handle: BinaryIO, end: int) -> Iterator[bytes]:
+    """The bytes of ``handle`` before ``end``: all of them when few, else evenly spaced blocks."""
+    if end <= _SAMPLED_BLOCKS * _BLOCK_BYTES:
+        handle.seek(0)
+        yield handle.read(end)
+        return
+    step = (end - _BLOCK_BYTES) / (_SAMPLED_BLOCKS - 1)
+    for block in range(_SAMPLED_BLOCKS):
+        handle.seek(round(block * step))
+        yield handle.read(_BLOCK_BYTES)
+
+
+def dataset_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """A short hex digest of a dataset folder that changes when its data changes.
+
+    Whole files are not read. The digest covers each Parquet file's path relative to the
+    folder, its size, its footer (the schema with the multivae metadata, and every row group's
+    sizes and statistics) and a sample of its data pages: all of them up to 256 KiB, else 16
+    evenly spaced blocks of 16 KiB. The multivae writer keeps statistics for ``sample_id`` and
+    ``label`` only, so a change of modality values shows in the footer only through sizes; in
+    a file larger than 256 KiB, a change confined to unsampled bytes that keeps every size
+    goes unnoticed. The same data copied elsewhere has the same fingerprint.
+
+    Raises:
+        DataFormatError: For a folder without splits, or a file that is not Parquet.
+    """
+    root = Path(folder)
+    files = [path for split in list_splits(root) for path in split_files(root, split)]
+    if not files:
+        raise DataFormatError("expected train, val or test splits, found none", where=str(root))
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            # A Parquet file ends with its footer, the footer's length (4 bytes) and b"PAR1".
+            handle.seek(max(size - 8, 0))
+            tail = handle.read(8)
+            length = int.from_bytes(tail[:4], "little")
+            if len(tail) != 8 or tail[4:] != b"PAR1" or length > size - 12:
+                raise DataFormatError("not a Parquet file (no footer)", file=path)
+            data_end = size - 8 - length
+            digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0{length}\0".encode())
+            handle.seek(data_end)
+            digest.update(handle.read(length))
+            for chunk in _sampled_bytes(handle, data_end):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def flatten_config(mapping: Mapping[str, Any], limit: int = MAX_PARAM_VAL_LENGTH) -> dict[str, str]:
+    """A nested config as MLflow params: dotted keys, string values.
+
+    Nested mappings become dotted keys (``training.optimizer.kwargs.lr``); an empty mapping
+    stays as ``{}``. Strings are kept as they are and every other value is written as compact
+    JSON (``0.001``, ``true``, ``null``, ``[64,32]``). A value longer than ``limit`` (MLflow's
+    limit on param values) is cut to ``limit`` characters ending with :data:`TRUNCATED`, so
+    logging never fails; the full config is logged as the ``run.yaml`` artifact.
+    """
+    flat: dict[str, str] = {}
+
+    def visit(items: Mapping[str, Any], prefix: str) -> None:
+        for name, value in items.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, Mapping) and value:
+                visit(value, f"{key}.")
+                continue
+            text = _param_value(value)
+            flat[key] = text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
+
+    visit(mapping, "")
+    return flat
+
+
+def package_version() -> str:
+    """The installed version of multivae, or ``"unknown"``."""
+    try:
+        return metadata.version("multivae")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, or ``None`` outside a git repository."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def run_tags(model: str, dataset: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Tags of a run: ``multivae.model``, ``multivae.version``, ``multivae.dataset_fingerprint``.
+
+    ``multivae.dataset_fingerprint`` is there when ``dataset`` is given, and MLflow's
+    ``mlflow.source.git.commit`` when the working directory is inside a git repository.
+    """
+    tags = {"multivae.model": model, "multivae.version": package_version()}
+    if dataset is not None:
+        tags["multivae.dataset_fingerprint"] = dataset_fingerprint(dataset)
+    if commit := git_commit():
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def _client(client_or_uri: MlflowClient | str) -> MlflowClient:
+    return client_or_uri if isinstance(client_or_uri, MlflowClient) else MlflowClient(client_or_uri)
+
+
+def _artifact_location(tracking_uri: str) -> str | None:
+    """``mlartifacts`` next to a local SQLite store; ``None`` (the store decides) otherwise.
+
+    Without it, MLflow puts the artifacts of a SQLite store in ``./mlruns`` of the working
+    directory.
+    """
+    if not tracking_uri.startswith(_SQLITE_PREFIX):
+        return None
+    database = Path(tracking_uri.removeprefix(_SQLITE_PREFIX)).resolve()
+    return (database.parent / ARTIFACTS_FOLDER).as_uri()
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created (or restored from deletion) when needed."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                name, artifact_location=_artifact_location(client.tracking_uri)
+            )
+        except MlflowException:
+            # Another run (a concurrent trial) may have created it since.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return str(experiment.experiment_id)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(key, value) for key, value in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=items[start : start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def start_parent_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create a run for a sweep or a pipeline, to pass as ``parent_run_id`` to its children.
+
+    Args:
+        tracking_uri: The MLflow tracking URI.
+        experiment: Experiment name; created when needed.
+        run_name: Name of the run (MLflow picks one when ``None``).
+        params: Logged through :func:`flatten_config` (e.g. the search space).
+        tags: Extra tags.
+
+    Returns:
+        The run id. The run stays ``RUNNING`` until :func:`finish_run`.
+    """
+    client = MlflowClient(tracking_uri)
+    run = client.create_run(
+        _experiment_id(client, experiment), run_name=run_name, tags=dict(tags or {})
+    )
+    _log_params(client, run.info.run_id, flatten_config(params or {}))
+    return str(run.info.run_id)
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """End a run with ``status`` (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+    MlflowClient(tracking_uri).set_terminated(run_id, status)
+
+
+def _requirements() -> list[str]:
+    version = package_version()
+    return [
+        f"mlflow=={mlflow.__version__}",
+        "multivae" if version == "unknown" else f"multivae=={version}",
+    ]
+
+
+def register_model(
+    client_or_uri: MlflowClient | str,
+    run_id: str,
+    name: str,
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> str:
+    """Log a run's model as an MLflow pyfunc model and register it as a new version of ``name``.
+
+    The pyfunc model is :mod:`multivae.integrations.mlflow_pyfunc` logged as code, with the
+    model folder as its artifact ``model_dir``: loading it executes that file and reads the
+    folder's safetensors and JSON; nothing is pickled. Its params schema has ``gen`` (the
+    modalities to generate, all by default). The logged model is an output of the run, the
+    registered model is created when it does not exist, and the run is tagged
+    ``multivae.registered_model`` and ``multivae.registered_version``.
+
+    Args:
+        client_or_uri: A client, or a tracking URI (the registry is MLflow's default for it).
+        run_id: The run that trained the model.
+        name: Registered model name.
+        model_dir: The model folder; by default the run's ``model`` artifacts are downloaded.
+
+    Returns:
+        The new version (``"1"`` for the first).
+    """
+    import mlflow.pyfunc
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec
+
+    client = _client(client_or_uri)
+    run = client.get_run(run_id)
+    with tempfile.TemporaryDirectory() as temporary:
+        if model_dir is None:
+            model_dir = client.download_artifacts(run_id, MODEL_FOLDER, temporary)
+        modalities = json.loads((Path(model_dir) / CONFIG_FILE).read_text())["config"]["modalities"]
+        signature = ModelSignature(
+            params=ParamSchema([ParamSpec("gen", "string", list(modalities), (-1,))])
+        )
+        example = {  # one sample with every modality observed
+            modality: np.zeros(
+                (1, *spec["shape"]),
+                np.int64 if spec["likelihood"] == "categorical" else np.float32,
+            )
+            for modality, spec in modalities.items()
+        }
+        logged = client.create_logged_model(run.info.experiment_id, name=name, source_run_id=run_id)
+        try:
+            local = Path(temporary) / "pyfunc"
+            mlflow.pyfunc.save_model(
+                str(local),
+                python_model=str(PYFUNC_CODE),
+                artifacts={PYFUNC_MODEL_DIR: str(model_dir)},
+                signature=signature,
+                input_example=example,
+                pip_requirements=_requirements(),
+                mlflow_model=Model(
+                    artifact_path=logged.artifact_location,
+                    run_id=run_id,
+                    model_uuid=logged.model_id,
+                    model_id=logged.model_id,
+                ),
+            )
+            client.log_model_artifacts(logged.model_id, str(local))
+        except BaseException:
+            client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    try:
+        client.create_registered_model(name)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    # The logged model's location, not "models:/<id>": the SQL registry resolves that URI with
+    # the global tracking URI instead of this client's.
+    version = client.create_model_version(
+        name, logged.artifact_location, run_id=run_id, model_id=logged.model_id
+    ).version
+    client.set_tag(run_id, "multivae.registered_model", name)
+    client.set_tag(run_id, "multivae.registered_version", str(version))
+    return str(version)
+
+
+def _write_json(path: Path, document: Mapping[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(document, indent=2))
+    os.replace(temporary, path)
+
+
+class MLflowCallback(Callback):
+    """Tracks a training run in MLflow (on rank 0; other ranks do nothing).
+
+    At the start it creates the run, tagged by :func:`run_tags` and ``extra_tags`` (and
+    ``mlflow.parentRunId`` for a nested run), logs ``config`` through :func:`flatten_config`
+    and writes ``output_dir/mlflow_run.json``. A resumed run (that file and a checkpoint in
+    ``output_dir``) continues the same MLflow run instead, without logging params again, and
+    skips epochs it logged already (an exact resume recomputes the same values). After each
+    epoch it logs every numeric entry of the history record with ``step=epoch``, in one call.
+    At the end it logs ``run.yaml``, ``metrics.json``, the model folder (under ``model``,
+    unless ``log_model`` is false) and the ``*.png`` files of ``output_dir`` and
+    ``output_dir/figures`` (under ``figures``), registers the model when ``register_as`` is
+    set (:func:`register_model`) and ends the run ``FINISHED``. A failed run ends ``FAILED``
+    (``KILLED`` for a ``KeyboardInterrupt``).
+
+    Args:
+        tracking_uri: The MLflow tracking URI (see :func:`default_tracking_uri`).
+        experiment: Experiment name; created when needed.
+        run_name: Name of the run (MLflow picks one when ``None``).
+        parent_run_id: Make this a nested run of that one (see :func:`start_parent_run`).
+        config: The run config as plain data (``RunConfig.to_dict()``), logged as params.
+        dataset: Dataset folder, fingerprinted into the tag ``multivae.dataset_fingerprint``.
+        extra_tags: More tags.
+        log_model: Log the model folder as artifacts.
+        register_as: Register the model under this name in the model registry.
+
+    Attributes:
+        run_id: The MLflow run, once training has begun (``None`` on other ranks).
+    """
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment: str = "multivae",
+        run_name: str | None = None,
+        parent_run_id: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        dataset: str | os.PathLike[str] | None = None,
+        extra_tags: Mapping[str, str] | None = None,
+        log_model: bool = True,
+        register_as: str | None = None,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.parent_run_id = parent_run_id
+        self.config = dict(config or {})
+        self.dataset = dataset
+        self.extra_tags = dict(extra_tags or {})
+        self.log_model = log_model
+        self.register_as = register_as
+        self.run_id: str | None = None
+        self._client: MlflowClient | None = None
+        self._logged_through = 0
+
+    @property
+    def client(self) -> MlflowClient:
+        """The client of :attr:`tracking_uri`."""
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Create the run (or continue it when resuming), log params and tags."""
+        if distributed_rank() != 0:
+            return
+        run_file = trainer.output_dir / RUN_FILE
+        if run_file.is_file() and trainer.checkpoint_path.is_file():
+            self._continue(json.loads(run_file.read_text()), run_file)
+            return
+        client = self.client
+        experiment_id = _experiment_id(client, self.experiment)
+        tags = {**run_tags(trainer.module.name, self.dataset), **self.extra_tags}
+        if self.parent_run_id is not None:
+            tags[MLFLOW_PARENT_RUN_ID] = self.parent_run_id
+        run = client.create_run(experiment_id, run_name=self.run_name, tags=tags)
+        self.run_id = run_id = str(run.info.run_id)
+        try:
+            trainer.output_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(
+                run_file,
+                {
+                    "tracking_uri": self.tracking_uri,
+                    "experiment_id": experiment_id,
+                    "run_id": run_id,
+                },
+            )
+            _log_params(client, run_id, flatten_config(self.config))
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+
+    def _continue(self, stored: Mapping[str, Any], run_file: Path) -> None:
+        try:
+            run = self.client.get_run(stored["run_id"])
+        except MlflowException as error:
+            raise ValueError(
+                f"{run_file}: expected run {stored['run_id']} (logged to "
+                f"{stored['tracking_uri']}) at {self.tracking_uri}, found none ({error})"
+            ) from None
+        self.run_id = str(run.info.run_id)
+        self.client.update_run(self.run_id, status="RUNNING")
+        self._logged_through = int(run.data.metrics.get("epoch", 0))
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float | int | str]) -> bool:
+        """Log the epoch's numeric metrics with ``step=epoch``; never stops training."""
+        if self.run_id is None or epoch <= self._logged_through:
+            return False
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[
+                Metric(key, float(value), now, epoch)
+                for key, value in metrics.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            ],
+        )
+        return False
+
+    def on_train_end(self, result: TrainingResult) -> None:
+        """Log the run's files, register the model if asked, and end the run ``FINISHED``."""
+        if self.run_id is None:
+            return
+        client, output_dir = self.client, result.output_dir
+        for name in (RUN_CONFIG_FILE, METRICS_FILE):
+            if (output_dir / name).is_file():
+                client.log_artifact(self.run_id, str(output_dir / name))
+        if self.log_model:
+            client.log_artifacts(self.run_id, str(result.model_dir), MODEL_FOLDER)
+        for figure in sorted(
+            [*output_dir.glob("*.png"), *(output_dir / FIGURES_FOLDER).glob("*.png")]
+        ):
+            client.log_artifact(self.run_id, str(figure), FIGURES_FOLDER)
+        if self.register_as is not None:
+            register_model(client, self.run_id, self.register_as, model_dir=result.model_dir)
+        client.set_terminated(self.run_id, "FINISHED")
+
+    def on_train_error(self, error: BaseException) -> None:
+        """End the run ``FAILED`` (``KILLED`` on ``KeyboardInterrupt``); never raises."""
+        if self.run_id is None:
+            return
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as failure:  # the training error is the one to propagate
+            _logger.warning("could not end MLflow run %s as %s: %s", self.run_id, status, failure)

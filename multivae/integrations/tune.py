@@ -1,0 +1,514 @@
+"""Hyperparameter sweeps: Ray Tune trials proposed by Optuna (TPE), pruned by ASHA.
+
+A sweep file (YAML) names a base run config and a search space over dotted keys of it::
+
+    run: mopoe.yaml                 # base run config: a file (relative to this one) or a mapping
+    output_dir: runs/sweep-mopoe
+    metric: val_loss
+    mode: min
+    num_samples: 12                 # trials
+    max_concurrent_trials: 2
+    seed: 0                         # seeds Optuna's sampler
+    scheduler: {grace_period: 2, reduction_factor: 2}   # ASHA; null runs every trial to the end
+    space:
+      model: {choice: [mvae, mopoe]}
+      model_config.latent_dim: {choice: [8, 16, 32]}
+      model_config.beta: {loguniform: [0.25, 4.0]}
+      training.optimizer.kwargs.lr: {loguniform: [1.0e-4, 3.0e-3]}
+    trial_resources: {cpu: 1, gpu: 0}
+    train_workers: 0                # > 0: each trial is a Ray Train run with that many workers
+
+Every key of ``space`` is checked against the run config, and against the options of every model
+the sweep may pick, before Ray starts: a misspelled key is an error with a suggestion.
+
+Each trial is a real training run (:func:`multivae.run.run_training`) in
+``output_dir/trials/<trial id>`` that reports each epoch to Tune, so ASHA can stop it early.
+With ``train_workers`` > 0 the trial runs :func:`~multivae.integrations.ray_train.train_with_ray`
+and Ray Train's ``TuneReportCallback`` forwards the workers' reports to Tune (the Tune + Train
+pattern of Ray Train V2). MLflow: the sweep is one parent run, each trial a nested run. At the
+end the best finished trial is exported to ``output_dir/best/`` (``model/``, ``run.yaml``,
+``metrics.json``) and described in ``output_dir/best.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from multivae.config import Config, ConfigError
+from multivae.training.loop import METRICS_FILE, MODEL_FOLDER, Callback
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+BEST_FOLDER = "best"
+BEST_FILE = "best.json"
+TRIALS_FOLDER = "trials"
+
+
+@dataclass
+class ASHAConfig(Config):
+    """Asynchronous successive halving (``ray.tune.schedulers.ASHAScheduler``).
+
+    Attributes:
+        grace_period: Epochs every trial runs before it may be stopped.
+        reduction_factor: Keep the best ``1 / reduction_factor`` of trials at each rung.
+    """
+
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+
+@dataclass
+class SweepConfig(Config):
+    """A sweep file (see the module docstring).
+
+    Attributes:
+        run: The base run config: a file name (relative to the sweep file) or a mapping.
+        space: Dotted run-config key -> ``{distribution: arguments}``; distributions are
+            ``choice: [values]``, ``uniform: [low, high]``, ``loguniform: [low, high]``,
+            ``randint: [low, high)``.
+        output_dir: Folder of the trials, Tune's state, ``best/`` and ``best.json``.
+        metric: The reported metric to optimize.
+        mode: ``min`` or ``max``.
+        num_samples: Number of trials.
+        max_concurrent_trials: Trials running at once.
+        seed: Seed of Optuna's TPE sampler.
+        scheduler: ASHA settings; ``None`` runs every trial to its last epoch.
+        trial_resources: Ray resources of each trial (``cpu``, ``gpu``).
+        train_workers: 0 trains each trial in its own Tune process; more makes each trial a Ray
+            Train run with that many workers (``run.ray`` sets their resources).
+        address: Ray cluster to connect to; else ``RAY_ADDRESS``, else a local instance.
+    """
+
+    run: str | dict[str, Any]
+    space: dict[str, dict[str, list[Any]]]
+    output_dir: str
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = 8
+    max_concurrent_trials: int = 2
+    seed: int = 0
+    scheduler: ASHAConfig | None = field(default_factory=ASHAConfig)
+    trial_resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0})
+    train_workers: int = 0
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.space:
+            raise ConfigError("space: expected at least one parameter to search, found none")
+        for key, spec in self.space.items():
+            where = f"space.{key}"
+            if not isinstance(spec, dict) or len(spec) != 1:
+                raise ConfigError(
+                    f"{where}: expected one distribution such as {{choice: [a, b]}} or "
+                    f"{{loguniform: [low, high]}}, found {spec!r}"
+                )
+            (kind, arguments), *_ = spec.items()
+            if kind not in DISTRIBUTIONS:
+                raise ConfigError(
+                    f"{where}: unknown distribution {kind!r}; expected one of {list(DISTRIBUTIONS)}"
+                )
+            if not isinstance(arguments, list) or not arguments:
+                raise ConfigError(f"{where}.{kind}: expected a non-empty list, found {arguments!r}")
+            if kind != "choice" and (len(arguments) != 2 or not arguments[0] < arguments[1]):
+                raise ConfigError(
+                    f"{where}.{kind}: expected [low, high] with low < high, found {arguments!r}"
+                )
+            if kind == "loguniform" and arguments[0] <= 0:
+                raise ConfigError(f"{where}.loguniform: expected low > 0, found {arguments[0]}")
+        for option in ("num_samples", "max_concurrent_trials"):
+            if getattr(self, option) < 1:
+                raise ConfigError(f"{option}: expected at least 1, found {getattr(self, option)}")
+
+    def candidates(self, key: str) -> list[Any]:
+        """Representative values of a parameter: every choice, or the bounds of a range."""
+        ((kind, arguments),) = self.space[key].items()
+        if kind == "randint":
+            return [arguments[0], arguments[1] - 1]
+        return list(arguments)
+
+
+def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepConfig, dict[str, Any]]:
+    """Read a sweep file and its base run config (as plain data, unchecked).
+
+    Raises:
+        ConfigError: For malformed YAML, unknown keys or bad distributions.
+        FileNotFoundError: When the sweep file or its base run file does not exist.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sweep settings, found {raw!r}")
+    try:
+        sweep = SweepConfig.from_dict(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    if isinstance(sweep.run, str):
+        run_path = (path.parent / sweep.run).resolve()
+        if not run_path.exists():
+            raise FileNotFoundError(f"{path}: run: the base run config {run_path} does not exist")
+        base = yaml.safe_load(run_path.read_text())
+    else:
+        base = copy.deepcopy(sweep.run)
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: run: expected a run config mapping, found {base!r}")
+    return sweep, base
+
+
+def with_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """The base run config (plain data) with each dotted key set to its value."""
+    raw = copy.deepcopy(dict(base))
+    for key, value in params.items():
+        target = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[parts[-1]] = value
+    return raw
+
+
+def check_sweep(sweep: SweepConfig, base: Mapping[str, Any]) -> None:
+    """Refuse a sweep whose keys or values the run config or a model would refuse.
+
+    Every value of every ``choice`` (and both bounds of every range) is tried in the base
+    config, one key at a time, with every model the sweep may pick; the dataset's schema fills
+    the modalities.
+
+    Raises:
+        ConfigError: Naming the parameter, the model and the refused key (with a suggestion).
+        DataFormatError: When the run's dataset cannot be opened.
+    """
+    from multivae.data.reader import MultimodalDataset
+    from multivae.registry import get_model_class
+    from multivae.run import RunConfig, resolve_dataset, resolve_model_config
+
+    try:
+        config = RunConfig.from_dict(with_params(base, {}))
+    except ConfigError as error:
+        raise ConfigError(f"sweep: run: {error}") from None
+    schema = MultimodalDataset(resolve_dataset(config), "train").schema
+    models = sweep.candidates("model") if "model" in sweep.space else [config.model]
+    # One key at a time, so that the error names the key that is refused.
+    checks = [({"model": model}, "model", model) for model in models]
+    for key in sweep.space:
+        if key != "model":
+            checks += [
+                ({"model": model, key: value}, key, value)
+                for model in models
+                for value in sweep.candidates(key)
+            ]
+    for params, key, value in checks:
+        where = f"sweep: space.{key} = {value!r} (model {params['model']})"
+        try:
+            candidate = RunConfig.from_dict(with_params(base, params))
+            resolved = resolve_model_config(candidate, schema)
+            get_model_class(candidate.model).config_class.from_dict(resolved)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+
+
+class TuneReportCallback(Callback):
+    """Reports every epoch of a single-process trial to Ray Tune.
+
+    Only metrics go to Tune: the trial's checkpoint stays in its own output folder, where
+    ``multivae train --resume`` can continue it; copying it into Tune's storage every epoch
+    would double the disk traffic for no use (trials are not paused and resumed by ASHA).
+    """
+
+    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float | int | str]) -> bool:
+        """``ray.tune.report`` the epoch's record."""
+        import ray.tune
+
+        ray.tune.report(dict(metrics))
+        return False
+
+
+def _search_space(sweep: SweepConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, spec in sweep.space.items():
+        ((kind, arguments),) = spec.items()
+        if kind == "choice":
+            space[key] = tune.choice(arguments)
+        elif kind == "uniform":
+            space[key] = tune.uniform(*arguments)
+        elif kind == "loguniform":
+            space[key] = tune.loguniform(*arguments)
+        else:
+            space[key] = tune.randint(*arguments)
+    return space
+
+
+def _run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
+    """One Tune trial: the base run with the trial's parameters, trained and reported."""
+    import ray.tune
+
+    from multivae.run import MLflowConfig, RunConfig, run_training
+
+    trial = ray.tune.get_context()
+    trial_id = trial.get_trial_id()
+    raw = with_params(context["base"], params)
+    raw["output_dir"] = str(Path(context["output_dir"]) / TRIALS_FOLDER / trial_id)
+    config = RunConfig.from_dict(raw)
+    config.mlflow = MLflowConfig(
+        enabled=context["tracking_uri"] is not None,
+        tracking_uri=context["tracking_uri"],
+        experiment=context["experiment"],
+        run_name=trial.get_trial_name(),
+        parent_run_id=context["parent_run_id"],
+    )
+    config.training.progress_bar = False
+    if context["train_workers"]:
+        from ray.tune.integration.ray_train import TuneReportCallback as TrainToTune
+
+        from multivae.integrations.ray_train import train_with_ray
+        from multivae.run import RayConfig
+
+        ray_config = config.ray or RayConfig()
+        ray_config.num_workers = context["train_workers"]
+        ray_config.name = trial_id
+        config.ray = ray_config
+        train_with_ray(config, ray_callbacks=[TrainToTune()])  # type: ignore[no-untyped-call]
+    else:
+        config.ray = None
+        run_training(config, callbacks=[TuneReportCallback()])
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` returns.
+
+    Attributes:
+        best_trial: Tune's id of the best finished trial.
+        best_params: Its sampled parameters.
+        best_metrics: Its final reported metrics.
+        best_dir: ``output_dir/best`` (``model/``, ``run.yaml``, ``metrics.json``).
+        trials: One entry per trial: id, status, parameters, last metric.
+        parent_run_id: The sweep's MLflow parent run, or ``None``.
+    """
+
+    best_trial: str
+    best_params: dict[str, Any]
+    best_metrics: dict[str, Any]
+    best_dir: Path
+    trials: list[dict[str, Any]]
+    parent_run_id: str | None
+
+
+def run_sweep(
+    sweep: SweepConfig, base: Mapping[str, Any], *, tracking_uri: str | None = None
+) -> SweepResult:
+    """Run a sweep with Ray Tune, Optuna's TPE sampler and ASHA; export the best trial.
+
+    Args:
+        sweep: The sweep.
+        base: The base run config (plain data).
+        tracking_uri: MLflow tracking URI; by default ``MLFLOW_TRACKING_URI``, else
+            ``output_dir/mlflow.db``. MLflow is skipped when the base run disables it.
+
+    Raises:
+        ConfigError: From :func:`check_sweep`, before Ray starts.
+        RuntimeError: When no trial finishes.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    check_sweep(sweep, base)
+    output_dir = Path(sweep.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    epochs = int(with_params(base, {}).get("training", {}).get("epochs", 10))
+    mlflow_settings = dict(base.get("mlflow") or {})
+    parent_run_id = None
+    experiment = str(mlflow_settings.get("experiment", "multivae"))
+    if mlflow_settings.get("enabled", True):
+        from multivae.integrations.mlflow import default_tracking_uri, start_parent_run
+
+        tracking_uri = (
+            tracking_uri or mlflow_settings.get("tracking_uri") or default_tracking_uri(output_dir)
+        )
+        parent_run_id = start_parent_run(
+            tracking_uri,
+            experiment,
+            f"sweep-{output_dir.name}",
+            params={f"space.{k}": json.dumps(v) for k, v in sweep.space.items()},
+            tags={"multivae.kind": "sweep", "multivae.metric": sweep.metric},
+        )
+    else:
+        tracking_uri = None
+    if not ray.is_initialized():
+        address = sweep.address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address) if address else ray.init()
+    scheduler = (
+        None
+        if sweep.scheduler is None
+        else ASHAScheduler(
+            time_attr="training_iteration",
+            # Past the last report: the scheduler must not stop a trial that is writing its
+            # outputs after its last epoch.
+            max_t=max(epochs, sweep.scheduler.grace_period) + 2,
+            grace_period=sweep.scheduler.grace_period,
+            reduction_factor=sweep.scheduler.reduction_factor,
+        )
+    )
+    context = {
+        "base": dict(base),
+        "output_dir": str(output_dir),
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+        "parent_run_id": parent_run_id,
+        "train_workers": sweep.train_workers,
+    }
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_trial, context=context), dict(sweep.trial_resources)
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_search_space(sweep),
+        tune_config=tune.TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent_trials,
+            search_alg=OptunaSearch(seed=sweep.seed),
+            scheduler=scheduler,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(output_dir), verbose=0),
+    )
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        trials = _trial_table(sweep, grid, output_dir)
+        if tracking_uri is not None:
+            _close_stopped_trial_runs(tracking_uri, output_dir, trials)
+        result = _export_best(sweep, grid, trials, output_dir, parent_run_id)
+        status = "FINISHED"
+    finally:
+        if parent_run_id is not None and tracking_uri is not None:
+            from multivae.integrations.mlflow import finish_run
+
+            finish_run(tracking_uri, parent_run_id, status)
+    return result
+
+
+def _trial_table(sweep: SweepConfig, grid: Any, output_dir: Path) -> list[dict[str, Any]]:
+    """One entry per trial: id, whether it finished (wrote its model), error, params, metric."""
+    trials = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = str(metrics.get("trial_id", ""))
+        trial_dir = output_dir / TRIALS_FOLDER / trial_id
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "finished": (trial_dir / METRICS_FILE).exists()
+                and (trial_dir / MODEL_FOLDER).exists(),
+                "error": None if result.error is None else str(result.error),
+                "params": dict(result.config),
+                sweep.metric: metrics.get(sweep.metric),
+                "epochs": metrics.get("epoch"),
+            }
+        )
+    return trials
+
+
+def _close_stopped_trial_runs(
+    tracking_uri: str, output_dir: Path, trials: Sequence[Mapping[str, Any]]
+) -> None:
+    """Mark the MLflow runs of trials that ASHA stopped as KILLED (not FAILED), tagged so."""
+    from mlflow.tracking import MlflowClient
+
+    from multivae.integrations.mlflow import RUN_FILE
+
+    client = MlflowClient(tracking_uri)
+    for trial in trials:
+        run_file = output_dir / TRIALS_FOLDER / trial["trial_id"] / RUN_FILE
+        if trial["finished"] or trial["error"] is not None or not run_file.exists():
+            continue
+        run_id = json.loads(run_file.read_text())["run_id"]
+        client.set_tag(run_id, "multivae.stopped_early", "true")
+        client.set_terminated(run_id, "KILLED")
+
+
+def _export_best(
+    sweep: SweepConfig,
+    grid: Any,
+    trials: list[dict[str, Any]],
+    output_dir: Path,
+    parent_run_id: str | None,
+) -> SweepResult:
+    best: tuple[float, Any] | None = None
+    sign = 1.0 if sweep.mode == "min" else -1.0
+    for result, trial in zip(grid, trials, strict=True):
+        value = trial[sweep.metric]
+        if trial["finished"] and isinstance(value, int | float) and math.isfinite(value):
+            score = sign * float(value)
+            if best is None or score < best[0]:
+                best = (score, result)
+    if best is None:
+        raise RuntimeError(
+            f"no trial of the sweep in {output_dir} finished with a finite {sweep.metric}; "
+            f"trials: {json.dumps(trials, default=str)}"
+        )
+    result = best[1]
+    best_id = str(result.metrics["trial_id"])
+    source = output_dir / TRIALS_FOLDER / best_id
+    staging = output_dir / f".{BEST_FOLDER}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    shutil.copytree(source / MODEL_FOLDER, staging / MODEL_FOLDER)
+    for name in (METRICS_FILE, "run.yaml"):
+        shutil.copy2(source / name, staging / name)
+    if (output_dir / BEST_FOLDER).exists():
+        shutil.rmtree(output_dir / BEST_FOLDER)
+    os.replace(staging, output_dir / BEST_FOLDER)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, int | float | str)}
+    document = {
+        "trial_id": best_id,
+        "metric": sweep.metric,
+        "mode": sweep.mode,
+        "value": result.metrics[sweep.metric],
+        "params": dict(result.config),
+        "metrics": metrics,
+        "model_dir": str(output_dir / BEST_FOLDER / MODEL_FOLDER),
+        "mlflow_parent_run_id": parent_run_id,
+        "trials": trials,
+    }
+    temporary = output_dir / f".{BEST_FILE}.tmp"
+    temporary.write_text(json.dumps(document, indent=2, default=str))
+    os.replace(temporary, output_dir / BEST_FILE)
+    return SweepResult(
+        best_trial=best_id,
+        best_params=dict(result.config),
+        best_metrics=metrics,
+        best_dir=output_dir / BEST_FOLDER,
+        trials=trials,
+        parent_run_id=parent_run_id,
+    )
+
+
+def sweep_from_file(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepResult:
+    """``multivae tune --sweep FILE``: read, check and run a sweep."""
+    from multivae.run import apply_overrides
+
+    sweep, base = load_sweep(path)
+    if overrides:
+        raw = apply_overrides(sweep.to_dict(), overrides)
+        raw["run"] = base
+        sweep = SweepConfig.from_dict(raw)
+    return run_sweep(sweep, base)

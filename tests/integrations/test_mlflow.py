@@ -1,0 +1,500 @@
+"""MLflow tracking against real stores: a SQLite file, and an ``mlflow server`` over HTTP."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+import multivae
+from multivae.data import DataFormatError, MultimodalDataset, SplitArrays, write_split
+from multivae.data.datasets import prepare_builtin
+from multivae.integrations.mlflow import (
+    RUN_FILE,
+    TRUNCATED,
+    MLflowCallback,
+    dataset_fingerprint,
+    default_tracking_uri,
+    finish_run,
+    flatten_config,
+    register_model,
+    run_tags,
+    start_parent_run,
+)
+from multivae.run import MLflowConfig, RunConfig, run_training
+from multivae.training.config import TrainingConfig
+from multivae.training.loop import Callback
+
+
+@pytest.fixture(autouse=True)
+def working_dir(tmp_path, monkeypatch):
+    """An empty working directory, which MLflow must leave alone (no ./mlflow.db, ./mlruns)."""
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    yield folder
+    assert not list(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return prepare_builtin(
+        "gaussian-views",
+        tmp_path_factory.mktemp("data") / "gaussian",
+        missing_rate=0.3,
+        seed=0,
+        n_train=200,
+        n_val=50,
+        n_test=50,
+    )
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    """One SQLite store for the module (creating its tables takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def client(tracking_uri):
+    return MlflowClient(tracking_uri)
+
+
+def run_config(output_dir, data, epochs=3, **training):
+    return RunConfig(
+        model="mopoe",
+        data=str(data),
+        model_config={"latent_dim": 4},
+        training=TrainingConfig(
+            epochs=epochs, batch_size=64, progress_bar=False, device="cpu", **training
+        ),
+        output_dir=str(output_dir),
+        # The tests attach their own MLflowCallback.
+        mlflow=MLflowConfig(enabled=False),
+    )
+
+
+def artifact_paths(client, run_id, path=None):
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def steps_and_values(client, run_id, key="train_loss"):
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def history_of(result, key="train_loss"):
+    return [(record["epoch"], record[key]) for record in result.history]
+
+
+class StopAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, metrics):
+        return epoch >= self.epoch
+
+
+class RaiseAt(Callback):
+    def __init__(self, epoch, error):
+        self.epoch, self.error = epoch, error
+
+    def on_epoch_end(self, epoch, metrics):
+        if epoch == self.epoch:
+            raise self.error
+        return False
+
+
+def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path, dataset, tracking_uri, client):
+    output_dir = tmp_path / "run"
+    (output_dir / "figures").mkdir(parents=True)
+    (output_dir / "loss.png").write_bytes(b"\x89PNG loss")
+    (output_dir / "figures" / "latent.png").write_bytes(b"\x89PNG latent")
+    config = run_config(output_dir, dataset)
+    callback = MLflowCallback(
+        tracking_uri=tracking_uri,
+        experiment="records",
+        run_name="first",
+        config=config.to_dict(),
+        dataset=dataset,
+        extra_tags={"team": "vae"},
+    )
+    result = run_training(config, callbacks=[callback])
+
+    run = client.get_run(callback.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "first"
+    assert run.data.params == flatten_config(config.to_dict())
+    assert run.data.params["training.optimizer.kwargs.lr"] == "0.001"
+    assert run.data.params["model_config.latent_dim"] == "4"
+    assert run.data.params["training.epochs"] == "3"
+    assert run.data.params["data"] == str(dataset)
+    assert run.data.params["builtin"] == "null"
+    tags = run.data.tags
+    assert tags["multivae.model"] == "mopoe"
+    assert tags["multivae.dataset_fingerprint"] == dataset_fingerprint(dataset)
+    assert tags["multivae.version"] == metadata.version("multivae")
+    assert tags["team"] == "vae"
+    assert "mlflow.parentRunId" not in tags
+
+    assert steps_and_values(client, callback.run_id) == history_of(result)
+    assert [step for step, _ in history_of(result)] == [1, 2, 3]
+    assert steps_and_values(client, callback.run_id, "val_loss") == history_of(result, "val_loss")
+    final = json.loads(result.metrics_path.read_text())["final"]
+    assert run.data.metrics["train_loss"] == final["train_loss"]
+    assert run.data.metrics["epoch"] == 3
+    assert "stage" not in run.data.metrics
+
+    assert json.loads((output_dir / RUN_FILE).read_text()) == {
+        "tracking_uri": tracking_uri,
+        "experiment_id": run.info.experiment_id,
+        "run_id": callback.run_id,
+    }
+    paths = artifact_paths(client, callback.run_id)
+    assert {
+        "run.yaml",
+        "metrics.json",
+        "model/config.json",
+        "model/model.safetensors",
+        "figures/loss.png",
+        "figures/latent.png",
+    } <= paths
+    assert not any("checkpoint" in path for path in paths)
+    # A SQLite store keeps the artifacts next to the database, not in ./mlruns.
+    assert (
+        Path(tracking_uri.removeprefix("sqlite:///")).parent
+        in Path(run.info.artifact_uri.removeprefix("file://")).parents
+    )
+
+    downloaded = client.download_artifacts(callback.run_id, "model", str(tmp_path / "download"))
+    logged, saved = multivae.load_model(downloaded), multivae.load_model(result.model_dir)
+    batch = MultimodalDataset(dataset, "test").read_all()
+    outputs = []
+    for model in (logged, saved):
+        torch.manual_seed(0)
+        outputs.append(model.predict(batch, cond=["view0"]))
+    assert outputs[0].keys() == outputs[1].keys() == {"view0", "view1"}
+    for name in outputs[0]:
+        torch.testing.assert_close(outputs[0][name], outputs[1][name], rtol=0, atol=0)
+
+
+def test_children_of_a_parent_run_are_nested_runs(tmp_path, dataset, tracking_uri, client):
+    parent = start_parent_run(
+        tracking_uri,
+        "sweep",
+        "sweep",
+        params={"space": {"lr": [1e-3, 1e-2]}},
+        tags={"kind": "sweep"},
+    )
+    children = []
+    for trial in range(2):
+        callback = MLflowCallback(
+            tracking_uri=tracking_uri,
+            experiment="sweep",
+            run_name=f"trial-{trial}",
+            parent_run_id=parent,
+        )
+        run_training(
+            run_config(tmp_path / f"trial-{trial}", dataset, epochs=1), callbacks=[callback]
+        )
+        children.append(callback.run_id)
+    finish_run(tracking_uri, parent)
+
+    experiment = client.get_experiment_by_name("sweep")
+    nested = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'"
+    )
+    assert sorted(run.info.run_id for run in nested) == sorted(children)
+    assert len(set(children)) == 2
+    parent_run = client.get_run(parent)
+    assert parent_run.info.status == "FINISHED"
+    assert parent_run.data.params == {"space.lr": "[0.001,0.01]"}
+    assert parent_run.data.tags["kind"] == "sweep"
+
+
+def test_a_resumed_run_continues_the_same_mlflow_run(tmp_path, dataset, tracking_uri, client):
+    config = run_config(tmp_path / "run", dataset, epochs=4)
+    first = MLflowCallback(tracking_uri=tracking_uri, experiment="resume", config=config.to_dict())
+    stopped = run_training(config, callbacks=[first, StopAt(2)])
+    assert stopped.stopped_by_callback
+    assert [step for step, _ in steps_and_values(client, first.run_id)] == [1, 2]
+
+    second = MLflowCallback(tracking_uri=tracking_uri, experiment="resume", config=config.to_dict())
+    result = run_training(config, resume=True, callbacks=[second])
+
+    assert second.run_id == first.run_id
+    experiment = client.get_experiment_by_name("resume")
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    assert steps_and_values(client, second.run_id) == history_of(result)
+    assert [step for step, _ in history_of(result)] == [1, 2, 3, 4]
+    assert client.get_run(second.run_id).info.status == "FINISHED"
+
+
+def test_a_failed_run_ends_failed_and_its_resume_logs_each_epoch_once(
+    tmp_path, dataset, tracking_uri, client
+):
+    # Checkpoints every 2 epochs: the failure in epoch 3 comes after its metrics were logged,
+    # and the resume recomputes epoch 3 from the checkpoint of epoch 2.
+    config = run_config(tmp_path / "run", dataset, epochs=4, checkpoint_every=2)
+    failing = MLflowCallback(tracking_uri=tracking_uri, experiment="failure")
+    with pytest.raises(RuntimeError, match="boom"):
+        run_training(config, callbacks=[failing, RaiseAt(3, RuntimeError("boom"))])
+    assert client.get_run(failing.run_id).info.status == "FAILED"
+    assert [step for step, _ in steps_and_values(client, failing.run_id)] == [1, 2, 3]
+
+    resumed = MLflowCallback(tracking_uri=tracking_uri, experiment="failure")
+    result = run_training(config, resume=True, callbacks=[resumed])
+    assert resumed.run_id == failing.run_id
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    # Each step once, and the values logged before the failure are those the resume recomputed.
+    assert steps_and_values(client, resumed.run_id) == history_of(result)
+
+
+def test_an_interrupted_run_ends_killed(tmp_path, dataset, tracking_uri, client):
+    callback = MLflowCallback(tracking_uri=tracking_uri, experiment="failure")
+    with pytest.raises(KeyboardInterrupt):
+        run_training(
+            run_config(tmp_path / "run", dataset, epochs=2),
+            callbacks=[callback, RaiseAt(1, KeyboardInterrupt())],
+        )
+    assert client.get_run(callback.run_id).info.status == "KILLED"
+
+
+def test_registered_model_loads_as_pyfunc_and_predicts(
+    tmp_path, dataset, tracking_uri, client, monkeypatch
+):
+    config = run_config(tmp_path / "run", dataset, epochs=2)
+    callback = MLflowCallback(
+        tracking_uri=tracking_uri, experiment="registry", register_as="poly-model"
+    )
+    result = run_training(config, callbacks=[callback])
+
+    (version,) = client.search_model_versions("name = 'poly-model'")
+    assert str(version.version) == "1"  # an int from the SQL store, despite its str annotation
+    assert version.run_id == callback.run_id
+    run = client.get_run(callback.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["multivae.registered_model"] == "poly-model"
+    assert run.data.tags["multivae.registered_version"] == "1"
+
+    assert register_model(tracking_uri, callback.run_id, "poly-model") == "2"  # from artifacts
+    assert len(client.search_model_versions("name = 'poly-model'")) == 2
+    assert client.get_run(callback.run_id).data.tags["multivae.registered_version"] == "2"
+
+    source = client.get_model_version_download_uri("poly-model", "1")
+    files = {
+        path.relative_to(source.removeprefix("file://")).as_posix()
+        for path in Path(source.removeprefix("file://")).rglob("*")
+        if path.is_file()
+    }
+    assert {"MLmodel", "mlflow_pyfunc.py", "artifacts/model/model.safetensors"} <= files
+    assert not [path for path in files if path.endswith((".pkl", ".pickle"))]  # no pickle
+
+    # Imported here: importing mlflow.pyfunc warns (filtered above for the tests only).
+    import mlflow.pyfunc
+    import pandas as pd
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model("models:/poly-model/1")
+    test = MultimodalDataset(dataset, "test").__getitems__(range(10))
+    observed = {"view0": test.data["view0"]}
+    saved = multivae.load_model(result.model_dir)
+    torch.manual_seed(0)
+    generated = pyfunc.predict(observed)
+    torch.manual_seed(0)
+    expected = saved.predict(test.to_batch(), cond=["view0"])
+    assert generated.keys() == {"view0", "view1"}
+    for name, values in generated.items():
+        assert isinstance(values, np.ndarray)
+        assert values.shape == (10, 8)
+        np.testing.assert_array_equal(values, expected[name].numpy())
+    only = pyfunc.predict(
+        pd.DataFrame({"view1": list(test.data["view1"])}), params={"gen": ["view0"]}
+    )
+    assert only.keys() == {"view0"}
+    assert only["view0"].shape == (10, 8)
+
+
+def test_fingerprint_follows_the_data_not_the_folder(tmp_path, dataset):
+    fingerprint = dataset_fingerprint(dataset)
+    assert len(fingerprint) == 16
+    int(fingerprint, 16)
+    copy = shutil.copytree(dataset, tmp_path / "copy")
+    assert dataset_fingerprint(copy) == fingerprint
+
+    train = MultimodalDataset(copy, "train")
+    block = train.__getitems__(range(len(train)))
+    arrays = SplitArrays(block.data, block.present, block.labels, block.sample_ids)
+    write_split(copy, "train", train.schema, arrays)
+    rewritten = dataset_fingerprint(copy)
+    write_split(copy, "train", train.schema, arrays)
+    assert dataset_fingerprint(copy) == rewritten
+    row = int(np.flatnonzero(arrays.present["view0"])[0])
+    arrays.data["view0"][row, 3] += 1.0
+    write_split(copy, "train", train.schema, arrays)
+    assert dataset_fingerprint(copy) != rewritten
+    assert dataset_fingerprint(dataset) == fingerprint
+
+
+def test_fingerprint_of_large_files_samples_their_content(tmp_path):
+    """Past 256 KiB a file is hashed by its footer and sampled blocks (this one: 1 MiB)."""
+    split = tmp_path / "big" / "train"
+    split.mkdir(parents=True)
+    body = bytearray(np.random.default_rng(0).bytes(2**20))
+
+    def write(footer=b"footer"):
+        tail = footer + len(footer).to_bytes(4, "little") + b"PAR1"
+        (split / "part-00000.parquet").write_bytes(b"PAR1" + bytes(body) + tail)
+        return dataset_fingerprint(tmp_path / "big")
+
+    first = write()
+    assert write() == first
+    assert write(footer=b"footer, other statistics") != first
+    body[0] ^= 1  # in the first sampled block
+    assert write() != first
+    (split / "part-00000.parquet").write_bytes(b"no footer")
+    with pytest.raises(DataFormatError, match="not a Parquet file"):
+        dataset_fingerprint(tmp_path / "big")
+
+
+def test_flatten_config_gives_dotted_keys_and_compact_values(tracking_uri, client):
+    nested = {
+        "model": "mvae",
+        "training": {
+            "epochs": 3,
+            "optimizer": {"name": "Adam", "kwargs": {"lr": 0.001}},
+            "scheduler": None,
+            "progress_bar": False,
+        },
+        "model_config": {"hidden": [64, 32], "modalities": {}},
+        "tags": ["a", "b"],
+    }
+    assert flatten_config(nested) == {
+        "model": "mvae",
+        "training.epochs": "3",
+        "training.optimizer.name": "Adam",
+        "training.optimizer.kwargs.lr": "0.001",
+        "training.scheduler": "null",
+        "training.progress_bar": "false",
+        "model_config.hidden": "[64,32]",
+        "model_config.modalities": "{}",
+        "tags": '["a","b"]',
+    }
+
+    fits, long = "x" * MAX_PARAM_VAL_LENGTH, "y" * (MAX_PARAM_VAL_LENGTH + 1)
+    flat = flatten_config({"a": {"fits": fits, "long": long}})
+    assert flat["a.fits"] == fits
+    assert len(flat["a.long"]) == MAX_PARAM_VAL_LENGTH
+    assert flat["a.long"] == long[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
+    # Logging it is accepted by the store.
+    run_id = start_parent_run(tracking_uri, "params", None, params={"a": {"long": long}})
+    assert client.get_run(run_id).data.params == {"a.long": flat["a.long"]}
+
+
+def test_run_tags_name_the_git_commit_when_there_is_one(tmp_path, dataset, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the working_dir fixture's folder: git init writes there
+    tags = run_tags("mvae")
+    assert tags == {"multivae.model": "mvae", "multivae.version": metadata.version("multivae")}
+    if shutil.which("git") is None:
+        pytest.skip("no git executable")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tags = run_tags("mvae", dataset)
+    assert tags["mlflow.source.git.commit"] == head
+    assert tags["multivae.dataset_fingerprint"] == dataset_fingerprint(dataset)
+
+
+def test_default_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = default_tracking_uri(tmp_path / "out")
+    assert uri == f"sqlite:///{(tmp_path / 'out').resolve()}/mlflow.db"
+    assert (tmp_path / "out").is_dir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert default_tracking_uri(tmp_path / "elsewhere") == "http://tracking:5000"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_health(url, server, seconds=180):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"mlflow server at {url} did not answer within {seconds} s")
+
+
+@pytest.mark.integration
+def test_a_run_reaches_an_mlflow_server_over_http(tmp_path, dataset):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    artifacts = tmp_path / "server-artifacts"
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 (closed in finally)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(artifacts),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+    )
+    try:
+        wait_for_health(url, server)
+        callback = MLflowCallback(tracking_uri=url, experiment="remote", config={"k": 1})
+        result = run_training(run_config(tmp_path / "run", dataset), callbacks=[callback])
+
+        client = MlflowClient(url)
+        run = client.get_run(callback.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {"k": "1"}
+        assert steps_and_values(client, callback.run_id) == history_of(result)
+        assert {"model/model.safetensors", "run.yaml"} <= artifact_paths(client, callback.run_id)
+        # The artifacts went through the server into its destination folder.
+        assert list(artifacts.rglob("model.safetensors"))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()

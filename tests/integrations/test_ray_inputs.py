@@ -1,0 +1,133 @@
+"""Bad Ray and sweep input: a clear error before any cluster work starts."""
+
+import pytest
+import ray
+
+from multivae.config import ConfigError
+from multivae.data import DataFormatError
+from multivae.data.datasets import prepare_builtin
+from multivae.integrations.tune import load_sweep, run_sweep
+from multivae.run import RunConfig, run_training
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    return prepare_builtin(
+        "gaussian-views",
+        tmp_path_factory.mktemp("inputs") / "views",
+        missing_rate=0.3,
+        seed=0,
+        n_train=50,
+        n_val=20,
+        n_test=20,
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_cluster_is_started():
+    assert not ray.is_initialized()
+    yield
+    assert not ray.is_initialized(), "the error came after Ray had started"
+
+
+def write_sweep(tmp_path, data, space, **settings):
+    lines = [
+        "run:",
+        "  model: mopoe",
+        f"  data: {data}",
+        "  output_dir: unused",
+        f"output_dir: {tmp_path / 'sweep'}",
+        "space:",
+        *(f"  {line}" for line in space),
+        *(f"{key}: {value}" for key, value in settings.items()),
+    ]
+    path = tmp_path / "sweep.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_misspelled_model_option_in_the_space_is_named_with_a_suggestion(views, tmp_path):
+    path = write_sweep(tmp_path, views, ["model_config.betta: {uniform: [0.5, 2.0]}"])
+    sweep, base = load_sweep(path)
+    with pytest.raises(ConfigError, match=r"space\.model_config\.betta.*Did you mean 'beta'"):
+        run_sweep(sweep, base)
+
+
+def test_an_option_that_one_candidate_model_lacks_is_refused(views, tmp_path):
+    # MoPoE has subsets; MVAE does not: the sweep may pick MVAE with it.
+    path = write_sweep(
+        tmp_path,
+        views,
+        ["model: {choice: [mopoe, mvae]}", "model_config.subsets: {choice: [null]}"],
+    )
+    sweep, base = load_sweep(path)
+    with pytest.raises(ConfigError, match=r"space\.model_config\.subsets = None \(model mvae\)"):
+        run_sweep(sweep, base)
+
+
+def test_an_unknown_run_key_in_the_space_is_refused(views, tmp_path):
+    path = write_sweep(tmp_path, views, ["trainig.epochs: {choice: [1, 2]}"])
+    sweep, base = load_sweep(path)
+    with pytest.raises(ConfigError, match=r"trainig.*Did you mean 'training'"):
+        run_sweep(sweep, base)
+
+
+def test_an_empty_space_is_refused(views, tmp_path):
+    path = write_sweep(tmp_path, views, ["{}"])
+    path.write_text(path.read_text().replace("space:\n  {}", "space: {}"))
+    with pytest.raises(ConfigError, match="space: expected at least one parameter"):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{loguniform: [0.0, 1.0]}", "expected low > 0"),
+        ("{uniform: [2.0, 1.0]}", "low < high"),
+        ("{normal: [0, 1]}", "unknown distribution 'normal'"),
+        ("[1, 2]", r"space\.model_config\.beta: expected a mapping, found \[1, 2\]"),
+        ("{uniform: [1.0, 2.0], choice: [1]}", "expected one distribution"),
+    ],
+)
+def test_bad_distributions_are_refused(views, tmp_path, spec, message):
+    path = write_sweep(tmp_path, views, [f"model_config.beta: {spec}"])
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+
+
+def test_more_workers_than_cpus_is_refused(views, tmp_path):
+    config = RunConfig.from_dict(
+        {
+            "model": "mopoe",
+            "data": str(views),
+            "output_dir": str(tmp_path / "run"),
+            "ray": {"num_workers": 64},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"64 workers need 64 CPU .* on this machine"):
+        run_training(config)
+
+
+def test_a_dataset_that_does_not_exist_is_refused(tmp_path):
+    config = RunConfig.from_dict(
+        {
+            "model": "mopoe",
+            "data": str(tmp_path / "nowhere"),
+            "output_dir": str(tmp_path / "run"),
+            "ray": {"num_workers": 1},
+        }
+    )
+    with pytest.raises(DataFormatError, match="nowhere"):
+        run_training(config)
+
+
+@pytest.mark.parametrize("name", ["sweep-gaussian-views", "sweep-poly-digits"])
+def test_the_example_sweeps_pass_the_checks(name, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from multivae.integrations.tune import check_sweep
+
+    monkeypatch.setenv("MULTIVAE_CACHE", str(tmp_path / "cache"))
+    sweep, base = load_sweep(Path(__file__).resolve().parents[2] / "examples" / f"{name}.yaml")
+    check_sweep(sweep, base)
+    assert sweep.num_samples > 1 and sweep.scheduler is not None

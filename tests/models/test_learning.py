@@ -1,0 +1,102 @@
+"""The four classic models learn: cross-modal generation on poly-digits with missing modalities.
+
+Each model trains through the real run path (``run_training``: Parquet files, the training loop,
+the saved model folder) on ``poly-digits`` with half of modalities m1-m4 missing, then generates
+the image of modality m1 from m0 alone for the (complete) test split. A small classifier,
+trained here on real m1 images, judges the class of each generated image; cross-modal coherence
+is the fraction that matches the input's class. Chance is 10%.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import multivae
+from multivae.data import MultimodalDataset
+from multivae.data.datasets import prepare_builtin
+from multivae.run import MLflowConfig, RunConfig, run_training
+from multivae.training import TrainingConfig
+from multivae.training.config import OptimizerConfig
+
+COHERENCE_FLOOR = 0.25
+"""2.5 times chance. Measured on 2 CPU cores with these settings (torch 2.14): JMVAE 0.49,
+MVAE 0.33, MMVAE 0.39, MoPoE 0.47-0.57. The models leave the mean-image plateau (coherence
+exactly 0.1) after 5-6 epochs of 63 steps; the learning rate of 3e-3 and batches of 32 make
+that happen within the time a test can take."""
+MODEL_OPTIONS = {
+    "jmvae": {"warmup": 2.0, "alpha": 1.0},
+    "mvae": {"warmup": 2.0},
+    "mmvae": {"samples_per_expert": 1},
+    "mopoe": {},
+}
+EPOCHS = {"jmvae": 10, "mvae": 12, "mmvae": 12, "mopoe": 10}
+
+
+@pytest.fixture(scope="module")
+def poly_digits(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("learning") / "poly-digits"
+    return prepare_builtin(
+        "poly-digits", folder, missing_rate=0.5, seed=0, n_train=2000, n_val=200, n_test=500
+    )
+
+
+@pytest.fixture(scope="module")
+def m1_classifier(poly_digits):
+    torch.manual_seed(0)
+    train = MultimodalDataset(poly_digits, "train").read_all()
+    present = train.mask["m1"]
+    images, labels = train.data["m1"][present], train.label[present]
+    classifier = nn.Sequential(
+        nn.Conv2d(3, 16, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, 2, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
+    )
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=2e-3)
+    for _ in range(15):
+        order = torch.randperm(len(images))
+        for start in range(0, len(images), 64):
+            rows = order[start : start + 64]
+            loss = nn.functional.cross_entropy(classifier(images[rows]), labels[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    classifier.eval()
+    test = MultimodalDataset(poly_digits, "test").read_all()
+    with torch.no_grad():
+        accuracy = (classifier(test.data["m1"]).argmax(-1) == test.label).float().mean().item()
+    # The judge must be trustworthy before it judges anything.
+    assert accuracy > 0.85, accuracy
+    return classifier
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_OPTIONS))
+def test_model_generates_the_right_class_for_a_missing_modality(
+    name, poly_digits, m1_classifier, tmp_path
+):
+    config = RunConfig(
+        model=name,
+        data=str(poly_digits),
+        model_config={"latent_dim": 16, **MODEL_OPTIONS[name]},
+        training=TrainingConfig(
+            epochs=EPOCHS[name],
+            batch_size=32,
+            optimizer=OptimizerConfig("Adam", {"lr": 3e-3}),
+            progress_bar=False,
+        ),
+        output_dir=str(tmp_path / name),
+        mlflow=MLflowConfig(enabled=False),
+    )
+    result = run_training(config)
+    losses = [record["train_loss"] for record in result.history]
+    assert losses[-1] < losses[0]
+    model = multivae.load_model(result.model_dir)
+    test = MultimodalDataset(poly_digits, "test").read_all()
+    torch.manual_seed(0)
+    generated = model.predict(test, cond=["m0"], gen=["m1"])["m1"]
+    with torch.no_grad():
+        predicted = m1_classifier(generated).argmax(-1)
+    coherence = (predicted == test.label).float().mean().item()
+    assert coherence > COHERENCE_FLOOR, f"{name}: coherence m0 -> m1 {coherence:.3f}"
