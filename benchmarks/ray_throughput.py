@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 
-def measure(data: str, workers: int, epochs: int, batch_size: int) -> dict[str, Any]:
+def measure(data: str, workers: int, epochs: int, batch_size: int, cpus: float) -> dict[str, Any]:
     """One run in this process; returns its rates and the peak RSS of its Ray workers."""
     import psutil
 
@@ -61,7 +61,7 @@ def measure(data: str, workers: int, epochs: int, batch_size: int) -> dict[str, 
             "mlflow": {"enabled": False},
         }
         if workers:
-            raw["ray"] = {"num_workers": workers}
+            raw["ray"] = {"num_workers": workers, "cpus_per_worker": cpus}
         result = run_training(RunConfig.from_dict(raw))
     done.set()
     sampler.join()
@@ -76,10 +76,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="Ray reserves these per worker and sets its torch threads (OMP_NUM_THREADS) to them",
+    )
     parser.add_argument("--child", nargs=2, metavar=("DATA", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure(args.child[0], int(args.child[1]), args.epochs, args.batch_size)
+        result = measure(
+            args.child[0], int(args.child[1]), args.epochs, args.batch_size, args.cpus_per_worker
+        )
         print(json.dumps(result))
         return
 
@@ -110,6 +118,8 @@ def main() -> None:
                 str(args.epochs),
                 "--batch-size",
                 str(args.batch_size),
+                "--cpus-per-worker",
+                str(args.cpus_per_worker),
             ]
             print(f"running {samples} samples, workers={workers}", file=sys.stderr)
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -118,7 +128,11 @@ def main() -> None:
             if workers == 0:
                 local_time = epoch_time
             ratio = "" if local_time is None else f"{epoch_time / local_time:.2f}x time"
-            path = "local loop" if workers == 0 else f"Ray Train x{workers}"
+            path = (
+                "local loop"
+                if workers == 0
+                else f"Ray Train x{workers} ({args.cpus_per_worker:g} CPU each)"
+            )
             rss = "" if workers == 0 else f"{result['peak_worker_rss']:.0f}"
             print(
                 f"| {samples} | {size:.0f} MiB | {path} | {epoch_time:.2f} | "

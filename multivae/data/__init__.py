@@ -18,7 +18,13 @@ from multivae.data.reader import (
     read_schema,
     split_files,
 )
-from multivae.data.schema import SPLITS, DatasetSchema, ModalitySpec, presence_column
+from multivae.data.schema import (
+    SPLITS,
+    DatasetSchema,
+    ModalitySpec,
+    imputed_column,
+    presence_column,
+)
 from multivae.data.writer import SplitArrays, SplitWriter, write_dataset, write_split
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "SplitWriter",
     "apply_presence",
     "collate",
+    "imputed_column",
     "list_splits",
     "make_dataloader",
     "missing_completely_at_random",

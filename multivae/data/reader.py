@@ -33,6 +33,7 @@ from multivae.data.schema import (
     SAMPLE_ID_COLUMN,
     SPLITS,
     DatasetSchema,
+    imputed_column,
     presence_column,
 )
 from multivae.data.validation import check_chunk
@@ -94,13 +95,18 @@ def read_file_schema(path: str | os.PathLike[str]) -> DatasetSchema:
                 file=path,
                 column=spec.name,
             )
-        flag = presence_column(spec.name)
-        if flag not in names:
-            raise DataFormatError("missing presence column", file=path, column=flag)
-        if arrow_schema.field(flag).type != pa.bool_():
-            raise DataFormatError(
-                f"expected type bool, found {arrow_schema.field(flag).type}", file=path, column=flag
-            )
+        flags = [("presence", presence_column(spec.name))]
+        if schema.imputed:
+            flags.append(("imputation", imputed_column(spec.name)))
+        for what, flag in flags:
+            if flag not in names:
+                raise DataFormatError(f"missing {what} column", file=path, column=flag)
+            if arrow_schema.field(flag).type != pa.bool_():
+                raise DataFormatError(
+                    f"expected type bool, found {arrow_schema.field(flag).type}",
+                    file=path,
+                    column=flag,
+                )
     required = [SAMPLE_ID_COLUMN] + ([LABEL_COLUMN] if schema.num_classes is not None else [])
     for column in required:
         if column not in names:
@@ -193,11 +199,19 @@ class MultimodalDataset(Dataset[Sample]):
         groups: list[_RowGroup] = []
         start = 0
         for file_index, path in enumerate(self.files):
-            if file_index and read_file_schema(path).modalities != self.schema.modalities:
-                raise DataFormatError(
-                    f"expected the modalities of {self.files[0].name}, found different ones",
-                    file=path,
-                )
+            if file_index:
+                other = read_file_schema(path)
+                if other.modalities != self.schema.modalities:
+                    raise DataFormatError(
+                        f"expected the modalities of {self.files[0].name}, found different ones",
+                        file=path,
+                    )
+                if other.imputed != self.schema.imputed:
+                    raise DataFormatError(
+                        f"expected imputed={self.schema.imputed} like {self.files[0].name}, "
+                        f"found imputed={other.imputed}",
+                        file=path,
+                    )
             metadata = _open(path).metadata
             offset = 0
             for group_index in range(metadata.num_row_groups):
@@ -274,8 +288,26 @@ class MultimodalDataset(Dataset[Sample]):
             labels = table.column(LABEL_COLUMN).to_numpy()
         sample_ids = table.column(SAMPLE_ID_COLUMN).to_numpy()
         if validate:
+            imputed = None
+            if self.schema.imputed:
+                imputed = {}
+                for name in self.schema.modality_names:
+                    column = table.column(imputed_column(name))
+                    if column.null_count:
+                        raise DataFormatError(
+                            f"found {column.null_count} null imputation flags",
+                            file=path,
+                            column=imputed_column(name),
+                        )
+                    imputed[name] = column.to_numpy()
             check_chunk(
-                self.schema, data, present, labels, file=str(path), row_offset=group.file_offset
+                self.schema,
+                data,
+                present,
+                labels,
+                file=str(path),
+                row_offset=group.file_offset,
+                imputed=imputed,
             )
         return _Decoded(data, present, labels, sample_ids)
 
@@ -389,6 +421,27 @@ class MultimodalDataset(Dataset[Sample]):
     def read_all(self) -> Batch:
         """Every row of the split as one batch (for small splits: metrics, tests)."""
         return collate(self.__getitems__(range(len(self))))
+
+    def read_imputed(self) -> dict[str, np.ndarray[Any, Any]] | None:
+        """Which cells of the split a model generated, in row order; ``None`` when not recorded.
+
+        Batches treat imputed cells as present (they are); the flags, stored in the
+        ``<name>__imputed`` columns of datasets whose schema sets ``imputed``, are read here
+        on their own (only those columns are decoded).
+
+        Returns:
+            Modality name -> boolean array ``(len(self),)``, or ``None`` for a dataset without
+            imputation columns.
+        """
+        if not self.schema.imputed:
+            return None
+        columns = [imputed_column(name) for name in self.schema.modality_names]
+        parts: dict[str, list[np.ndarray[Any, Any]]] = {name: [] for name in self.modalities}
+        for path in self.files:
+            table = _open(path).read(columns=columns)
+            for name in self.modalities:
+                parts[name].append(table.column(imputed_column(name)).to_numpy())
+        return {name: np.concatenate(arrays).astype(bool) for name, arrays in parts.items()}
 
 
 def _block_shuffled(

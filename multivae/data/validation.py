@@ -8,7 +8,13 @@ from typing import Any
 import numpy as np
 
 from multivae.data.errors import DataFormatError
-from multivae.data.schema import LABEL_COLUMN, DatasetSchema, ModalitySpec, presence_column
+from multivae.data.schema import (
+    LABEL_COLUMN,
+    DatasetSchema,
+    ModalitySpec,
+    imputed_column,
+    presence_column,
+)
 
 
 def check_modality(
@@ -97,8 +103,19 @@ def check_chunk(
     *,
     file: str | None = None,
     row_offset: int = 0,
+    imputed: Mapping[str, np.ndarray[Any, Any]] | None = None,
 ) -> None:
-    """Check a chunk of rows of every modality, its presence flags and its labels.
+    """Check a chunk of rows of every modality, its presence flags, imputation flags and labels.
+
+    Args:
+        schema: The dataset's description.
+        data: Modality name -> values ``(rows, *shape)``.
+        present: Modality name -> boolean presence flags ``(rows,)``.
+        labels: Integer labels ``(rows,)``, or ``None``.
+        file: File the rows come from or go to, for the message.
+        row_offset: Index of the chunk's first row within that file, for the message.
+        imputed: Modality name -> boolean flags ``(rows,)`` of imputed cells; required when
+            ``schema.imputed`` and refused otherwise.
 
     Raises:
         DataFormatError: On any violation of the format, naming file, column and row.
@@ -142,6 +159,7 @@ def check_chunk(
             file=file,
             row=row_offset + int(np.argmin(any_present)),
         )
+    check_imputed(schema, present, imputed, rows or 0, file=file, row_offset=row_offset)
     if schema.num_classes is None:
         if labels is not None:
             raise DataFormatError(
@@ -171,3 +189,58 @@ def check_chunk(
             column=LABEL_COLUMN,
             row=row_offset + row,
         )
+
+
+def check_imputed(
+    schema: DatasetSchema,
+    present: Mapping[str, np.ndarray[Any, Any]],
+    imputed: Mapping[str, np.ndarray[Any, Any]] | None,
+    rows: int,
+    *,
+    file: str | None = None,
+    row_offset: int = 0,
+) -> None:
+    """Check the ``<name>__imputed`` flags of a chunk against the schema and presence flags.
+
+    Raises:
+        DataFormatError: When flags are given for a schema without ``imputed`` (or missing for
+            one with it), are not boolean ``(rows,)``, or mark an absent cell as imputed.
+    """
+    if not schema.imputed:
+        if imputed is not None:
+            raise DataFormatError(
+                "imputation flags given but the schema does not declare them (imputed is false)",
+                file=file,
+            )
+        return
+    if imputed is None:
+        raise DataFormatError(
+            "missing imputation flags: the schema declares imputed columns", file=file
+        )
+    unknown = sorted(set(imputed) - set(schema.modality_names))
+    if unknown:
+        raise DataFormatError(
+            f"expected imputation flags of {list(schema.modality_names)}, found extra {unknown}",
+            file=file,
+        )
+    for name in schema.modality_names:
+        column = imputed_column(name)
+        if name not in imputed:
+            raise DataFormatError("missing imputation column", file=file, column=column)
+        flags = imputed[name]
+        if flags.dtype != np.bool_ or flags.shape != (rows,):
+            raise DataFormatError(
+                f"expected {rows} boolean imputation flags, found shape {flags.shape} dtype "
+                f"{flags.dtype}",
+                file=file,
+                column=column,
+            )
+        absent = flags & ~present[name]
+        if absent.any():
+            raise DataFormatError(
+                "imputation flag is true but the presence flag is false (an imputed cell holds "
+                "generated values and is present)",
+                file=file,
+                column=column,
+                row=row_offset + int(np.argmax(absent)),
+            )

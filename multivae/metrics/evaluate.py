@@ -1,0 +1,359 @@
+"""``multivae evaluate``: every metric of a trained model on a dataset, as JSON and figures.
+
+:func:`evaluate` loads a model folder and a dataset, checks that they match, and writes
+``metrics.json`` and ``figures/*.png`` into the output folder:
+
+* ``likelihood``: joint NLL and each modality's NLL given the others, importance-sampled with
+  ``k`` samples (1000 by default) on the first ``likelihood_samples`` test samples (the costliest
+  metric: ``likelihood_samples x k`` decoder passes per modality, so it runs on a subset);
+* ``coherence``: cross-modal coherence from every subset to every other modality, averaged per
+  subset size, judged by the dataset's classifiers (``multivae train-classifiers``), whose test
+  accuracies are reported beside them under ``classifiers``;
+* ``samplers``: for each sampler (``prior``, ``gmm``, ...; fitted on train-set latents), the
+  joint coherence of unconditional samples and the FID of every image modality against test
+  images: Inception-v3 features (``fid``) when ``inception_weights`` names a local weights file,
+  otherwise the library-trained classifier's features, reported as ``fid_classifier``;
+* ``reconstruction``: per modality, MSE (and SSIM for images) of its reconstruction from itself;
+* ``latents``: k-means accuracy, NMI and ARI of the test latents given all observed modalities,
+  and the accuracy of a linear probe trained on train latents, per subset of modalities;
+* figures: conditional generations from each subset, unconditional samples per sampler, a 2-D
+  embedding of the latents coloured by label, reconstructions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from multivae.config import Config, ConfigError
+from multivae.data.batch import Batch
+from multivae.data.reader import MultimodalDataset
+from multivae.io import atomic_write_text
+from multivae.metrics.classifiers import ClassifierSet, select_rows
+from multivae.metrics.coherence import cross_modal_coherence, joint_coherence
+from multivae.metrics.fid import ClassifierFeatures, FeatureExtractor, InceptionFeatures, fid
+from multivae.metrics.figures import (
+    save_conditional_grid,
+    save_embedding_plot,
+    save_image_grid,
+    save_reconstructions,
+)
+from multivae.metrics.latents import clustering_scores, linear_probe_accuracy
+from multivae.metrics.likelihood import likelihood_report
+from multivae.metrics.reconstruction import mse, ssim
+from multivae.models.base import MultimodalVAE
+
+METRICS_FILE = "metrics.json"
+FIGURES_FOLDER = "figures"
+CLASSIFIERS_FOLDER = "classifiers"
+
+
+@dataclass
+class EvaluationConfig(Config):
+    """What :func:`evaluate` computes.
+
+    Attributes:
+        split: The dataset split evaluated.
+        max_samples: Evaluate on the first N samples of the split (all when ``None``).
+        k: Importance samples per test sample for the likelihoods.
+        chunk_size: Importance samples drawn at a time (bounds memory).
+        likelihood_samples: Test samples the likelihoods are computed on (0: skip).
+        samplers: Latent samplers for unconditional generation (``prior``, ``gmm``, ``maf``,
+            ``iaf``); the non-prior ones are fitted on train-set latents.
+        n_generated: Unconditional samples per sampler (joint coherence, FID).
+        fit_samples: Train samples whose latents fit the samplers and the linear probe.
+        classifiers: Folder of the classifiers; ``DATA/classifiers`` by default.
+        inception_weights: Local Inception-v3 weights file for FID; without it FID uses the
+            classifiers' features and is reported as ``fid_classifier``.
+        figures: Write the figures.
+        figure_samples: Samples per figure.
+        batch_size: Samples per forward pass.
+        seed: Seed of the whole evaluation.
+    """
+
+    split: str = "test"
+    max_samples: int | None = None
+    k: int = 1000
+    chunk_size: int = 100
+    likelihood_samples: int = 200
+    samplers: list[str] = field(default_factory=lambda: ["prior", "gmm"])
+    n_generated: int = 1000
+    fit_samples: int = 5000
+    classifiers: str | None = None
+    inception_weights: str | None = None
+    figures: bool = True
+    figure_samples: int = 8
+    batch_size: int = 256
+    seed: int = 0
+
+
+def check_compatible(model: MultimodalVAE, dataset: MultimodalDataset) -> None:
+    """Refuse a dataset whose modalities or shapes differ from the model's.
+
+    Raises:
+        ConfigError: Listing what the model expects and what the dataset holds.
+    """
+    expected = {m: tuple(model.config.modalities[m].shape) for m in model.modalities}
+    found = {spec.name: tuple(spec.shape) for spec in dataset.schema.modalities}
+    if expected != found:
+        raise ConfigError(
+            f"{dataset.root}: the model ({model.name}) expects modalities {expected}, the dataset "
+            f"holds {found}"
+        )
+
+
+def _is_image(shape: Sequence[int]) -> bool:
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+def _head(dataset: MultimodalDataset, n: int | None) -> Batch:
+    batch = dataset.read_all()
+    if n is not None and n < len(batch):
+        batch = select_rows(batch, torch.arange(n))
+    return batch
+
+
+def _latents(
+    model: MultimodalVAE, batch: Batch, cond: Sequence[str] | None, size: int
+) -> torch.Tensor:
+    parts = []
+    for start in range(0, len(batch), size):
+        rows = select_rows(batch, torch.arange(start, min(start + size, len(batch))))
+        parts.append(model.posterior(rows, cond).mean)
+    return torch.cat(parts)
+
+
+def _reconstruction(model: MultimodalVAE, batch: Batch, size: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in model.modalities:
+        present = batch.mask[name].nonzero().squeeze(-1)
+        if len(present) == 0:
+            continue
+        rows = select_rows(batch, present)
+        errors, similarities = [], []
+        for start in range(0, len(rows), size):
+            part = select_rows(rows, torch.arange(start, min(start + size, len(rows))))
+            generated = model.predict(part, cond=[name], gen=[name])[name].float()
+            target = part.data[name].float()
+            if model.config.modalities[name].likelihood == "categorical":
+                errors.append((generated != target).float())
+                continue
+            errors.append(mse(generated, target))
+            if _is_image(model.config.modalities[name].shape) and target.shape[-1] >= 11:
+                similarities.append(ssim(generated, target))
+        key = "error_rate" if model.config.modalities[name].likelihood == "categorical" else "mse"
+        out[name] = {key: torch.cat(errors).mean().item(), "count": len(rows)}
+        if similarities:
+            out[name]["ssim"] = torch.cat(similarities).mean().item()
+    return out
+
+
+def _subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
+    return [s for k in range(1, len(modalities) + 1) for s in combinations(modalities, k)]
+
+
+def _probes(
+    model: MultimodalVAE, train: Batch, test: Batch, size: int, seed: int
+) -> dict[str, Any]:
+    per_subset: dict[str, float] = {}
+    per_size: dict[int, list[float]] = {}
+    for subset in _subsets(model.modalities):
+        usable_train = torch.stack([train.mask[m] for m in subset]).any(0)
+        usable_test = torch.stack([test.mask[m] for m in subset]).any(0)
+        if usable_train.sum() < 10 or usable_test.sum() < 1:
+            continue
+        train_rows = select_rows(train, usable_train)
+        test_rows = select_rows(test, usable_test)
+        assert train_rows.label is not None and test_rows.label is not None
+        accuracy = linear_probe_accuracy(
+            _latents(model, train_rows, list(subset), size),
+            train_rows.label,
+            _latents(model, test_rows, list(subset), size),
+            test_rows.label,
+            seed=seed,
+        )
+        per_subset["+".join(subset)] = accuracy
+        per_size.setdefault(len(subset), []).append(accuracy)
+    return {
+        "per_subset": per_subset,
+        "per_size": {str(k): sum(v) / len(v) for k, v in per_size.items()},
+    }
+
+
+def _extractor(config: EvaluationConfig, classifiers: ClassifierSet, name: str) -> FeatureExtractor:
+    if config.inception_weights is not None:
+        return InceptionFeatures(config.inception_weights)
+    return ClassifierFeatures(classifiers[name].feature_extractor(), "classifier")
+
+
+def evaluate(
+    model_dir: str | os.PathLike[str] | MultimodalVAE,
+    data_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: EvaluationConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compute every metric of a model on a dataset; write ``metrics.json`` and figures.
+
+    Args:
+        model_dir: A model folder (or repo id), or a loaded model.
+        data_dir: The dataset folder (with ``train/`` for the samplers and probes, and the
+            evaluated split); its classifiers in ``data_dir/classifiers`` unless the config
+            names another folder.
+        out_dir: Where ``metrics.json`` and ``figures/`` go.
+        config: What to compute (defaults: :class:`EvaluationConfig`).
+        progress: Show a progress bar over the metric groups.
+
+    Returns:
+        The metrics, as written to ``metrics.json``.
+
+    Raises:
+        ConfigError: For a dataset that does not match the model, or classifiers that are
+            missing for one of its modalities (the message says how to train them).
+    """
+    from multivae.hub import load_model
+    from multivae.samplers import fit_sampler
+
+    config = config or EvaluationConfig()
+    data_dir = Path(data_dir)
+    out_dir = Path(out_dir)
+    model = model_dir if isinstance(model_dir, MultimodalVAE) else load_model(model_dir)
+    model.eval()
+    test_set = MultimodalDataset(data_dir, config.split)
+    train_set = MultimodalDataset(data_dir, "train")
+    check_compatible(model, test_set)
+    classifier_dir = Path(config.classifiers or data_dir / CLASSIFIERS_FOLDER)
+    if not classifier_dir.exists():
+        raise ConfigError(
+            f"{classifier_dir}: no classifiers to judge coherence; train them with "
+            f"`multivae train-classifiers {data_dir}`"
+        )
+    classifiers = ClassifierSet.load(classifier_dir)
+    classifiers.require(model.modalities)
+    test = _head(test_set, config.max_samples)
+    train = _head(train_set, config.fit_samples)
+    if test.label is None:
+        raise ConfigError(f"{data_dir}/{config.split}: coherence needs labels, found none")
+    images = [m for m in model.modalities if _is_image(model.config.modalities[m].shape)]
+    figures = out_dir / FIGURES_FOLDER
+    metrics: dict[str, Any] = {
+        "model": model.name,
+        "data": str(data_dir),
+        "split": config.split,
+        "samples": len(test),
+        "config": config.to_dict(),
+        "classifiers": {"test_accuracy": dict(classifiers.accuracy)},
+        "seconds": {},
+    }
+    steps = ["likelihood", "coherence", "samplers", "reconstruction", "latents", "figures"]
+    bar = tqdm(steps, desc="evaluate", disable=not progress)
+    torch.manual_seed(config.seed)
+    with torch.no_grad():
+        for step in bar:
+            bar.set_postfix_str(step)
+            started = time.perf_counter()
+            if step == "likelihood" and config.likelihood_samples > 0:
+                subset = select_rows(test, torch.arange(min(config.likelihood_samples, len(test))))
+                metrics["likelihood"] = likelihood_report(
+                    model, subset, config.k, config.chunk_size, config.batch_size, seed=config.seed
+                )
+            elif step == "coherence":
+                metrics["coherence"] = cross_modal_coherence(
+                    model, test, classifiers, batch_size=config.batch_size
+                ).to_dict()
+            elif step == "samplers":
+                metrics["samplers"] = {}
+                for kind in config.samplers:
+                    sampler = (
+                        None
+                        if kind == "prior"
+                        else fit_sampler(model, train, kind, seed=config.seed)
+                    )
+                    entry: dict[str, Any] = {
+                        "joint_coherence": joint_coherence(
+                            model, classifiers, config.n_generated, sampler, config.batch_size
+                        )
+                    }
+                    generated = model.sample(config.n_generated, sampler)
+                    for name in images:
+                        extractor = _extractor(config, classifiers, name)
+                        real = test.data[name][test.mask[name]]
+                        key = "fid" if extractor.name == "inception" else f"fid_{extractor.name}"
+                        entry.setdefault(key, {})[name] = fid(
+                            real, generated[name].clamp(0, 1), extractor, config.batch_size
+                        )
+                    if config.figures and images:
+                        save_image_grid(
+                            [generated[m][: config.figure_samples].clamp(0, 1) for m in images],
+                            figures / f"samples-{kind}.png",
+                            row_titles=images,
+                            title=f"unconditional samples ({kind})",
+                        )
+                    metrics["samplers"][kind] = entry
+            elif step == "reconstruction":
+                metrics["reconstruction"] = _reconstruction(model, test, config.batch_size)
+            elif step == "latents":
+                assert test.label is not None
+                latents = _latents(model, test, None, config.batch_size)
+                metrics["latents"] = {
+                    "clustering": clustering_scores(
+                        latents, test.label, n_clusters=classifiers.num_classes, seed=config.seed
+                    ),
+                    "linear_probe": _probes(model, train, test, config.batch_size, config.seed),
+                }
+                if config.figures:
+                    save_embedding_plot(
+                        latents, test.label, figures / "latents.png", title="test latents (PCA)"
+                    )
+            elif step == "figures" and config.figures and images:
+                _conditional_figures(model, test, images, figures, config.figure_samples)
+            metrics["seconds"][step] = time.perf_counter() - started
+    _check_finite(metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def _conditional_figures(
+    model: MultimodalVAE, test: Batch, images: Sequence[str], folder: Path, count: int
+) -> None:
+    complete = torch.stack([test.mask[m] for m in model.modalities]).all(0)
+    rows = select_rows(test, complete.nonzero().squeeze(-1)[:count])
+    if len(rows) == 0:
+        return
+    for subset in _subsets(images):
+        targets = [m for m in images if m not in subset]
+        if not targets:
+            continue
+        generated = model.predict(rows, cond=list(subset), gen=targets)
+        save_conditional_grid(
+            {m: rows.data[m] for m in subset},
+            {m: generated[m].clamp(0, 1) for m in targets},
+            folder / f"conditional-{'+'.join(subset)}.png",
+            title=f"generated from {', '.join(subset)}",
+        )
+    reconstructed = model.predict(rows, cond=[images[0]], gen=[images[0]])[images[0]]
+    save_reconstructions(
+        rows.data[images[0]], reconstructed.clamp(0, 1), folder / "reconstructions.png"
+    )
+
+
+def _check_finite(value: Any, where: str = "metrics") -> None:
+    """Refuse to write NaN or infinite metrics: they would hide a broken model or metric."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key != "config":
+                _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise FloatingPointError(f"{where} is {value}")

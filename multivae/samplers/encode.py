@@ -1,0 +1,120 @@
+"""The latents a sampler is fitted on, and fitting a sampler on a model's encoded data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from multivae.data.batch import Batch
+from multivae.models.base import MultimodalVAE
+from multivae.samplers.base import LatentSampler, create_sampler
+
+
+def _chunks(batch: Batch, size: int) -> Iterator[Batch]:
+    """``batch`` in consecutive pieces of at most ``size`` rows."""
+    for start in range(0, len(batch), size):
+        rows = slice(start, start + size)
+        yield Batch(
+            data={name: values[rows] for name, values in batch.data.items()},
+            mask={name: flags[rows] for name, flags in batch.mask.items()},
+            label=None if batch.label is None else batch.label[rows],
+            sample_id=None if batch.sample_id is None else batch.sample_id[rows],
+        )
+
+
+def encode_latents(
+    model: MultimodalVAE,
+    data: Batch | Iterable[Batch],
+    cond: Sequence[str] | None = None,
+    use_mean: bool = True,
+    batch_size: int = 512,
+    *,
+    drop_unobserved: bool = True,
+) -> torch.Tensor:
+    """Encode data into the shared latents a sampler is fitted on.
+
+    Each sample's latent comes from ``model.posterior(batch, cond)``: its mean (``use_mean``)
+    or one draw from it (from the global torch RNG), given the sample's observed ``cond``
+    modalities (all modalities by default). The model runs in eval mode under
+    ``torch.no_grad`` on its own device; its train/eval mode is restored afterwards.
+
+    Only the shared latent is encoded. For a model with private latents (MoPoE with
+    ``private_dim > 0``), a sampler fitted on these latents models the shared space alone:
+    ``model.sample(n, sampler=s)`` takes ``z`` from ``s.sample(n)`` and each decoder's private
+    part from the model's prior, ``MoPoE.generation_latent(z, m)`` appending
+    ``w_m ~ N(0, I)`` of size ``private_dim``, drawn independently for every modality and
+    every call from the global torch RNG.
+
+    Args:
+        model: A model of the zoo.
+        data: One batch (encoded ``batch_size`` rows at a time) or an iterable of batches,
+            such as a ``DataLoader`` from :func:`multivae.make_dataloader` (each batch also
+            split into pieces of at most ``batch_size`` rows).
+        cond: The modalities the latents are inferred from; all by default.
+        use_mean: The posterior mean (deterministic) rather than one posterior sample.
+        batch_size: Most rows encoded at once.
+        drop_unobserved: Leave out samples with none of the ``cond`` modalities observed
+            (their posterior is the model's prior, which says nothing about the data). With
+            ``cond=None`` every sample of a multivae dataset has an observed modality.
+
+    Returns:
+        Float32 CPU latents ``(N, latent_dim)``, in the order of the data, ``N`` the number of
+        samples kept.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"encode_latents: expected batch_size >= 1, found {batch_size!r}")
+    names = model.modalities if cond is None else tuple(cond)
+    batches: Iterable[Batch] = [data] if isinstance(data, Batch) else data
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    latents = []
+    try:
+        with torch.no_grad():
+            for whole in batches:
+                if not isinstance(whole, Batch):
+                    raise TypeError(
+                        f"encode_latents: expected Batch objects, found {type(whole).__name__}"
+                    )
+                for batch in _chunks(whole, batch_size):
+                    batch = batch.to(device)
+                    posterior = model.posterior(batch, cond)
+                    z = posterior.mean if use_mean else posterior.rsample(1)[0]
+                    if drop_unobserved:
+                        observed = torch.stack([batch.mask[m] for m in names]).any(dim=0)
+                        z = z[observed]
+                    latents.append(z.to(device="cpu", dtype=torch.float32))
+    finally:
+        model.train(was_training)
+    if not latents:
+        raise ValueError("encode_latents: expected at least one batch, found none")
+    return torch.cat(latents)
+
+
+def fit_sampler(
+    model: MultimodalVAE,
+    data: Batch | Iterable[Batch],
+    kind: str,
+    *,
+    cond: Sequence[str] | None = None,
+    use_mean: bool = True,
+    **options: Any,
+) -> LatentSampler:
+    """A sampler of kind ``kind`` fitted on ``encode_latents(model, data, cond, use_mean)``.
+
+    Args:
+        model: A model of the zoo.
+        data: A batch or an iterable of batches (see :func:`encode_latents`).
+        kind: ``prior``, ``gmm``, ``maf`` or ``iaf`` (a key of
+            :data:`~multivae.samplers.SAMPLERS`).
+        cond: The modalities the latents are inferred from; all by default.
+        use_mean: Fit on posterior means rather than posterior samples.
+        options: The sampler's options (see its class).
+
+    Returns:
+        The fitted sampler; pass it to ``model.sample(n, sampler=...)``.
+    """
+    sampler = create_sampler(kind, **options)
+    return sampler.fit(encode_latents(model, data, cond=cond, use_mean=use_mean))
