@@ -223,7 +223,7 @@ def evaluate(
             missing for one of its modalities (the message says how to train them).
     """
     from multivae.hub import load_model
-    from multivae.samplers import fit_sampler
+    from multivae.samplers import fit_joint_sampler
 
     config = config or EvaluationConfig()
     data_dir = Path(data_dir)
@@ -278,7 +278,7 @@ def evaluate(
                     sampler = (
                         None
                         if kind == "prior"
-                        else fit_sampler(model, train, kind, seed=config.seed)
+                        else fit_joint_sampler(model, train, kind, seed=config.seed)
                     )
                     entry: dict[str, Any] = {
                         "joint_coherence": joint_coherence(

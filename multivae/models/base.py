@@ -310,7 +310,9 @@ class MultimodalVAE(nn.Module):
         """Masked per-sample log-likelihood of each modality: ``(M, ..., N)``.
 
         Args:
-            params: Decoder outputs ``(..., N, ...)`` for every modality.
+            params: Decoder outputs ``(..., N, ...)`` for every modality, or for some of them:
+                the result then has one row per modality of ``params``, in the model's order
+                (scoring a subset need not decode the rest).
             batch: The targets.
             mask: ``(M, N)`` which cells count, or ``(M, ..., N)`` to vary it per sample draw
                 (broadcast against the leading dimensions); the batch's presence by default.
@@ -318,6 +320,8 @@ class MultimodalVAE(nn.Module):
         mask = self.condition_mask(batch, None) if mask is None else mask
         terms = []
         for i, name in enumerate(self.modalities):
+            if name not in params:
+                continue
             log_p = self.likelihood(name).log_prob(params[name], batch.data[name])
             terms.append(torch.where(mask[i], log_p, torch.zeros((), dtype=log_p.dtype)))
         return torch.stack(terms)
@@ -352,12 +356,23 @@ class MultimodalVAE(nn.Module):
         """Samples of the shared latent given ``cond``: shape ``(n_samples, N, D)``."""
         return self.posterior(batch, cond).rsample(n_samples)
 
-    def generation_latent(self, z: torch.Tensor, modality: str) -> torch.Tensor:
+    def generation_latent(
+        self, z: torch.Tensor, modality: str, private: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The latent a modality's decoder takes, given shared samples.
 
-        Models with private latents append them here.
+        Models with private latents append them here: ``private`` when given (e.g. drawn by a
+        sampler fitted on that modality's private latents), else draws from their prior.
+        Models without private latents ignore ``private``.
         """
         return z
+
+    def private_latent_means(self, batch: Batch) -> torch.Tensor | None:
+        """Posterior means of every modality's private latent, ``(M, N, P)``.
+
+        ``None`` when the model has no private latents.
+        """
+        return None
 
     @torch.no_grad()
     def predict(
@@ -396,19 +411,20 @@ class MultimodalVAE(nn.Module):
     def sample(self, n: int, sampler: Any = None) -> dict[str, torch.Tensor]:
         """Generate ``n`` samples of every modality from the prior.
 
-        A fitted ``sampler`` (anything with ``sample(n) -> (n, D)``) replaces the prior.
+        A fitted ``sampler`` (anything with ``sample(n) -> (n, D)``) replaces the prior; when it
+        also has ``private_samplers`` (modality -> sampler, see
+        :class:`~multivae.samplers.JointSampler`), those draw the private latents.
         """
-        if sampler is None:
-            z = self.prior_sample(n)
-        else:
-            # Samplers draw on the CPU; the decoders may be elsewhere.
-            z = sampler.sample(n).to(next(self.parameters()).device)
-        return {
-            name: self.likelihood(name).mean(
-                self.decode(self.generation_latent(z, name), [name])[name]
-            )
-            for name in self.modalities
-        }
+        device = next(self.parameters()).device
+        # Samplers draw on the CPU; the decoders may be elsewhere.
+        z = self.prior_sample(n) if sampler is None else sampler.sample(n).to(device)
+        private = getattr(sampler, "private_samplers", None) or {}
+        out = {}
+        for name in self.modalities:
+            w = private[name].sample(n).to(device) if name in private else None
+            params = self.decode(self.generation_latent(z, name, w), [name])[name]
+            out[name] = self.likelihood(name).mean(params)
+        return out
 
     @torch.no_grad()
     def nll(
@@ -433,11 +449,13 @@ class MultimodalVAE(nn.Module):
         """
         posterior = self.posterior(batch, gen if cond is None else cond)
         gen_mask = self.condition_mask(batch, gen)
+        scored = self.modalities if gen is None else [m for m in self.modalities if m in gen]
         chunks = []
         for start in range(0, k, chunk_size):
             count = min(chunk_size, k - start)
             z = posterior.rsample(count)
-            log_w = self.log_likelihoods(self.decode(z), batch, gen_mask).sum(0)
+            # Only the scored modalities are decoded.
+            log_w = self.log_likelihoods(self.decode(z, scored), batch, gen_mask).sum(0)
             if cond is None:
                 log_w = log_w + self.prior_log_prob(z) - posterior.log_prob(z)
             chunks.append(log_w)

@@ -135,12 +135,22 @@ class MoPoE(MultimodalVAE):
         """Each decoder takes ``[z, w_m]``."""
         return self.config.latent_dim + self.config.private_dim
 
-    def generation_latent(self, z: torch.Tensor, modality: str) -> torch.Tensor:
-        """``[z, w_m]`` with ``w_m`` drawn from its prior ``N(0, I)``."""
-        private = torch.randn(
-            (*z.shape[:-1], self.config.private_dim), dtype=z.dtype, device=z.device
-        )
+    def generation_latent(
+        self, z: torch.Tensor, modality: str, private: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[z, w_m]`` with ``w_m`` given, or drawn from its prior ``N(0, I)``."""
+        shape = (*z.shape[:-1], self.config.private_dim)
+        if private is None:
+            private = torch.randn(shape, dtype=z.dtype, device=z.device)
+        else:
+            private = private.to(dtype=z.dtype, device=z.device).expand(shape)
         return torch.cat([z, private], dim=-1)
+
+    def private_latent_means(self, batch: Batch) -> torch.Tensor | None:
+        """Posterior means of the private latents ``(M, N, private_dim)``, or ``None``."""
+        if self.config.private_dim == 0:
+            return None
+        return self.split_posteriors(batch)[2]
 
     def split_posteriors(
         self, batch: Batch
@@ -344,9 +354,11 @@ class MoPoE(MultimodalVAE):
             w, log_ratio_w = self.private_latents(
                 private_mean, private_logvar, from_posterior, count
             )
+            # Only the scored modalities are decoded.
             params = {
                 name: self.decode(torch.cat([z, w[:, i]], dim=-1), [name])[name]
                 for i, name in enumerate(self.modalities)
+                if gen is None or name in gen
             }
             log_p_x = self.log_likelihoods(params, batch, gen_mask).sum(0)
             if cond is None:

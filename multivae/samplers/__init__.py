@@ -14,8 +14,9 @@ usually generates better samples than sampling from the prior. A sampler is fitt
 
 Kinds: ``prior`` (:class:`PriorSampler`, ``N(0, I)``), ``gmm``
 (:class:`GaussianMixtureSampler`), ``maf`` (:class:`MAFSampler`) and ``iaf``
-(:class:`IAFSampler`). Samplers model the shared latent; for models with private latents the
-private parts come from the model's prior (see :func:`encode_latents`). Saved samplers are a
+(:class:`IAFSampler`). A sampler models the shared latent; for models with private latents,
+:func:`fit_joint_sampler` also fits one sampler per modality's private latent and returns a
+:class:`JointSampler` that ``model.sample`` uses for both. Saved samplers are a
 JSON config and safetensors tensors: loading executes nothing from the folder.
 """
 
@@ -27,7 +28,13 @@ from multivae.samplers.base import (
     load_sampler,
     register_sampler,
 )
-from multivae.samplers.encode import encode_latents, fit_sampler
+from multivae.samplers.encode import (
+    JointSampler,
+    encode_latents,
+    encode_private_latents,
+    fit_joint_sampler,
+    fit_sampler,
+)
 from multivae.samplers.flows import AutoregressiveFlowSampler, IAFSampler, MAFSampler
 from multivae.samplers.gmm import GaussianMixtureSampler
 from multivae.samplers.prior import PriorSampler
@@ -37,12 +44,15 @@ __all__ = [
     "AutoregressiveFlowSampler",
     "GaussianMixtureSampler",
     "IAFSampler",
+    "JointSampler",
     "LatentSampler",
     "MAFSampler",
     "PriorSampler",
     "SamplerNotFittedError",
     "create_sampler",
     "encode_latents",
+    "encode_private_latents",
+    "fit_joint_sampler",
     "fit_sampler",
     "load_sampler",
     "register_sampler",

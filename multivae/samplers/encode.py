@@ -43,9 +43,9 @@ def encode_latents(
     Only the shared latent is encoded. For a model with private latents (MoPoE with
     ``private_dim > 0``), a sampler fitted on these latents models the shared space alone:
     ``model.sample(n, sampler=s)`` takes ``z`` from ``s.sample(n)`` and each decoder's private
-    part from the model's prior, ``MoPoE.generation_latent(z, m)`` appending
-    ``w_m ~ N(0, I)`` of size ``private_dim``, drawn independently for every modality and
-    every call from the global torch RNG.
+    part from the model's prior (``w_m ~ N(0, I)``), unless the sampler is a
+    :class:`JointSampler` (:func:`fit_joint_sampler`), whose private samplers are fitted on
+    :func:`encode_private_latents`.
 
     Args:
         model: A model of the zoo.
@@ -118,3 +118,62 @@ def fit_sampler(
     """
     sampler = create_sampler(kind, **options)
     return sampler.fit(encode_latents(model, data, cond=cond, use_mean=use_mean))
+
+
+def encode_private_latents(
+    model: MultimodalVAE, data: Batch | Iterable[Batch], batch_size: int = 512
+) -> dict[str, torch.Tensor]:
+    """Each modality's private posterior means over the samples where it is observed.
+
+    Returns an empty mapping for a model without private latents (see
+    :meth:`~multivae.models.base.MultimodalVAE.private_latent_means`).
+    """
+    batches = [data] if isinstance(data, Batch) else data
+    found: dict[str, list[torch.Tensor]] = {name: [] for name in model.modalities}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                for piece in _chunks(batch, batch_size):
+                    piece = piece.to(next(model.parameters()).device)
+                    means = model.private_latent_means(piece)
+                    if means is None:
+                        return {}
+                    for i, name in enumerate(model.modalities):
+                        found[name].append(means[i][piece.mask[name]].cpu())
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in found.items() if parts}
+
+
+class JointSampler:
+    """A sampler of the shared latent plus one per modality's private latent.
+
+    ``model.sample(n, sampler=joint)`` draws ``z`` from :attr:`shared` and each modality's
+    private latent from :attr:`private_samplers` (instead of the private prior).
+    """
+
+    def __init__(self, shared: LatentSampler, private: dict[str, LatentSampler]) -> None:
+        self.shared = shared
+        self.private_samplers = private
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws of the shared latent."""
+        return self.shared.sample(n, generator)
+
+
+def fit_joint_sampler(
+    model: MultimodalVAE, data: Batch, kind: str, **options: Any
+) -> LatentSampler | JointSampler:
+    """A sampler of ``kind`` for the shared latent, and one per private latent space.
+
+    Each modality's private sampler is fitted on that modality's observed samples; a model
+    without private latents gets the shared sampler alone.
+    """
+    shared = fit_sampler(model, data, kind, **options)
+    private = {
+        name: create_sampler(kind, **options).fit(latents)
+        for name, latents in encode_private_latents(model, data).items()
+    }
+    return JointSampler(shared, private) if private else shared

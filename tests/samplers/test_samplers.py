@@ -406,3 +406,53 @@ def test_fit_sampler_feeds_model_sample(views):
         assert values.shape == (5, 8)
         assert torch.isfinite(values).all()
     assert model.training  # fit_sampler restored the mode it found
+
+
+def test_private_latent_spaces_get_their_own_samplers(views):
+    from multivae.samplers import JointSampler, encode_private_latents, fit_joint_sampler
+
+    model = tiny_mopoe(views)
+    batch = MultimodalDataset(views, "train").read_all()
+    private = encode_private_latents(model, batch, batch_size=32)
+    model.eval()
+    with torch.no_grad():
+        means = model.split_posteriors(batch)[2]
+    # One space per modality, over the samples where that modality is observed.
+    assert set(private) == {"view0", "view1"}
+    for i, name in enumerate(model.modalities):
+        torch.testing.assert_close(private[name], means[i][batch.mask[name]])
+
+    joint = fit_joint_sampler(model, batch, "gmm", n_components=2)
+    assert isinstance(joint, JointSampler)
+    assert joint.shared.dim == 3
+    assert {name: s.dim for name, s in joint.private_samplers.items()} == {"view0": 2, "view1": 2}
+
+    # The private draws reach the decoders: a sampler whose private draws are far from the
+    # prior changes the generated data, while the shared draws are the same.
+    class Fixed:
+        def __init__(self, value, dim):
+            self.value, self.dim = value, dim
+
+        def sample(self, n, generator=None):
+            return torch.full((n, self.dim), self.value)
+
+    shared = Fixed(0.0, 3)
+    near = model.sample(4, JointSampler(shared, {m: Fixed(0.0, 2) for m in model.modalities}))
+    far = model.sample(4, JointSampler(shared, {m: Fixed(5.0, 2) for m in model.modalities}))
+    again = model.sample(4, JointSampler(shared, {m: Fixed(0.0, 2) for m in model.modalities}))
+    for name in model.modalities:
+        torch.testing.assert_close(near[name], again[name])
+        assert not torch.allclose(near[name], far[name])
+
+
+def test_a_model_without_private_latents_gets_the_shared_sampler_alone(views):
+    from multivae.samplers import encode_private_latents, fit_joint_sampler
+
+    torch.manual_seed(0)
+    config = MoPoEConfig.from_schema(read_schema(views), latent_dim=3)
+    model = multivae.create_model("mopoe", config.to_dict())
+    batch = MultimodalDataset(views, "train").read_all()
+    assert encode_private_latents(model, batch) == {}
+    assert isinstance(
+        fit_joint_sampler(model, batch, "gmm", n_components=2), GaussianMixtureSampler
+    )
