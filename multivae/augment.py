@@ -44,10 +44,11 @@ from multivae.hub import load_model
 from multivae.io import staged_folder
 from multivae.models.base import MultimodalVAE
 from multivae.samplers import (
+    JointSampler,
     LatentSampler,
     create_sampler,
     encode_latents,
-    fit_sampler,
+    fit_joint_sampler,
     load_sampler,
 )
 
@@ -240,16 +241,35 @@ def _with_shapes(shapes: Mapping[str, tuple[int, ...]]) -> str:
 
 def _resolve_sampler(
     model: MultimodalVAE,
-    sampler: str | LatentSampler,
+    sampler: str | LatentSampler | JointSampler,
     fit_data: str | os.PathLike[str] | Batch | None,
     options: Mapping[str, Any],
     batch_size: int,
-) -> tuple[LatentSampler | None, dict[str, Any]]:
+) -> tuple[LatentSampler | JointSampler | None, dict[str, Any]]:
     """The sampler to draw latents from (``None``: the model's own prior) and its record.
 
-    Must run under the seeded random state: fitting may draw random numbers.
+    A sampler kind is fitted on the shared latent and, for models with private latents, on
+    each modality's private latent (:func:`~multivae.samplers.fit_joint_sampler`). Must run
+    under the seeded random state: fitting may draw random numbers.
     """
     latent_dim = model.config.latent_dim
+    if isinstance(sampler, JointSampler):
+        if options:
+            raise ValueError(
+                f"sampler_options {dict(options)} apply to a sampler kind to fit; found an "
+                f"already fitted joint {sampler.kind!r} sampler"
+            )
+        if not sampler.is_fitted:
+            raise ValueError("the joint sampler is not fitted; fit it with fit_joint_sampler")
+        unknown = sorted(set(sampler.private_samplers) - set(model.modalities))
+        if sampler.dim != latent_dim or unknown:
+            raise ValueError(
+                f"the joint {sampler.kind!r} sampler (shared dimension {sampler.dim}, private "
+                f"samplers for {sorted(sampler.private_samplers)}) does not fit the model "
+                f"'{model.name}' (latent_dim {latent_dim}, modalities {list(model.modalities)})"
+            )
+        record = {"kind": sampler.kind, "options": sampler.config(), "fitted": "given"}
+        return sampler, record
     if isinstance(sampler, LatentSampler):
         if options:
             raise ValueError(
@@ -283,7 +303,7 @@ def _resolve_sampler(
             f"sampler kind {sampler!r} must be fitted on encoded data: give fit_data (a dataset "
             "folder whose train split is encoded) or a fitted LatentSampler, or use 'prior'"
         )
-    fitted = fit_sampler(model, _fit_batches(fit_data, batch_size), sampler, **options)
+    fitted = fit_joint_sampler(model, _fit_batches(fit_data, batch_size), sampler, **options)
     record = {"kind": sampler, "options": fitted.config(), "fitted": "fit_data"}
     return fitted, record
 
@@ -300,7 +320,7 @@ def sample_dataset(
     n: int,
     out_dir: str | os.PathLike[str],
     *,
-    sampler: str | LatentSampler = "prior",
+    sampler: str | LatentSampler | JointSampler = "prior",
     fit_data: str | os.PathLike[str] | Batch | None = None,
     seed: int = 0,
     batch_size: int = 1024,
@@ -310,12 +330,15 @@ def sample_dataset(
     schema: DatasetSchema | None = None,
     model_path: str | os.PathLike[str] | None = None,
     label_with: ClassifierSet | None = None,
+    save_sampler: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Generate a synthetic dataset of ``n`` samples, every modality present.
 
     Latents come from the model's prior (``sampler="prior"``), from a fitted
-    :class:`~multivae.samplers.LatentSampler`, or from a sampler of the named kind fitted here
-    on the posterior means of ``fit_data``'s train split (:func:`~multivae.samplers.fit_sampler`).
+    :class:`~multivae.samplers.LatentSampler` or :class:`~multivae.samplers.JointSampler`, or
+    from a sampler of the named kind fitted here on the posterior means of ``fit_data``'s train
+    split (:func:`~multivae.samplers.fit_joint_sampler`: models with private latents also get
+    one sampler per private space).
     Each modality is the likelihood mean decoded from them (``model.sample``), clamped to the
     dataset's declared value range and cast to its dtype.
 
@@ -328,8 +351,9 @@ def sample_dataset(
             or a :class:`~multivae.samplers.LatentSampler` (fitted, or fitted on ``fit_data``).
         fit_data: A dataset folder (its train split is encoded) or a batch; its schema also
             describes the output when it is a folder.
-        seed: Seed of every random draw (fitting and sampling); the same seed, inputs and
-            ``batch_size`` give the same data.
+        seed: Seed of every random draw (fitting, then sampling from the seed again); the same
+            seed, inputs and ``batch_size`` give the same data, from a sampler fitted here as
+            from its saved copy.
         batch_size: Samples generated and written at a time.
         split: The split the samples are written to.
         sampler_options: Options of the sampler kind to fit (see its class).
@@ -339,6 +363,8 @@ def sample_dataset(
         model_path: The model's folder, recorded in the provenance.
         label_with: Classifiers whose prediction on the first modality becomes the label
             (the output has no label without them).
+        save_sampler: A folder to save the sampler in (not for the prior), so the same
+            latents can be drawn again with :func:`~multivae.samplers.load_sampler`.
 
     Returns:
         ``out_dir``.
@@ -371,6 +397,14 @@ def sample_dataset(
         )
         if fit_folder is not None:
             sampler_record["fit_data"] = str(fit_folder)
+        if save_sampler is not None:
+            if fitted is None:
+                raise ValueError("save_sampler: the prior has nothing to save; fit a sampler")
+            fitted.save(save_sampler)
+            sampler_record["saved_to"] = str(save_sampler)
+        # Draws start from the seed whether the sampler was fitted here or given: the same
+        # seed gives the same data from a sampler and from its saved copy.
+        torch.manual_seed(seed)
         provenance = {
             "operation": "sample",
             "model": model.name,
@@ -591,6 +625,7 @@ def sample_command(
     batch_size: int = 1024,
     split: str = "train",
     progress: bool = True,
+    save_sampler: str | os.PathLike[str] | None = None,
 ) -> Path:
     """``multivae sample``: generate a synthetic dataset with a saved model.
 
@@ -603,11 +638,13 @@ def sample_command(
         fit_data: A dataset folder: its train split fits the sampler, its schema describes the
             output; it must have the model's modalities and shapes.
         seed: Seed of every random draw.
-        sampler_dir: A sampler folder saved by ``LatentSampler.save`` to draw latents from.
+        sampler_dir: A saved sampler folder (:func:`~multivae.samplers.load_sampler`) to draw
+            latents from.
         sampler_options: Options of the sampler kind to fit.
         batch_size: Samples generated at a time.
         split: The split written.
         progress: Show a progress bar.
+        save_sampler: Where to save the fitted sampler (see :func:`sample_dataset`).
 
     Returns:
         The dataset folder.
@@ -615,7 +652,7 @@ def sample_command(
     model = load_model(model_dir)
     if fit_data is not None:
         check_model_matches(model, read_schema(fit_data), fit_data, model_dir)
-    sampler: str | LatentSampler = "prior" if sampler_kind is None else sampler_kind
+    sampler: str | LatentSampler | JointSampler = "prior" if sampler_kind is None else sampler_kind
     if sampler_dir is not None:
         loaded = load_sampler(sampler_dir)
         if sampler_kind not in (None, "prior", loaded.kind):
@@ -636,6 +673,7 @@ def sample_command(
         sampler_options=sampler_options,
         progress=progress,
         model_path=model_dir,
+        save_sampler=save_sampler,
     )
 
 

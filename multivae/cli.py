@@ -296,6 +296,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--fit-data", metavar="DIR", help="dataset whose train latents fit the sampler"
     )
     sample.add_argument("--sampler-dir", metavar="DIR", help="a saved, fitted sampler instead")
+    sample.add_argument(
+        "--save-sampler", metavar="DIR", help="save the fitted sampler there (reuse: --sampler-dir)"
+    )
     sample.add_argument("--seed", type=int, default=0)
 
     impute = commands.add_parser(
@@ -423,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.fit_data,
                     args.seed,
                     args.sampler_dir,
+                    save_sampler=args.save_sampler,
                 )
             else:
                 path = impute_command(

@@ -211,6 +211,39 @@ def test_saved_sampler_through_the_command(tmp_path, views, mopoe):
         sample_command(model_dir, 5, tmp_path / "x", "maf", None, 0, sampler_dir)
 
 
+def test_a_fitted_kind_also_fits_the_private_spaces_and_is_saved_for_reuse(tmp_path, views, mopoe):
+    from multivae.samplers import JointSampler, load_sampler
+
+    model_dir = mopoe.save_pretrained(tmp_path / "model")
+    options = {"n_components": 2}
+    out = sample_command(
+        model_dir,
+        30,
+        tmp_path / "fitted",
+        "gmm",
+        views,
+        5,
+        sampler_options=options,
+        progress=False,
+        save_sampler=tmp_path / "sampler",
+    )
+    record = provenance(out)
+    assert record["sampler"]["fitted"] == "fit_data"
+    assert record["sampler"]["options"]["private"] == sorted(mopoe.modalities)
+    assert record["sampler"]["saved_to"] == str(tmp_path / "sampler")
+    saved = load_sampler(tmp_path / "sampler")
+    assert isinstance(saved, JointSampler)
+    assert set(saved.private_samplers) == set(mopoe.modalities)
+    assert all(s.dim == mopoe.config.private_dim for s in saved.private_samplers.values())
+
+    # Drawing again from the saved sampler with the same seed gives the same dataset.
+    again = sample_command(model_dir, 30, tmp_path / "again", None, None, 5, tmp_path / "sampler")
+    assert same_data(read(out)[1], read(again)[1])
+    with pytest.raises(ValueError, match="the prior has nothing to save"):
+        sample_command(model_dir, 5, tmp_path / "x", "prior", None, 0, save_sampler=tmp_path / "p")
+    assert not (tmp_path / "x").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # Imputation
 

@@ -27,10 +27,11 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm import tqdm
@@ -67,7 +68,9 @@ class EvaluationConfig(Config):
         max_samples: Evaluate on the first N samples of the split (all when ``None``).
         k: Importance samples per test sample for the likelihoods.
         chunk_size: Importance samples drawn at a time (bounds memory).
-        likelihood_samples: Test samples the likelihoods are computed on (0: skip).
+        likelihood_samples: Test samples the likelihoods are computed on (0: skip). The
+            estimates report their standard error over these samples; 50 samples at K=1000 take
+            about 90 s for poly-digits on 2 CPU cores (joint and five conditionals).
         samplers: Latent samplers for unconditional generation (``prior``, ``gmm``, ``maf``,
             ``iaf``); the non-prior ones are fitted on train-set latents.
         n_generated: Unconditional samples per sampler (joint coherence, FID).
@@ -78,6 +81,11 @@ class EvaluationConfig(Config):
         figures: Write the figures.
         figure_samples: Samples per figure.
         batch_size: Samples per forward pass.
+        precision: ``fp32``, or ``bf16`` to generate under bfloat16 autocast for the
+            generation metrics (coherences, unconditional samples, reconstructions, figures);
+            likelihoods, latents, samplers and FID statistics stay in float32. On CPUs with
+            AVX-512 BF16 or AMX, and on GPUs, it makes the convolutional decoders several times
+            faster; coherences move by the noise of a few generated pixels.
         seed: Seed of the whole evaluation.
     """
 
@@ -85,7 +93,7 @@ class EvaluationConfig(Config):
     max_samples: int | None = None
     k: int = 1000
     chunk_size: int = 100
-    likelihood_samples: int = 200
+    likelihood_samples: int = 50
     samplers: list[str] = field(default_factory=lambda: ["prior", "gmm"])
     n_generated: int = 1000
     fit_samples: int = 5000
@@ -94,6 +102,7 @@ class EvaluationConfig(Config):
     figures: bool = True
     figure_samples: int = 8
     batch_size: int = 256
+    precision: Literal["fp32", "bf16"] = "fp32"
     seed: int = 0
 
 
@@ -148,9 +157,11 @@ def _reconstruction(model: MultimodalVAE, batch: Batch, size: int) -> dict[str, 
             if model.config.modalities[name].likelihood == "categorical":
                 errors.append((generated != target).float())
                 continue
-            errors.append(mse(generated, target))
-            if _is_image(model.config.modalities[name].shape) and target.shape[-1] >= 11:
-                similarities.append(ssim(generated, target))
+            # The scores themselves stay in float32 under a bf16 generation autocast.
+            with torch.autocast(device_type=target.device.type, enabled=False):
+                errors.append(mse(generated, target))
+                if _is_image(model.config.modalities[name].shape) and target.shape[-1] >= 11:
+                    similarities.append(ssim(generated, target))
         key = "error_rate" if model.config.modalities[name].likelihood == "categorical" else "mse"
         out[name] = {key: torch.cat(errors).mean().item(), "count": len(rows)}
         if similarities:
@@ -188,6 +199,16 @@ def _probes(
         "per_subset": per_subset,
         "per_size": {str(k): sum(v) / len(v) for k, v in per_size.items()},
     }
+
+
+def _generation_precision(
+    config: EvaluationConfig, model: MultimodalVAE
+) -> AbstractContextManager[Any]:
+    """bfloat16 autocast on the model's device when ``config.precision`` asks for it."""
+    device = next(model.parameters()).device
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+    )
 
 
 def _extractor(config: EvaluationConfig, classifiers: ClassifierSet, name: str) -> FeatureExtractor:
@@ -269,9 +290,10 @@ def evaluate(
                     model, subset, config.k, config.chunk_size, config.batch_size, seed=config.seed
                 )
             elif step == "coherence":
-                metrics["coherence"] = cross_modal_coherence(
-                    model, test, classifiers, batch_size=config.batch_size
-                ).to_dict()
+                with _generation_precision(config, model):
+                    metrics["coherence"] = cross_modal_coherence(
+                        model, test, classifiers, batch_size=config.batch_size
+                    ).to_dict()
             elif step == "samplers":
                 metrics["samplers"] = {}
                 for kind in config.samplers:
@@ -280,12 +302,16 @@ def evaluate(
                         if kind == "prior"
                         else fit_joint_sampler(model, train, kind, seed=config.seed)
                     )
-                    entry: dict[str, Any] = {
-                        "joint_coherence": joint_coherence(
-                            model, classifiers, config.n_generated, sampler, config.batch_size
-                        )
-                    }
-                    generated = model.sample(config.n_generated, sampler)
+                    with _generation_precision(config, model):
+                        entry: dict[str, Any] = {
+                            "joint_coherence": joint_coherence(
+                                model, classifiers, config.n_generated, sampler, config.batch_size
+                            )
+                        }
+                        generated = {
+                            name: values.float()
+                            for name, values in model.sample(config.n_generated, sampler).items()
+                        }
                     for name in images:
                         extractor = _extractor(config, classifiers, name)
                         real = test.data[name][test.mask[name]]
@@ -302,7 +328,8 @@ def evaluate(
                         )
                     metrics["samplers"][kind] = entry
             elif step == "reconstruction":
-                metrics["reconstruction"] = _reconstruction(model, test, config.batch_size)
+                with _generation_precision(config, model):
+                    metrics["reconstruction"] = _reconstruction(model, test, config.batch_size)
             elif step == "latents":
                 assert test.label is not None
                 latents = _latents(model, test, None, config.batch_size)
@@ -317,7 +344,8 @@ def evaluate(
                         latents, test.label, figures / "latents.png", title="test latents (PCA)"
                     )
             elif step == "figures" and config.figures and images:
-                _conditional_figures(model, test, images, figures, config.figure_samples)
+                with _generation_precision(config, model):
+                    _conditional_figures(model, test, images, figures, config.figure_samples)
             metrics["seconds"][step] = time.perf_counter() - started
     _check_finite(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -275,14 +275,30 @@ class MultimodalVAE(nn.Module):
         mean, logvar = out.chunk(2, dim=-1)
         return mean, logvar.clamp(*LOGVAR_BOUNDS)
 
-    def unimodal_posteriors(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def unimodal_posteriors(
+        self, batch: Batch, cond: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every modality's Gaussian posterior over the shared latent: ``(M, N, D)`` each.
 
-        Every encoder runs on every batch; absent cells are zeros and are masked downstream.
+        Every encoder of a ``cond`` modality (all by default) runs on the whole batch; absent
+        cells are zeros and are masked downstream. The encoders of modalities outside ``cond``
+        do not run: their rows are ``N(0, I)`` placeholders, which callers mask out with
+        :meth:`condition_mask` (conditioning on a subset then costs only its encoders).
         """
-        means, logvars = zip(
-            *(self.encode_modality(m, batch.data[m]) for m in self.modalities), strict=True
-        )
+        encoded = {
+            name: self.encode_modality(name, batch.data[name])
+            for name in self.modalities
+            if cond is None or name in cond
+        }
+        if len(encoded) < len(self.modalities):
+            like = next(iter(encoded.values()))[0] if encoded else next(self.parameters())
+            rows = batch.data[self.modalities[0]].shape[0]
+            for name in self.modalities:
+                if name not in encoded:
+                    zeros = like.new_zeros((rows, self.encoder_latent_dim(name)))
+                    encoded[name] = (zeros, zeros)
+        means = [encoded[name][0] for name in self.modalities]
+        logvars = [encoded[name][1] for name in self.modalities]
         return torch.stack(means), torch.stack(logvars)
 
     def decode(

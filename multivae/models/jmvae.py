@@ -179,21 +179,25 @@ class JMVAE(MultimodalVAE):
         )
 
     def _fused_posterior(
-        self, batch: Batch, mask: torch.Tensor
+        self, batch: Batch, mask: torch.Tensor, cond: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The posterior given the modalities of ``mask``, per sample, and its experts.
 
         Args:
             batch: The data.
             mask: ``(M, N)`` the modalities to condition on (already restricted to observed).
+            cond: The modalities ``mask`` may hold (all by default): the other encoders, and the
+                joint encoder unless ``cond`` is every modality, are skipped.
 
         Returns:
             Mean and log-variance ``(N, D)``: the joint encoder's where a sample's row of
             ``mask`` is all true, the product of its experts elsewhere; then the unimodal means
             and log-variances ``(M, N, D)``.
         """
-        means, logvars = self.unimodal_posteriors(batch)
+        means, logvars = self.unimodal_posteriors(batch, cond)
         product_mean, product_logvar = product_of_experts(means, logvars, mask, prior_expert=False)
+        if cond is not None and set(self.modalities) - set(cond):
+            return product_mean, product_logvar, means, logvars
         joint_mean, joint_logvar = self.joint_encoder(batch.data).chunk(2, dim=-1)
         complete = mask.all(0).unsqueeze(-1)
         mean = torch.where(complete, joint_mean, product_mean)
@@ -250,5 +254,5 @@ class JMVAE(MultimodalVAE):
                 sample.
         """
         self.check_batch(batch)
-        mean, logvar, _, _ = self._fused_posterior(batch, self.condition_mask(batch, cond))
+        mean, logvar, _, _ = self._fused_posterior(batch, self.condition_mask(batch, cond), cond)
         return GaussianPosterior(mean, logvar)

@@ -208,16 +208,26 @@ class MMVAE(MultimodalVAE):
             return laplace_log_density(z, torch.zeros((), dtype=z.dtype), scale)
         return normal_log_density(z, torch.zeros((), dtype=z.dtype), 2.0 * torch.log(scale))
 
-    def expert_parameters(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def expert_parameters(
+        self, batch: Batch, cond: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and scale of every modality's posterior expert, each ``(M, N, D)``.
 
-        Every encoder runs on every batch; absent experts are masked by the callers.
+        Every encoder of a ``cond`` modality (all by default) runs on every batch; absent
+        experts are masked by the callers. Experts outside ``cond`` are ``(0, 1)``
+        placeholders, for callers that mask them out.
         """
         if self.config.latent_distribution == "normal":
-            mean, logvar = self.unimodal_posteriors(batch)
+            mean, logvar = self.unimodal_posteriors(batch, cond)
             return mean, torch.exp(0.5 * logvar)
         locs, scales = [], []
         for name in self.modalities:
+            if cond is not None and name not in cond:
+                rows = batch.data[name].shape[0]
+                placeholder = next(self.parameters()).new_zeros((rows, self.config.latent_dim))
+                locs.append(placeholder)
+                scales.append(placeholder + 1)
+                continue
             loc, scale_logits = self.encoders[name](batch.data[name]).chunk(2, dim=-1)
             locs.append(loc)
             # The reference's Laplace scale: positive, and its dimensions sum to about D.
@@ -286,7 +296,7 @@ class MMVAE(MultimodalVAE):
         """
         self.check_batch(batch)
         mask = self.condition_mask(batch, cond)
-        loc, scale = self.expert_parameters(batch)
+        loc, scale = self.expert_parameters(batch, cond)
         prior_loc = torch.zeros_like(loc[:1])
         prior_scale = self.prior_scale().to(scale.dtype).expand_as(prior_loc)
         return MixturePosterior(

@@ -153,15 +153,15 @@ class MoPoE(MultimodalVAE):
         return self.split_posteriors(batch)[2]
 
     def split_posteriors(
-        self, batch: Batch
+        self, batch: Batch, cond: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every modality's shared and private posteriors.
+        """Every modality's shared and private posteriors (only ``cond``'s encoders run).
 
         Returns:
             Shared means and log-variances ``(M, N, D)``, private means and log-variances
             ``(M, N, private_dim)``.
         """
-        mean, logvar = self.unimodal_posteriors(batch)
+        mean, logvar = self.unimodal_posteriors(batch, cond)
         shared = self.config.latent_dim
         return mean[..., :shared], logvar[..., :shared], mean[..., shared:], logvar[..., shared:]
 
@@ -258,10 +258,13 @@ class MoPoE(MultimodalVAE):
         A sample with no such subset gets the prior ``N(0, I)``.
         """
         self.check_batch(batch)
-        shared_mean, shared_logvar, _, _ = self.split_posteriors(batch)
-        mean, logvar, available = self.subset_posteriors(
-            shared_mean, shared_logvar, self.condition_mask(batch, cond)
-        )
+        shared_mean, shared_logvar, _, _ = self.split_posteriors(batch, cond)
+        return self._mixture(shared_mean, shared_logvar, self.condition_mask(batch, cond))
+
+    def _mixture(
+        self, shared_mean: torch.Tensor, shared_logvar: torch.Tensor, mask: torch.Tensor
+    ) -> MixturePosterior:
+        mean, logvar, available = self.subset_posteriors(shared_mean, shared_logvar, mask)
         return MixturePosterior(
             torch.cat([mean, torch.zeros_like(mean[:1])]),
             torch.cat([torch.exp(0.5 * logvar), torch.ones_like(mean[:1])]),
@@ -312,11 +315,13 @@ class MoPoE(MultimodalVAE):
             raise ValueError(
                 f"{self.name}: unknown modalities {unknown} in gen; known: {list(self.modalities)}"
             )
-        z = self.encode(batch, cond, n_samples)
-        _, _, private_mean, private_logvar = self.split_posteriors(batch)
-        w, _ = self.private_latents(
-            private_mean, private_logvar, self.condition_mask(batch, cond), n_samples
+        self.check_batch(batch)
+        mask = self.condition_mask(batch, cond)
+        shared_mean, shared_logvar, private_mean, private_logvar = self.split_posteriors(
+            batch, cond
         )
+        z = self._mixture(shared_mean, shared_logvar, mask).rsample(n_samples)
+        w, _ = self.private_latents(private_mean, private_logvar, mask, n_samples)
         out = {}
         for name in gen:
             latent = torch.cat([z, w[:, self.modalities.index(name)]], dim=-1)

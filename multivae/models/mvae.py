@@ -187,7 +187,7 @@ class MVAE(MultimodalVAE):
             cond: Modalities to condition on; absent ones are left out per sample.
         """
         self.check_batch(batch)
-        means, logvars = self.unimodal_posteriors(batch)
+        means, logvars = self.unimodal_posteriors(batch, cond)
         mean, logvar = product_of_experts(
             means, logvars, self.condition_mask(batch, cond), prior_expert=True
         )

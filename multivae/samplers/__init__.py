@@ -17,7 +17,8 @@ Kinds: ``prior`` (:class:`PriorSampler`, ``N(0, I)``), ``gmm``
 (:class:`IAFSampler`). A sampler models the shared latent; for models with private latents,
 :func:`fit_joint_sampler` also fits one sampler per modality's private latent and returns a
 :class:`JointSampler` that ``model.sample`` uses for both. Saved samplers are a
-JSON config and safetensors tensors: loading executes nothing from the folder.
+JSON config and safetensors tensors (a joint sampler: one such folder per space);
+:func:`load_sampler` loads either, and executes nothing from the folder.
 """
 
 from multivae.samplers.base import (
@@ -25,7 +26,6 @@ from multivae.samplers.base import (
     LatentSampler,
     SamplerNotFittedError,
     create_sampler,
-    load_sampler,
     register_sampler,
 )
 from multivae.samplers.encode import (
@@ -34,6 +34,7 @@ from multivae.samplers.encode import (
     encode_private_latents,
     fit_joint_sampler,
     fit_sampler,
+    load_sampler,
 )
 from multivae.samplers.flows import AutoregressiveFlowSampler, IAFSampler, MAFSampler
 from multivae.samplers.gmm import GaussianMixtureSampler

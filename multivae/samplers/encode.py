@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from multivae.config import ConfigError
 from multivae.data.batch import Batch
+from multivae.io import staged_folder
 from multivae.models.base import MultimodalVAE
-from multivae.samplers.base import LatentSampler, create_sampler
+from multivae.samplers.base import CONFIG_FILE, LatentSampler, create_sampler
 
 
 def _chunks(batch: Batch, size: int) -> Iterator[Batch]:
@@ -152,24 +157,124 @@ class JointSampler:
 
     ``model.sample(n, sampler=joint)`` draws ``z`` from :attr:`shared` and each modality's
     private latent from :attr:`private_samplers` (instead of the private prior).
+
+    Saved as a folder: ``joint.json`` (``{"format_version": 1, "kind": "joint", "shared":
+    KIND, "private": [modalities]}``), the shared sampler's folder in ``shared/`` and each
+    private one in ``private/<modality>/`` (see :meth:`LatentSampler.save`).
     """
 
     def __init__(self, shared: LatentSampler, private: dict[str, LatentSampler]) -> None:
         self.shared = shared
         self.private_samplers = private
 
+    @property
+    def kind(self) -> str:
+        """The shared sampler's kind."""
+        return self.shared.kind
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the shared latent."""
+        return self.shared.dim
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the shared and every private sampler are fitted."""
+        return self.shared.is_fitted and all(s.is_fitted for s in self.private_samplers.values())
+
+    def config(self) -> dict[str, Any]:
+        """The shared sampler's options, and which modalities have a private sampler."""
+        return {**self.shared.config(), "private": sorted(self.private_samplers)}
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` draws of the shared latent."""
         return self.shared.sample(n, generator)
 
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write every sampler into one folder, atomically.
+
+        Raises:
+            SamplerNotFittedError: If a sampler is not fitted.
+            ValueError: For a path that is a file or a folder of something else.
+        """
+        directory = Path(directory)
+        if directory.exists() and not (directory.is_dir() and _is_sampler_folder(directory)):
+            raise ValueError(
+                f"{directory} exists and is not a sampler folder; give a new or empty folder"
+            )
+        with staged_folder(directory) as staging:
+            self.shared.save(staging / SHARED_FOLDER)
+            for name, sampler in self.private_samplers.items():
+                sampler.save(staging / PRIVATE_FOLDER / name)
+            document = {
+                "format_version": JOINT_FORMAT_VERSION,
+                "kind": "joint",
+                "shared": self.shared.kind,
+                "private": sorted(self.private_samplers),
+            }
+            (staging / JOINT_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> JointSampler:
+        """Load a folder written by :meth:`save`; nothing in it is executed.
+
+        Raises:
+            FileNotFoundError: For a missing folder, ``joint.json`` or sampler folder.
+            ConfigError: For an unreadable ``joint.json`` or another format version.
+        """
+        folder = Path(directory)
+        path = folder / JOINT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder}: no {JOINT_FILE}; expected a JointSampler folder")
+        try:
+            document = json.loads(path.read_text())
+            version, names = document["format_version"], document["private"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path}: unreadable joint sampler config ({error!r})") from None
+        if version != JOINT_FORMAT_VERSION:
+            raise ConfigError(f"{path}: expected format_version 1, found {version!r}")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{path}: expected 'private' to list modality names, found {names}")
+        return cls(
+            LatentSampler.load(folder / SHARED_FOLDER),
+            {name: LatentSampler.load(folder / PRIVATE_FOLDER / name) for name in names},
+        )
+
+
+JOINT_FORMAT_VERSION = 1
+JOINT_FILE = "joint.json"
+SHARED_FOLDER = "shared"
+PRIVATE_FOLDER = "private"
+
+
+def _is_sampler_folder(folder: Path) -> bool:
+    names = {p.name for p in folder.iterdir()}
+    return not names or JOINT_FILE in names or CONFIG_FILE in names
+
+
+def load_sampler(directory: str | os.PathLike[str]) -> LatentSampler | JointSampler:
+    """Load a saved sampler folder of any kind: a :class:`JointSampler` or a single sampler.
+
+    Raises:
+        FileNotFoundError: For a missing folder or file.
+        ConfigError: For an unreadable config, another format version, an unknown kind or
+            unknown options.
+        ValueError: For tensors that do not match the config.
+    """
+    if (Path(directory) / JOINT_FILE).is_file():
+        return JointSampler.load(directory)
+    return LatentSampler.load(directory)
+
 
 def fit_joint_sampler(
-    model: MultimodalVAE, data: Batch, kind: str, **options: Any
+    model: MultimodalVAE, data: Batch | Iterable[Batch], kind: str, **options: Any
 ) -> LatentSampler | JointSampler:
     """A sampler of ``kind`` for the shared latent, and one per private latent space.
 
     Each modality's private sampler is fitted on that modality's observed samples; a model
-    without private latents gets the shared sampler alone.
+    without private latents gets the shared sampler alone. ``data`` is a batch or a
+    re-iterable collection of batches (a ``DataLoader``): it is read twice.
     """
     shared = fit_sampler(model, data, kind, **options)
     private = {

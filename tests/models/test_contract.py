@@ -190,3 +190,28 @@ def test_capabilities_and_stages_are_declared(name):
     assert cls.name == name
     assert cls.capabilities.missing_modalities
     assert cls.stages and all(isinstance(stage, str) for stage in cls.stages)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("cond", [["a"], ["a", "c"]])
+def test_conditioning_on_a_subset_runs_only_its_encoders(name, cond):
+    model = build(name).eval()
+    batch = tiny_batch(missing={"a": [True, False, True, True, True, True]})
+    called: list[str] = []
+    hooks = [
+        model.encoders[m].register_forward_hook(lambda *_, m=m: called.append(m))
+        for m in model.modalities
+    ]
+    torch.manual_seed(1)
+    z = model.encode(batch, cond, n_samples=3)
+    for hook in hooks:
+        hook.remove()
+    assert called and set(called) <= set(cond)
+    # The same posterior as with every other modality marked absent and all encoders run.
+    hidden = Batch(
+        data=batch.data,
+        mask={m: batch.mask[m] if m in cond else torch.zeros_like(batch.mask[m]) for m in SHAPES},
+        label=batch.label,
+    )
+    torch.manual_seed(1)
+    torch.testing.assert_close(z, model.encode(hidden, None, n_samples=3))
