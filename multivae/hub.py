@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -133,3 +135,185 @@ def load_model(
     model.load_state_dict(state, strict=True)
     model.eval()
     return model
+
+
+# ------------------------------------------------------------------------------------------------
+# Publishing: the folder pushed to the Hub, and the push
+
+
+HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+
+
+def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) rows of the headline metrics present in an evaluation document."""
+    rows: list[tuple[str, str]] = []
+    coherence = metrics.get("coherence") or {}
+    for size, value in (coherence.get("per_size") or {}).items():
+        rows.append((f"coherence from {size} modalit{'y' if str(size) == '1' else 'ies'}", value))
+    if "mean" in coherence:
+        rows.append(("coherence, mean over all subsets", coherence["mean"]))
+    likelihood = metrics.get("likelihood") or {}
+    joint = likelihood.get("joint") or {}
+    if "mean" in joint:
+        rows.append(
+            (
+                f"joint NLL (nats, K={likelihood.get('k')}, {joint.get('count')} test samples)",
+                f"{joint['mean']:.2f} ± {joint.get('std_error', float('nan')):.2f}",
+            )
+        )
+    for kind, entry in (metrics.get("samplers") or {}).items():
+        if "joint_coherence" in entry:
+            rows.append((f"joint coherence ({kind} sampler)", entry["joint_coherence"]))
+    clustering = (metrics.get("latents") or {}).get("clustering") or {}
+    for key in ("accuracy", "nmi", "ari"):
+        if key in clustering:
+            rows.append((f"latent k-means {key}", clustering[key]))
+    for name, entry in (metrics.get("classifiers") or {}).get("test_accuracy", {}).items():
+        if entry is not None:
+            rows.append((f"judging classifier accuracy ({name})", entry))
+    return [
+        (name, f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in rows
+    ]
+
+
+def model_card(
+    model: MultimodalVAE,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    data_summary: Mapping[str, Any] | None = None,
+    repo_id: str = "",
+) -> str:
+    """The Hub model card: the model, its evaluation, its training data, intended use, limits."""
+    card = _model_card(model)
+    if repo_id:
+        card = card.replace('"PATH_OR_REPO_ID"', json.dumps(repo_id))
+    lines = [card.rstrip(), ""]
+    if metrics:
+        lines += [
+            "## Evaluation",
+            "",
+            f"On the `{metrics.get('split', 'test')}` split ({metrics.get('samples')} samples); "
+            "coherences are judged by classifiers trained on the dataset (their accuracy is "
+            "the ceiling a coherence can reach).",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *(f"| {name} | {value} |" for name, value in _metric_rows(metrics)),
+            "",
+            "Every figure is in `metrics.json` beside this card.",
+            "",
+        ]
+    if data_summary:
+        modalities = ", ".join(
+            f"`{m['name']}` {tuple(m['shape'])}" for m in data_summary.get("modalities", [])
+        )
+        splits = ", ".join(
+            f"{split}: {info.get('rows')} samples"
+            + (
+                " (presence "
+                + ", ".join(f"{k} {v:.0%}" for k, v in info.get("presence", {}).items())
+                + ")"
+                if info.get("presence")
+                else ""
+            )
+            for split, info in data_summary.get("splits", {}).items()
+        )
+        missingness = data_summary.get("missingness")
+        lines += [
+            "## Training data",
+            "",
+            f"Dataset `{data_summary.get('name')}`: modalities {modalities}; "
+            f"{data_summary.get('num_classes')} classes. Splits: {splits}.",
+            "",
+            f"Missingness: `{json.dumps(missingness, sort_keys=True)}`."
+            if missingness
+            else "No missing modalities.",
+            "",
+        ]
+    lines += [
+        "## Intended use",
+        "",
+        "Research on multimodal representation learning with missing modalities: encoding any "
+        "subset of the modalities into the shared latent space, generating (imputing) the "
+        "missing modalities, and generating synthetic samples for data augmentation.",
+        "",
+        "## Limitations",
+        "",
+        "- Trained only on the data described above: generated samples and imputations "
+        "follow that distribution and carry its biases; they are not real observations.",
+        "- Imputed values are model samples, not measurements: do not use them for decisions "
+        "about individuals (clinical or otherwise) without validation on real data.",
+        "- Metrics are estimates on one test split; likelihoods are importance-sampled lower "
+        "bounds on the log-likelihood (reported as an NLL upper bound) with the K shown.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def hub_folder(
+    model_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    data_summary: Mapping[str, Any] | None = None,
+    repo_id: str = "",
+) -> Path:
+    """Write the exact folder that :func:`push_to_hub` uploads, atomically.
+
+    It holds the model's ``config.json`` and ``model.safetensors``, a model card
+    (``README.md``, :func:`model_card`) and, when given, the evaluation's ``metrics.json``. It
+    loads with :func:`load_model` like any model folder.
+    """
+    source = Path(model_dir)
+    model = load_model(source)
+    with staged_folder(out) as staging:
+        for name in HUB_FILES:
+            shutil.copy2(source / name, staging / name)
+        card = model_card(model, metrics=metrics, data_summary=data_summary, repo_id=repo_id)
+        (staging / CARD_FILE).write_text(card)
+        if metrics is not None:
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return Path(out)
+
+
+def push_to_hub(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = True,
+    commit_message: str = "Upload multivae model",
+) -> str:
+    """Upload a folder written by :func:`hub_folder` to a Hub model repository.
+
+    The repository is created when needed (private by default). The token is ``token``, else
+    ``HF_TOKEN``, else a saved ``hf auth login``.
+
+    Returns:
+        The repository's URL.
+
+    Raises:
+        ValueError: For an empty or malformed ``repo_id``, or a folder that is not a model folder.
+        PermissionError: Without a token; nothing is uploaded and the folder stays as it is.
+    """
+    from huggingface_hub import HfApi, get_token
+
+    folder = Path(folder)
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"hub repo: expected a repository id 'owner/name', found {repo_id!r}")
+    missing = [name for name in (*HUB_FILES, CARD_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder}: not a Hub model folder, missing {missing}")
+    token = token or get_token()
+    if not token:
+        raise PermissionError(
+            f"no Hugging Face token to push {folder} to {repo_id}: set HF_TOKEN (a token with "
+            "write access) or run `hf auth login`, or use a dry run; nothing was uploaded and "
+            f"the folder is kept at {folder}"
+        )
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model"
+    )
+    return str(url)

@@ -7,27 +7,11 @@ from safetensors import safe_open
 import multivae
 from multivae import hub
 from multivae.config import ConfigError
-from multivae.models.base import ModalityConfig
-from multivae.nn.architectures import ArchitectureConfig
 
 
 @pytest.fixture
-def model():
-    torch.manual_seed(0)
-    cls = multivae.get_model_class("mvae")
-    config = cls.config_class(
-        modalities={
-            "x": ModalityConfig(shape=(4,), encoder=ArchitectureConfig("mlp", {"hidden": [8]})),
-            "y": ModalityConfig(
-                shape=(),
-                likelihood="categorical",
-                num_categories=3,
-                encoder=ArchitectureConfig("embedding", {"embedding_dim": 4, "hidden": [8]}),
-            ),
-        },
-        latent_dim=2,
-    )
-    return multivae.create_model("mvae", config)
+def model(tiny_mvae):
+    return tiny_mvae
 
 
 def test_folder_holds_json_safetensors_and_a_card_only(model, tmp_path):

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "multivae", "tests", "benchmarks"],
-        ["ruff", "format", "--check", "multivae", "tests", "benchmarks"],
+        ["ruff", "check", "multivae", "components", "pipelines", "tests", "benchmarks"],
+        ["ruff", "format", "--check", "multivae", "components", "pipelines", "tests", "benchmarks"],
         ["mypy"],
     ],
     ids=["ruff-check", "ruff-format", "mypy"],

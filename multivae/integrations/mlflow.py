@@ -228,6 +228,11 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return str(experiment.experiment_id)
 
 
+def experiment_id_for(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created when needed (for runs made with the client)."""
+    return _experiment_id(client, name)
+
+
 def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     items = [Param(key, value) for key, value in params.items()]
     for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):

@@ -347,11 +347,22 @@ def run_sweep(
             experiment,
             f"sweep-{output_dir.name}",
             params={f"space.{k}": json.dumps(v) for k, v in sweep.space.items()},
-            tags={"multivae.kind": "sweep", "multivae.metric": sweep.metric},
+            tags={
+                "multivae.kind": "sweep",
+                "multivae.metric": sweep.metric,
+                # Inside a pipeline, the sweep is one of its steps.
+                **(
+                    {"mlflow.parentRunId": str(mlflow_settings["parent_run_id"])}
+                    if mlflow_settings.get("parent_run_id")
+                    else {}
+                ),
+            },
         )
     else:
         tracking_uri = None
-    if not ray.is_initialized():
+    # A Ray instance started here is shut down at the end; one the caller started stays.
+    started_ray = not ray.is_initialized()
+    if started_ray:
         address = sweep.address or os.environ.get("RAY_ADDRESS")
         ray.init(address=address) if address else ray.init()
     scheduler = (
@@ -403,6 +414,8 @@ def run_sweep(
             from multivae.integrations.mlflow import finish_run
 
             finish_run(tracking_uri, parent_run_id, status)
+        if started_ray:
+            ray.shutdown()
     return result
 
 

@@ -119,3 +119,75 @@ def test_a_sweep_submitted_as_a_ray_job_succeeds_and_lands_in_mlflow(head_node, 
     assert len(children) == 2
     assert all(child.info.status == "FINISHED" for child in children)
     assert all("val_loss" in child.data.metrics for child in children)
+
+
+def test_the_pipeline_train_step_client_submits_with_the_token_and_waits(head_node, tmp_path):
+    env, address = head_node
+    script = (
+        "import sys\n"
+        "from multivae.integrations.kuberay import run_ray_job\n"
+        "try:\n"
+        "    print(run_ray_job(sys.argv[1], sys.argv[2], poll_s=0.5, timeout_s=120))\n"
+        "except RuntimeError as error:\n"
+        "    print('FAILED:', error)\n"
+    )
+
+    def job(entrypoint, environment):
+        return subprocess.run(
+            [sys.executable, "-c", script, address, entrypoint],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=200,
+        )
+
+    succeeded = job("python -c 'print(6 * 7)'", env)
+    assert succeeded.returncode == 0, succeeded.stderr[-2000:]
+    assert succeeded.stdout.startswith("raysubmit_")
+    failed = job("python -c 'raise SystemExit(3)'", env)
+    assert "FAILED: ray job raysubmit_" in failed.stdout and "ended FAILED" in failed.stdout
+    anonymous = job("echo hi", {**env, "HOME": str(tmp_path / "stranger")})
+    assert anonymous.returncode != 0
+
+    # The whole ray-job mode: data staged on the shared folder, `multivae train --ray` run on
+    # the cluster, the model copied back into the step's output.
+    from multivae.data.datasets import prepare_builtin
+
+    data = prepare_builtin(
+        "gaussian-views", tmp_path / "data", missing_rate=0.3, n_train=200, n_val=50, n_test=50
+    )
+    train = (
+        "import json, sys\n"
+        "from multivae.workflow import train_step\n"
+        "record = train_step(sys.argv[1], sys.argv[2], model='mvae', mode='ray-job',\n"
+        "    model_config={'latent_dim': 2}, training={'epochs': 2, 'batch_size': 64},\n"
+        "    num_workers=1, ray_address=sys.argv[3], shared_dir=sys.argv[4],\n"
+        "    tracking_uri=sys.argv[5])\n"
+        "print(json.dumps(record, default=str))\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            train,
+            str(data),
+            str(tmp_path / "out"),
+            address,
+            str(tmp_path / "shared"),
+            uri,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert record["mode"] == "ray-job" and record["metrics"]["epochs_run"] == 2
+    from multivae.models.base import MultimodalVAE
+
+    assert MultimodalVAE.from_pretrained(tmp_path / "out" / "model").name == "mvae"
+    (staged,) = (tmp_path / "shared" / "pipeline-runs").iterdir()
+    assert (staged / "data" / "train").is_dir() and (staged / "run.yaml").is_file()
+    assert MlflowClient(uri).get_run(record["mlflow_run_id"]).info.status == "FINISHED"
