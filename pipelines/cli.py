@@ -305,7 +305,8 @@ def report(result: dict[str, Any]) -> str:
         f"  Hub folder (dry run):            {where('register', 'hub_model')}",
         f"  MLflow store:                    {uri}",
         "",
-        f"Open the MLflow UI:  mlflow ui --backend-store-uri {uri}  (http://127.0.0.1:5000)",
+        f"Open the MLflow UI:  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
+        f"{uri}  (then http://127.0.0.1:5000)",
     ]
     metrics_path = outputs.get("evaluate", {}).get("report")
     if metrics_path and (Path(metrics_path) / "metrics.json").is_file():

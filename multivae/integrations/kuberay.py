@@ -108,7 +108,8 @@ def rayjob_manifest(
         ray_cluster: The RayCluster's name (``clusterSelector: {ray.io/cluster: NAME}``).
         image: Image of the submitter pod (the project's image); KubeRay's default otherwise.
         auth_secret: A Secret with key ``auth_token`` (as in ``infra/``), given to the
-            submitter as ``RAY_AUTH_TOKEN`` when the cluster uses token auth.
+            submitter as ``RAY_AUTH_TOKEN`` (with ``RAY_AUTH_MODE=token``) when the cluster
+            uses token auth.
         env_from_config_map: A ConfigMap whose keys become the submitter's environment.
         active_deadline_s: Fail the job after this many seconds.
         ttl_after_finished_s: Delete the RayJob this long after it finishes.
@@ -137,10 +138,11 @@ def rayjob_manifest(
             container["image"] = image
         if auth_secret:
             container["env"] = [
+                {"name": "RAY_AUTH_MODE", "value": "token"},
                 {
                     "name": "RAY_AUTH_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": auth_secret, "key": "auth_token"}},
-                }
+                },
             ]
         if env_from_config_map:
             container["envFrom"] = [{"configMapRef": {"name": env_from_config_map}}]

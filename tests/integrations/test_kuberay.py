@@ -32,7 +32,8 @@ def test_the_rayjob_manifest_is_valid_against_the_kuberay_crd():
     jsonschema.validate(manifest, crd_schema("ray.io_rayjobs.yaml"))
     assert manifest["spec"]["clusterSelector"] == {"ray.io/cluster": "multivae-ray"}
     (container,) = manifest["spec"]["submitterPodTemplate"]["spec"]["containers"]
-    assert container["env"][0]["valueFrom"]["secretKeyRef"] == {
+    assert container["env"][0] == {"name": "RAY_AUTH_MODE", "value": "token"}
+    assert container["env"][1]["valueFrom"]["secretKeyRef"] == {
         "name": "multivae-ray-auth",
         "key": "auth_token",
     }
