@@ -21,6 +21,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -33,12 +34,16 @@ from typing import Any
 
 
 def measure(data: str, workers: int, epochs: int, batch_size: int, cpus: float) -> dict[str, Any]:
-    """One run in this process; returns its rates and the peak RSS of its Ray workers."""
+    """One run in this process; returns its rates and the peak RSS and USS of its Ray workers.
+
+    USS (memory only this process holds) leaves out the pages of Ray's shared object store that
+    a worker maps while reading blocks, which RSS counts.
+    """
     import psutil
 
     from multivae.run import RunConfig, run_training
 
-    peak = {"rss": 0}
+    peak = {"rss": 0, "uss": 0}
     done = threading.Event()
 
     def sample() -> None:
@@ -47,6 +52,8 @@ def measure(data: str, workers: int, epochs: int, batch_size: int, cpus: float) 
                 cmdline = " ".join(process.info["cmdline"] or [])
                 if "RayTrainWorker" in cmdline and process.info["memory_info"] is not None:
                     peak["rss"] = max(peak["rss"], process.info["memory_info"].rss)
+                    with contextlib.suppress(psutil.Error):
+                        peak["uss"] = max(peak["uss"], process.memory_full_info().uss)
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -66,7 +73,11 @@ def measure(data: str, workers: int, epochs: int, batch_size: int, cpus: float) 
     done.set()
     sampler.join()
     times = [float(record["epoch_time"]) for record in result.history[1:]]
-    return {"epoch_time": statistics.median(times), "peak_worker_rss": peak["rss"] / 2**20}
+    return {
+        "epoch_time": statistics.median(times),
+        "peak_worker_rss": peak["rss"] / 2**20,
+        "peak_worker_uss": peak["uss"] / 2**20,
+    }
 
 
 def main() -> None:
@@ -95,9 +106,9 @@ def main() -> None:
 
     print(
         "| train samples | data on disk | path | epoch time (s) | samples/s | vs local | "
-        "peak RSS per Ray worker (MiB) |"
+        "peak RSS per Ray worker (MiB) | peak USS per Ray worker (MiB) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for samples in args.samples:
         root = Path(args.root) / f"poly-{samples}"
         if not (root / "train").exists():
@@ -134,9 +145,10 @@ def main() -> None:
                 else f"Ray Train x{workers} ({args.cpus_per_worker:g} CPU each)"
             )
             rss = "" if workers == 0 else f"{result['peak_worker_rss']:.0f}"
+            uss = "" if workers == 0 else f"{result['peak_worker_uss']:.0f}"
             print(
                 f"| {samples} | {size:.0f} MiB | {path} | {epoch_time:.2f} | "
-                f"{samples / epoch_time:,.0f} | {ratio} | {rss} |",
+                f"{samples / epoch_time:,.0f} | {ratio} | {rss} | {uss} |",
                 flush=True,
             )
 

@@ -295,6 +295,7 @@ def push_to_hub(
     Raises:
         ValueError: For an empty or malformed ``repo_id``, or a folder that is not a model folder.
         PermissionError: Without a token; nothing is uploaded and the folder stays as it is.
+        ConnectionError: When the Hub refuses or cannot be reached (the folder stays too).
     """
     from huggingface_hub import HfApi, get_token
 
@@ -312,8 +313,17 @@ def push_to_hub(
             f"the folder is kept at {folder}"
         )
     api = HfApi(token=token)
-    url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model"
-    )
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
+            repo_type="model",
+        )
+    except Exception as error:  # the Hub's HTTP and transport errors, whatever their class
+        raise ConnectionError(
+            f"pushing {folder} to the Hub repository {repo_id} failed ({error}); the folder is "
+            "kept as it is: push it again with multivae.hub.push_to_hub once the Hub is reachable"
+        ) from error
     return str(url)

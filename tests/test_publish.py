@@ -155,3 +155,17 @@ def test_a_push_creates_the_repo_and_uploads_the_folder(model_dir, tmp_path, mon
         hub.push_to_hub(folder, "toy")
     with pytest.raises(ValueError, match="not a Hub model folder"):
         hub.push_to_hub(tmp_path, "me/toy")
+
+
+def test_an_unreachable_hub_fails_clearly_and_keeps_the_folder(model_dir, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def create_repo(self, repo_id, **options):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_not_a_real_token")
+    folder = hub.hub_folder(model_dir, tmp_path / "hub", repo_id="me/toy")
+    with pytest.raises(ConnectionError, match=r"to the Hub repository me/toy failed .*Network"):
+        hub.push_to_hub(folder, "me/toy")
+    assert multivae.load_model(folder).name == "mvae"
