@@ -253,30 +253,15 @@ def _resolve_sampler(
     under the seeded random state: fitting may draw random numbers.
     """
     latent_dim = model.config.latent_dim
-    if isinstance(sampler, JointSampler):
-        if options:
-            raise ValueError(
-                f"sampler_options {dict(options)} apply to a sampler kind to fit; found an "
-                f"already fitted joint {sampler.kind!r} sampler"
-            )
-        if not sampler.is_fitted:
-            raise ValueError("the joint sampler is not fitted; fit it with fit_joint_sampler")
-        unknown = sorted(set(sampler.private_samplers) - set(model.modalities))
-        if sampler.dim != latent_dim or unknown:
-            raise ValueError(
-                f"the joint {sampler.kind!r} sampler (shared dimension {sampler.dim}, private "
-                f"samplers for {sorted(sampler.private_samplers)}) does not fit the model "
-                f"'{model.name}' (latent_dim {latent_dim}, modalities {list(model.modalities)})"
-            )
-        record = {"kind": sampler.kind, "options": sampler.config(), "fitted": "given"}
-        return sampler, record
-    if isinstance(sampler, LatentSampler):
+    if isinstance(sampler, LatentSampler | JointSampler):
         if options:
             raise ValueError(
                 f"sampler_options {dict(options)} apply to a sampler kind to fit; found an "
                 f"already built {sampler.kind!r} sampler"
             )
         if not sampler.is_fitted:
+            if isinstance(sampler, JointSampler):
+                raise ValueError("the joint sampler is not fitted; fit it with fit_joint_sampler")
             if fit_data is None:
                 raise ValueError(
                     f"the {sampler.kind!r} sampler is not fitted and no fit_data was given: fit "
@@ -287,6 +272,13 @@ def _resolve_sampler(
             raise ValueError(
                 f"the {sampler.kind!r} sampler was fitted on latents of dimension {sampler.dim}, "
                 f"but the model '{model.name}' has latent_dim {latent_dim}"
+            )
+        private = getattr(sampler, "private_samplers", {})
+        unknown = sorted(set(private) - set(model.modalities))
+        if unknown:
+            raise ValueError(
+                f"the {sampler.kind!r} sampler has private samplers for {unknown}, which the "
+                f"model '{model.name}' does not have (modalities {list(model.modalities)})"
             )
         return sampler, {"kind": sampler.kind, "options": sampler.config(), "fitted": "given"}
     if not isinstance(sampler, str):

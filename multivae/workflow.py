@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import html
 import json
 import math
@@ -39,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, _suggest
 from multivae.io import atomic_copy_tree, atomic_write_text
 
 STEPS = ("preprocess", "train", "evaluate", "sample-augmentation", "register")
@@ -124,12 +125,11 @@ def check_parameters(
     if not 0.0 <= float(missing_rate) < 1.0:
         raise ConfigError(f"missing_rate: expected a number in [0, 1), found {missing_rate}")
     model_class = get_model_class(model)  # an unknown name fails with the closest known one
-    known = {f.name for f in _fields(model_class.config_class)}
-    unknown = sorted(set(model_config or {}) - known)
-    if unknown:
-        raise ConfigError(
-            f"model_config: {model} has no option(s) {unknown}; known: {sorted(known)}"
-        )
+    # Only the keys: the modalities are filled in from the dataset when training starts.
+    known = [f.name for f in dataclasses.fields(model_class.config_class)]
+    for key in model_config:
+        if key not in known:
+            raise ConfigError(f"model_config: {model} has no option {key!r}.{_suggest(key, known)}")
     try:
         TrainingConfig.from_dict(dict(training or {}))
     except ConfigError as error:
@@ -152,12 +152,6 @@ def check_parameters(
         raise ConfigError(f"sampler: expected one of {list(SAMPLER_KINDS)}, found {sampler!r}")
     if isinstance(n_synthetic, bool) or not isinstance(n_synthetic, int) or n_synthetic < 1:
         raise ConfigError(f"n_synthetic: expected an integer >= 1, found {n_synthetic!r}")
-
-
-def _fields(cls: type) -> tuple[Any, ...]:
-    import dataclasses
-
-    return dataclasses.fields(cls)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -438,99 +432,52 @@ def train_step(
     Returns:
         ``{"mlflow_run_id", "metrics", "mode", "sweep"}``, also written to ``out/train.json``.
     """
+    from multivae.run import RunConfig, run_training
+
     data = Path(data).resolve()
     out = Path(out).resolve()
     model_config, training = integral(model_config or {}), integral(training or {})
     tracking_uri = tracking_uri_for(tracking_uri, out.parent)
     if mode not in TRAIN_MODES:
         raise ConfigError(f"train_mode: expected one of {list(TRAIN_MODES)}, found {mode!r}")
+
     # The run's working folder (checkpoints, trials) sits beside the artifact, which keeps
     # only what later steps use.
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-work-", dir=out.parent))
-    try:
-        return _train(
-            data,
-            out,
-            work,
-            model,
-            model_config,
-            training,
-            sweep,
-            mode,
-            tracking_uri,
-            parent_run_id,
-            num_workers,
-            ray_address,
-            shared_dir,
-            namespace,
-            image,
-            ray_cluster,
-            ray_auth_secret,
-            timeout_s,
+    with tempfile.TemporaryDirectory(
+        prefix=f".{out.name}-work-", dir=out.parent, ignore_cleanup_errors=True
+    ) as scratch:
+        work = Path(scratch)
+        base = _base_run(
+            data, work / "run", model, model_config, training, tracking_uri, parent_run_id
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _train(
-    data: Path,
-    out: Path,
-    work: Path,
-    model: str,
-    model_config: Mapping[str, Any],
-    training: Mapping[str, Any],
-    sweep: str,
-    mode: str,
-    tracking_uri: str,
-    parent_run_id: str,
-    num_workers: int,
-    ray_address: str,
-    shared_dir: str,
-    namespace: str,
-    image: str,
-    ray_cluster: str,
-    ray_auth_secret: str,
-    timeout_s: float,
-) -> dict[str, Any]:
-    from multivae.run import RunConfig, run_training
-
-    base = _base_run(
-        data,
-        work / "run",
-        model,
-        model_config or {},
-        training or {},
-        tracking_uri,
-        parent_run_id,
-    )
-    if mode in ("ray-job", "rayjob"):
-        result_dir = _train_remotely(
-            base,
-            sweep,
-            mode,
-            num_workers,
-            ray_address,
-            shared_dir,
-            namespace,
-            image,
-            ray_cluster,
-            ray_auth_secret,
-            timeout_s,
-        )
-    elif sweep.strip():
-        result_dir = _sweep_here(base, sweep, work / "sweep", num_workers if mode == "ray" else 0)
-    else:
-        if mode == "ray":
-            base["ray"] = {"num_workers": num_workers, "address": ray_address or None}
-        run_training(RunConfig.from_dict(base))
-        result_dir = work / "run"
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("model",):
-        atomic_copy_tree(result_dir / name, out / name)
-    for name in ("run.yaml", "metrics.json"):
-        shutil.copy2(result_dir / name, out / name)
-    run_id = _mlflow_run_id(result_dir)
+        if mode in ("ray-job", "rayjob"):
+            result_dir = _train_remotely(
+                base,
+                sweep,
+                mode,
+                num_workers,
+                ray_address,
+                shared_dir,
+                namespace,
+                image,
+                ray_cluster,
+                ray_auth_secret,
+                timeout_s,
+            )
+        elif sweep.strip():
+            workers = num_workers if mode == "ray" else 0
+            result_dir = _sweep_here(base, sweep, work / "sweep", workers)
+        else:
+            if mode == "ray":
+                base["ray"] = {"num_workers": num_workers, "address": ray_address or None}
+            run_training(RunConfig.from_dict(base))
+            result_dir = work / "run"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_copy_tree(result_dir / "model", out / "model")
+        for name in ("run.yaml", "metrics.json"):
+            shutil.copy2(result_dir / name, out / name)
+        run_id = _mlflow_run_id(result_dir)
     metrics = json.loads((out / "metrics.json").read_text())
     record = {"mlflow_run_id": run_id, "metrics": metrics, "mode": mode, "sweep": bool(sweep)}
     atomic_write_text(out / "train.json", json.dumps(record, indent=2, default=str))
@@ -539,9 +486,9 @@ def _train(
 
 def _mlflow_run_id(result_dir: Path) -> str:
     """The MLflow run of a finished training run (or of a sweep's best trial)."""
-    for candidate in (result_dir / "mlflow_run.json", result_dir / "run" / "mlflow_run.json"):
-        if candidate.is_file():
-            return str(json.loads(candidate.read_text())["run_id"])
+    own = result_dir / "mlflow_run.json"
+    if own.is_file():
+        return str(json.loads(own.read_text())["run_id"])
     best = result_dir.parent / "best.json"
     if best.is_file():
         trial = json.loads(best.read_text())["trial_id"]

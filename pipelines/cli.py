@@ -51,11 +51,7 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
         FileNotFoundError: For a sweep file that does not exist.
         ValueError: For a ``--set`` entry without ``=`` or naming an unknown parameter.
     """
-    import inspect
-
-    from pipelines.pipeline import build_pipeline
-
-    known = set(inspect.signature(build_pipeline("local").pipeline_func).parameters)
+    known = set(pipeline_defaults())
     arguments: dict[str, Any] = {}
     flags = {
         "dataset": args.dataset,
@@ -88,22 +84,32 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
     return arguments
 
 
+def pipeline_defaults() -> dict[str, Any]:
+    """Every pipeline parameter with its default, read from the pipeline's signature."""
+    import inspect
+
+    from pipelines.pipeline import build_pipeline
+
+    parameters = inspect.signature(build_pipeline("local").pipeline_func).parameters
+    return {name: parameter.default for name, parameter in parameters.items()}
+
+
 def check_arguments(arguments: dict[str, Any]) -> None:
     """The preprocess step's parameter checks, run before anything is submitted or started."""
     from multivae.workflow import check_parameters
-    from pipelines.pipeline import MODEL_CONFIG, TRAINING
 
+    values = {**pipeline_defaults(), **arguments}
     check_parameters(
-        dataset=arguments.get("dataset", "poly-digits"),
-        missing_rate=arguments.get("missing_rate", 0.5),
-        model=arguments.get("model_name", "mopoe"),
-        model_config=arguments.get("model_config", MODEL_CONFIG),
-        training=arguments.get("training", TRAINING),
-        sweep=arguments.get("sweep", ""),
-        train_mode=arguments.get("train_mode", "local"),
-        sampler=arguments.get("sampler", "gmm"),
-        n_synthetic=arguments.get("n_synthetic", 1000),
-        source=arguments.get("source"),
+        dataset=values["dataset"],
+        missing_rate=values["missing_rate"],
+        model=values["model_name"],
+        model_config=values["model_config"],
+        training=values["training"],
+        sweep=values["sweep"],
+        train_mode=values["train_mode"],
+        sampler=values["sampler"],
+        n_synthetic=values["n_synthetic"],
+        source=values["source"],
     )
 
 

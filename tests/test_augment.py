@@ -537,3 +537,20 @@ def test_classifiers_label_the_samples(tmp_path, views, mopoe):
     )
     with pytest.raises(ValueError, match=r"no classifier for modalities \['view0'\]"):
         sample_dataset(mopoe, 5, tmp_path / "x", label_with=view1_only, progress=False)
+
+
+def test_a_given_sampler_must_fit_the_model(tmp_path, views, mopoe):
+    from multivae.samplers import JointSampler, fit_joint_sampler
+
+    joint = fit_joint_sampler(mopoe, read(views)[1], "gmm", n_components=2)
+    assert isinstance(joint, JointSampler)
+    stranger = JointSampler(
+        joint.shared, {"elsewhere": next(iter(joint.private_samplers.values()))}
+    )
+    with pytest.raises(ValueError, match=r"private samplers for \['elsewhere'\]"):
+        sample_dataset(mopoe, 5, tmp_path / "a", sampler=stranger, progress=False)
+    wrong = create_sampler("gmm", n_components=2).fit(torch.randn(50, 7))
+    with pytest.raises(ValueError, match="fitted on latents of dimension 7"):
+        sample_dataset(mopoe, 5, tmp_path / "b", sampler=wrong, progress=False)
+    with pytest.raises(ValueError, match="already built 'gmm' sampler"):
+        sample_dataset(mopoe, 5, tmp_path / "c", sampler=joint, sampler_options={"n_components": 3})
