@@ -31,7 +31,8 @@ def main() -> None:
 
     from multivae.data.datasets import prepare_builtin
     from multivae.metrics import EvaluationConfig, evaluate, train_classifiers
-    from multivae.run import RunConfig, apply_overrides, run_training
+    from multivae.run import run_training
+    from multivae.run_config import RunConfig, apply_overrides
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

@@ -41,7 +41,8 @@ def measure(data: str, workers: int, epochs: int, batch_size: int, cpus: float) 
     """
     import psutil
 
-    from multivae.run import RunConfig, run_training
+    from multivae.run import run_training
+    from multivae.run_config import RunConfig
 
     peak = {"rss": 0, "uss": 0}
     done = threading.Event()

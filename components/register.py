@@ -28,9 +28,10 @@ def register(
     """
     import json
 
-    from multivae.workflow import SUMMARY_FILE, register_step
+    from multivae.names import METRICS_FILE, MODEL_CARD_FILE, SUMMARY_FILE
+    from multivae.workflow import register_step
 
-    with open(f"{report.path}/metrics.json") as handle:
+    with open(f"{report.path}/{METRICS_FILE}") as handle:
         metrics = json.load(handle)
     with open(f"{data.path}/{SUMMARY_FILE}") as handle:
         summary = json.load(handle)
@@ -47,6 +48,6 @@ def register(
         train_run_id=train_run_id,
     )
     hub_model.metadata.update({k: v for k, v in record.items() if v is not None})
-    with open(f"{hub_model.path}/README.md") as source, open(card.path, "w") as target:
+    with open(f"{hub_model.path}/{MODEL_CARD_FILE}") as source, open(card.path, "w") as target:
         target.write(source.read())
     return str(record["registered_version"] or "")

@@ -1,8 +1,8 @@
 """Multimodal VAEs for partially observed data."""
 
 from multivae.data import Batch, DatasetSchema, ModalitySpec, MultimodalDataset, make_dataloader
-from multivae.hub import load_model
-from multivae.registry import create_model, get_model_class, list_models, register_model
+from multivae.factory import create_model, get_model_class, list_models, load_model
+from multivae.registry import register_model
 
 __all__ = [
     "Batch",

@@ -171,8 +171,8 @@ class Config:
         return _from_dict(cls, raw, where)
 
     def to_json(self) -> str:
-        """JSON text, keys sorted."""
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        """JSON text, keys in field order (mappings keep their order: modality order matters)."""
+        return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> Self:

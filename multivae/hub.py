@@ -1,15 +1,11 @@
-"""Model folders: safetensors weights, a JSON config and a model card; no pickle anywhere.
+"""The Hugging Face Hub: model folders downloaded from it and published to it.
 
-A saved model is a folder (or a Hugging Face Hub repository with the same files):
-
-* ``config.json``: ``{"model": NAME, "config": {...}, "format_version": 1}``, the model's config
-  dataclass as plain data;
-* ``model.safetensors``: the weights;
-* ``README.md``: a model card (what the model is, its modalities, how to load it).
-
-Loading reads the JSON, builds the registered model class from it and loads the weights with
-``strict=True``. Nothing in the folder is executed, and only these three files are fetched from
-the Hub.
+A Hub model repository holds the files of a model folder (:mod:`multivae.model_folder`):
+:func:`resolve_model_folder` fetches exactly those files of a repository id, and nothing else.
+:func:`hub_folder` writes the folder a push uploads (the model's files, a model card with the
+evaluation, the training data, intended use and limits, and ``metrics.json``) and
+:func:`push_to_hub` uploads it. This module never imports a model: the model whose card is
+written is loaded through the registry.
 """
 
 from __future__ import annotations
@@ -21,80 +17,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from multivae.config import ConfigError
 from multivae.io import staged_folder
+from multivae.model_folder import MODEL_FOLDER_FILES, load_model_folder
+from multivae.model_folder import model_card as folder_model_card
+from multivae.names import METRICS_FILE, MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 
 if TYPE_CHECKING:
     from multivae.models.base import MultimodalVAE
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "README.md"
 
+def resolve_model_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
+    """A local model folder: ``path_or_repo_id`` itself, or a Hub repository's files, fetched.
 
-def _model_card(model: MultimodalVAE) -> str:
-    lines = [
-        "---",
-        "library_name: multivae",
-        "tags:",
-        "- multimodal",
-        "- variational-autoencoder",
-        f"- {model.name}",
-        "---",
-        "",
-        f"# {model.name} ({type(model).__name__})",
-        "",
-        (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "",
-        "",
-        "## Modalities",
-        "",
-        "| modality | shape | likelihood | encoder | decoder |",
-        "|---|---|---|---|---|",
-    ]
-    for name, spec in model.config.modalities.items():
-        lines.append(
-            f"| {name} | {tuple(spec.shape)} | {spec.likelihood} | {spec.encoder.name} | "
-            f"{spec.decoder.name} |"
-        )
-    parameters = sum(p.numel() for p in model.parameters())
-    lines += [
-        "",
-        f"Latent dimension: {model.config.latent_dim}. Parameters: {parameters:,}.",
-        "",
-        "## Load",
-        "",
-        "```python",
-        "import multivae",
-        'model = multivae.load_model("PATH_OR_REPO_ID")',
-        "```",
-        "",
-        "Weights are safetensors and the config is JSON: loading executes no code from this "
-        "folder.",
-        "",
-    ]
-    return "\n".join(lines)
+    Only the files of a model folder are downloaded (into the Hub's cache).
 
-
-def save_pretrained(model: MultimodalVAE, directory: str | os.PathLike[str]) -> Path:
-    """Write the model folder atomically (into a temporary sibling, then renamed)."""
-    with staged_folder(directory) as staging:
-        document = {
-            "format_version": FORMAT_VERSION,
-            "model": model.name,
-            "config": model.config.to_dict(),
-        }
-        (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
-        (staging / CARD_FILE).write_text(_model_card(model))
-    return Path(directory)
-
-
-def _local_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
+    Raises:
+        FileNotFoundError: For a path that is neither a folder nor a repository id.
+    """
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
@@ -105,43 +44,14 @@ def _local_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(
-        snapshot_download(
-            repo_id=str(path_or_repo_id), allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, CARD_FILE]
-        )
+        snapshot_download(repo_id=str(path_or_repo_id), allow_patterns=list(MODEL_FOLDER_FILES))
     )
-
-
-def load_model(
-    path_or_repo_id: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> MultimodalVAE:
-    """Load a model folder written by :func:`save_pretrained`, or a Hub repository of one."""
-    from multivae.registry import create_model
-
-    folder = _local_folder(path_or_repo_id)
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; not a multivae model folder")
-    try:
-        document = json.loads(config_path.read_text())
-        version, name, config = document["format_version"], document["model"], document["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ConfigError(f"{config_path}: unreadable model config ({error})") from None
-    if version != FORMAT_VERSION:
-        raise ConfigError(
-            f"{config_path}: expected format_version {FORMAT_VERSION}, found {version}"
-        )
-    model = create_model(name, config)
-    state = load_file(str(folder / WEIGHTS_FILE), device=str(map_location))
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model
 
 
 # ------------------------------------------------------------------------------------------------
 # Publishing: the folder pushed to the Hub, and the push
 
-
-HUB_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+HUB_FILES = (MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE)
 
 
 def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -184,7 +94,7 @@ def model_card(
     repo_id: str = "",
 ) -> str:
     """The Hub model card: the model, its evaluation, its training data, intended use, limits."""
-    card = _model_card(model)
+    card = folder_model_card(model)
     if repo_id:
         card = card.replace('"PATH_OR_REPO_ID"', json.dumps(repo_id))
     lines = [card.rstrip(), ""]
@@ -262,17 +172,17 @@ def hub_folder(
 
     It holds the model's ``config.json`` and ``model.safetensors``, a model card
     (``README.md``, :func:`model_card`) and, when given, the evaluation's ``metrics.json``. It
-    loads with :func:`load_model` like any model folder.
+    loads with :func:`multivae.load_model` like any model folder.
     """
     source = Path(model_dir)
-    model = load_model(source)
+    model = load_model_folder(resolve_model_folder(source))
     with staged_folder(out) as staging:
         for name in HUB_FILES:
             shutil.copy2(source / name, staging / name)
         card = model_card(model, metrics=metrics, data_summary=data_summary, repo_id=repo_id)
-        (staging / CARD_FILE).write_text(card)
+        (staging / MODEL_CARD_FILE).write_text(card)
         if metrics is not None:
-            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return Path(out)
 
 
@@ -302,7 +212,7 @@ def push_to_hub(
     folder = Path(folder)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"hub repo: expected a repository id 'owner/name', found {repo_id!r}")
-    missing = [name for name in (*HUB_FILES, CARD_FILE) if not (folder / name).is_file()]
+    missing = [name for name in (*HUB_FILES, MODEL_CARD_FILE) if not (folder / name).is_file()]
     if missing:
         raise ValueError(f"{folder}: not a Hub model folder, missing {missing}")
     token = token or get_token()

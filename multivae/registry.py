@@ -1,14 +1,19 @@
-"""Models by name: a model is a string, as configs, sweeps, the CLI and pipelines want."""
+"""Models by name: a model is a string, as configs, sweeps, the CLI and pipelines want.
+
+A leaf: each model file registers its class with :func:`register_model` when it is imported, and
+:func:`find_model_class` looks a name up among the classes registered so far. Nothing here
+imports a model; :mod:`multivae.factory` imports them all before it builds one by name.
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from multivae.config import ConfigError
 
 if TYPE_CHECKING:
-    from multivae.models.base import ModelConfig, MultimodalVAE
+    from multivae.models.base import MultimodalVAE
 
 ModelClass = TypeVar("ModelClass", bound="type[MultimodalVAE]")
 MODELS: dict[str, type[MultimodalVAE]] = {}
@@ -22,30 +27,14 @@ def register_model(cls: ModelClass) -> ModelClass:
     return cls
 
 
-def _populate() -> None:
-    # Importing the package registers every built-in model.
-    import multivae.models  # noqa: F401
+def find_model_class(name: str) -> type[MultimodalVAE]:
+    """The model class registered as ``name``; the error suggests the closest name.
 
-
-def list_models() -> list[str]:
-    """Names of the registered models, sorted."""
-    _populate()
-    return sorted(MODELS)
-
-
-def get_model_class(name: str) -> type[MultimodalVAE]:
-    """The model class registered as ``name``; the error suggests the closest name."""
-    _populate()
+    Raises:
+        ConfigError: For a name no imported model file registered.
+    """
     if name not in MODELS:
         close = difflib.get_close_matches(name, MODELS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {name!r}; expected one of {sorted(MODELS)}.{hint}")
     return MODELS[name]
-
-
-def create_model(name: str, config: ModelConfig | dict[str, Any]) -> MultimodalVAE:
-    """Build model ``name`` from its config dataclass or the config's plain-data form."""
-    cls = get_model_class(name)
-    if isinstance(config, dict):
-        config = cls.config_class.from_dict(config, where=f"{name} config")
-    return cls(config)

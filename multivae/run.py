@@ -1,38 +1,23 @@
-"""One training run from one config file: data, model, training settings and output folder.
+"""One training run, from its description to its outputs.
 
-A run config is YAML (or JSON) read by :class:`RunConfig`; :func:`run_training` does the whole
-run and is what the CLI (``multivae train``), Ray workers and Kubeflow components call. Example::
-
-    model: mvae
-    builtin: {name: poly-digits, missing_rate: 0.5, seed: 0, params: {n_train: 10000}}
-    model_config: {latent_dim: 32, beta: 1.0}
-    training: {epochs: 30, batch_size: 128, optimizer: {name: Adam, kwargs: {lr: 1.0e-3}}}
-    output_dir: runs/mvae
-
-Relative paths (``data``, ``output_dir``) are relative to the working directory. Write floats
-with a dot (``1.0e-3``): YAML reads ``1e-3`` as a string.
+:func:`run_training` does the whole run of a :class:`~multivae.run_config.RunConfig`, in this
+process or, when the config has a ``ray`` section, on Ray Train workers
+(:func:`~multivae.integrations.ray_train.train_with_ray`); MLflow tracks it when enabled. The
+CLI (``multivae train``), sweep trials and Kubeflow components call it.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from multivae.config import Config, ConfigError
-from multivae.data.datasets import load_builtin
 from multivae.data.reader import MultimodalDataset, make_dataloader
-from multivae.data.schema import DatasetSchema
-from multivae.models.base import ModelConfig
-from multivae.registry import create_model, get_model_class
-from multivae.training.config import TrainingConfig
+from multivae.factory import create_model
+from multivae.integrations.tracking import tracking_callbacks
+from multivae.names import RUN_CONFIG_FILE
+from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
 from multivae.training.loop import (
     Callback,
     Trainer,
@@ -40,235 +25,6 @@ from multivae.training.loop import (
     distributed_rank,
     resolve_device,
 )
-
-RUN_CONFIG_FILE = "run.yaml"
-
-
-@dataclass
-class BuiltinDataConfig(Config):
-    """A built-in dataset, generated on first use (see :func:`multivae.data.datasets.load_builtin`).
-
-    Attributes:
-        name: The dataset (``multivae prepare-data --help`` lists them).
-        missing_rate: Probability that a modality is missing from a train or val sample.
-        seed: Seed of the generator.
-        params: Generator parameters, e.g. ``{"n_train": 2000}``.
-    """
-
-    name: str
-    missing_rate: float = 0.0
-    seed: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RayConfig(Config):
-    """How a run trains on Ray Train (``multivae train --ray``).
-
-    Attributes:
-        num_workers: Training workers (data-parallel ranks).
-        cpus_per_worker: CPUs reserved per worker.
-        gpus_per_worker: GPUs per worker; more than 0 trains on CUDA with NCCL.
-        resources_per_worker: Extra custom Ray resources per worker, e.g. ``{"a100": 1}``.
-        max_failures: Worker-group restarts (from the last checkpoint) before the run fails.
-        address: Ray cluster to connect to (``ray://...``, ``auto``); else ``RAY_ADDRESS``, else
-            a local Ray instance.
-        storage_path: Ray Train's storage for reported checkpoints (a folder every node sees,
-            or a cloud URI); ``output_dir/ray`` by default.
-        name: Name of the Ray Train run inside ``storage_path``.
-        shuffle_buffer_size: Rows in each worker's local shuffle buffer (0: read order).
-    """
-
-    num_workers: int = 2
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    resources_per_worker: dict[str, float] = field(default_factory=dict)
-    max_failures: int = 3
-    address: str | None = None
-    storage_path: str | None = None
-    name: str = "train"
-    shuffle_buffer_size: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ConfigError(f"ray.num_workers: expected at least 1, found {self.num_workers}")
-        for option in ("cpus_per_worker", "gpus_per_worker", "shuffle_buffer_size"):
-            if getattr(self, option) < 0:
-                raise ConfigError(f"ray.{option}: expected >= 0, found {getattr(self, option)}")
-
-
-@dataclass
-class MLflowConfig(Config):
-    """MLflow tracking of a run.
-
-    Attributes:
-        enabled: Track the run.
-        tracking_uri: Where; else ``MLFLOW_TRACKING_URI``, else the SQLite file
-            ``output_dir/mlflow.db``.
-        experiment: MLflow experiment name.
-        run_name: Name of the MLflow run (MLflow picks one when empty).
-        parent_run_id: Make the run a nested run of this one (sweeps, pipelines).
-        register_as: Register the final model in the MLflow model registry under this name.
-    """
-
-    enabled: bool = True
-    tracking_uri: str | None = None
-    experiment: str = "multivae"
-    run_name: str | None = None
-    parent_run_id: str | None = None
-    register_as: str | None = None
-
-
-@dataclass
-class RunConfig(Config):
-    """Everything one training run needs.
-
-    Attributes:
-        model: A registered model name (``multivae list-models``).
-        output_dir: Folder for the checkpoint, ``model/``, ``metrics.json`` and ``run.yaml``.
-        data: A dataset folder with ``train/`` and ``val/`` splits; or else ``builtin``.
-        builtin: A built-in dataset; or else ``data``.
-        model_config: The model's options. ``modalities`` may be left out: each modality then
-            gets the dataset's likelihood and default architectures. Entries given under
-            ``modalities.<name>`` override those defaults for that modality.
-        training: The training settings.
-        ray: Train on Ray Train workers with these settings; ``None`` trains in this process.
-        mlflow: MLflow tracking.
-    """
-
-    model: str
-    output_dir: str
-    data: str | None = None
-    builtin: BuiltinDataConfig | None = None
-    model_config: dict[str, Any] = field(default_factory=dict)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    ray: RayConfig | None = None
-    mlflow: MLflowConfig = field(default_factory=MLflowConfig)
-
-    def __post_init__(self) -> None:
-        if (self.data is None) == (self.builtin is None):
-            found = "both" if self.data is not None else "neither"
-            raise ConfigError(
-                "expected one of 'data' (a dataset folder) and 'builtin' (a built-in dataset), "
-                f"found {found}"
-            )
-        get_model_class(self.model)
-
-
-def _parse_value(text: str) -> Any:
-    """A ``--set`` value: JSON when it parses (numbers, booleans, null, lists), else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply dotted ``KEY=VALUE`` overrides (``training.epochs=3``) to a plain config.
-
-    Values are read as JSON when they parse (``3``, ``1e-3``, ``true``, ``null``, ``[1, 2]``),
-    as text otherwise. Missing or null intermediate mappings are created; the result is checked
-    when the config is built, so misspelled keys get the usual suggestion.
-
-    Raises:
-        ConfigError: For an override without ``=`` or a path through a non-mapping value.
-    """
-    raw = copy.deepcopy(raw)
-    for override in overrides:
-        path, separator, text = override.partition("=")
-        keys = path.split(".")
-        if not separator or not all(keys):
-            raise ConfigError(f"--set: expected KEY=VALUE with a dotted KEY, found {override!r}")
-        target = raw
-        for depth, key in enumerate(keys[:-1]):
-            if target.get(key) is None:
-                target[key] = {}
-            if not isinstance(target[key], dict):
-                where = ".".join(keys[: depth + 1])
-                raise ConfigError(
-                    f"--set {override}: expected a mapping at {where!r}, found {target[key]!r}"
-                )
-            target = target[key]
-        target[keys[-1]] = _parse_value(text)
-    return raw
-
-
-def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML or JSON run config and apply ``--set`` style overrides.
-
-    Raises:
-        FileNotFoundError: When there is no file at ``path``.
-        ConfigError: For malformed YAML or JSON, an unknown key (with the closest known key) or
-            an ill-typed value, prefixed by the file's name.
-    """
-    path = Path(path)
-    text = path.read_text()
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()} ({error})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of run settings, found {raw!r}")
-    try:
-        return RunConfig.from_dict(apply_overrides(raw, overrides))
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-
-
-def tracking_callbacks(config: RunConfig, folder: Path) -> list[Callback]:
-    """The MLflow callback of a run (none when ``mlflow.enabled`` is false)."""
-    if not config.mlflow.enabled:
-        return []
-    from multivae.integrations.mlflow import MLflowCallback, default_tracking_uri
-
-    settings = config.mlflow
-    return [
-        MLflowCallback(
-            tracking_uri=settings.tracking_uri or default_tracking_uri(config.output_dir),
-            experiment=settings.experiment,
-            run_name=settings.run_name,
-            parent_run_id=settings.parent_run_id,
-            config=config.to_dict(),
-            dataset=folder,
-            register_as=settings.register_as,
-        )
-    ]
-
-
-def resolve_dataset(config: RunConfig) -> Path:
-    """The run's dataset folder; a built-in dataset is generated (and cached) on first use."""
-    if config.builtin is not None:
-        return load_builtin(
-            config.builtin.name,
-            missing_rate=config.builtin.missing_rate,
-            seed=config.builtin.seed,
-            **config.builtin.params,
-        )
-    assert config.data is not None
-    return Path(config.data)
-
-
-def resolve_model_config(config: RunConfig, schema: DatasetSchema) -> dict[str, Any]:
-    """The model's options with every modality filled in from the dataset's schema."""
-    defaults = ModelConfig.from_schema(schema).to_dict()["modalities"]
-    given = config.model_config.get("modalities") or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"model_config.modalities: expected a mapping, found {given!r}")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"model_config.modalities: the dataset has no modalities {unknown}; expected some "
-            f"of {list(defaults)}"
-        )
-    modalities = {}
-    for name, default in defaults.items():
-        entries = given.get(name) or {}
-        if not isinstance(entries, dict):
-            raise ConfigError(
-                f"model_config.modalities.{name}: expected a mapping, found {entries!r}"
-            )
-        modalities[name] = {**default, **entries}
-    return {**config.model_config, "modalities": modalities}
 
 
 class _SaveRunConfig(Callback):

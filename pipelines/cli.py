@@ -290,6 +290,8 @@ def locate_outputs(root: Path, since: float = 0.0) -> dict[str, dict[str, str]]:
 
 def report(result: dict[str, Any]) -> str:
     """Where every result of a local run is, and how to look at the MLflow runs."""
+    from multivae.names import FIGURES_FOLDER, METRICS_FILE, MODEL_FOLDER
+
     outputs = result["outputs"]
 
     def where(step: str, name: str, suffix: str = "") -> str:
@@ -302,9 +304,9 @@ def report(result: dict[str, Any]) -> str:
         f"{result['pipeline_root']}",
         "",
         f"  dataset (Parquet + classifiers): {where('preprocess', 'data')}",
-        f"  model folder:                    {where('train', 'model', '/model')}",
-        f"  metrics:                         {where('evaluate', 'report', '/metrics.json')}",
-        f"  figures:                         {where('evaluate', 'report', '/figures')}",
+        f"  model folder:                    {where('train', 'model', f'/{MODEL_FOLDER}')}",
+        f"  metrics:                         {where('evaluate', 'report', f'/{METRICS_FILE}')}",
+        f"  figures:                         {where('evaluate', 'report', f'/{FIGURES_FOLDER}')}",
         f"  figures page (HTML):             {where('evaluate', 'figures')}",
         f"  synthetic dataset:               {where('sample-augmentation', 'synthetic')}",
         f"  fitted sampler:                  {where('sample-augmentation', 'fitted_sampler')}",
@@ -315,8 +317,8 @@ def report(result: dict[str, Any]) -> str:
         f"{uri}  (then http://127.0.0.1:5000)",
     ]
     metrics_path = outputs.get("evaluate", {}).get("report")
-    if metrics_path and (Path(metrics_path) / "metrics.json").is_file():
-        metrics = json.loads((Path(metrics_path) / "metrics.json").read_text())
+    if metrics_path and (Path(metrics_path) / METRICS_FILE).is_file():
+        metrics = json.loads((Path(metrics_path) / METRICS_FILE).read_text())
         coherence = metrics.get("coherence", {})
         per_size = ", ".join(f"from {k}: {v:.3f}" for k, v in coherence.get("per_size", {}).items())
         lines += ["", f"cross-modal coherence (chance 0.1): {per_size}"]

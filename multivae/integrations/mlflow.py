@@ -41,26 +41,25 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 
 from multivae.data.errors import DataFormatError
 from multivae.data.reader import list_splits, split_files
-from multivae.hub import CONFIG_FILE
-from multivae.run import RUN_CONFIG_FILE
-from multivae.training.loop import (
+from multivae.names import (
+    FIGURES_FOLDER,
     METRICS_FILE,
+    MLFLOW_ARTIFACTS_FOLDER,
+    MLFLOW_DATABASE_FILE,
+    MLFLOW_RUN_FILE,
+    MODEL_CONFIG_FILE,
     MODEL_FOLDER,
+    PYFUNC_MODEL_ARTIFACT,
+    RUN_CONFIG_FILE,
+)
+from multivae.training.loop import (
     Callback,
     Trainer,
     TrainingResult,
     distributed_rank,
 )
 
-RUN_FILE = "mlflow_run.json"
-"""Written into the run's ``output_dir``: ``{"tracking_uri", "experiment_id", "run_id"}``."""
-TRACKING_DB = "mlflow.db"
-ARTIFACTS_FOLDER = "mlartifacts"
-"""Artifact root of experiments created in a local SQLite store, next to the database file."""
-FIGURES_FOLDER = "figures"
 PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
-PYFUNC_MODEL_DIR = "model_dir"
-"""Name of the model folder among the pyfunc model's artifacts (``context.artifacts``)."""
 TRUNCATED = "...[truncated]"
 """Ends a param value cut to MLflow's length limit (the full config is in ``run.yaml``)."""
 _SQLITE_PREFIX = "sqlite:///"
@@ -79,7 +78,7 @@ def default_tracking_uri(output_dir: str | os.PathLike[str]) -> str:
         return uri
     folder = Path(output_dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    return f"{_SQLITE_PREFIX}{folder / TRACKING_DB}"
+    return f"{_SQLITE_PREFIX}{folder / MLFLOW_DATABASE_FILE}"
 
 
 def _sampled_bytes(handle: BinaryIO, end: int) -> Iterator[bytes]:
@@ -207,7 +206,7 @@ def _artifact_location(tracking_uri: str) -> str | None:
     if not tracking_uri.startswith(_SQLITE_PREFIX):
         return None
     database = Path(tracking_uri.removeprefix(_SQLITE_PREFIX)).resolve()
-    return (database.parent / ARTIFACTS_FOLDER).as_uri()
+    return (database.parent / MLFLOW_ARTIFACTS_FOLDER).as_uri()
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -313,7 +312,9 @@ def register_model(
     with tempfile.TemporaryDirectory() as temporary:
         if model_dir is None:
             model_dir = client.download_artifacts(run_id, MODEL_FOLDER, temporary)
-        modalities = json.loads((Path(model_dir) / CONFIG_FILE).read_text())["config"]["modalities"]
+        modalities = json.loads((Path(model_dir) / MODEL_CONFIG_FILE).read_text())["config"][
+            "modalities"
+        ]
         signature = ModelSignature(
             params=ParamSchema([ParamSpec("gen", "string", list(modalities), (-1,))])
         )
@@ -330,7 +331,7 @@ def register_model(
             mlflow.pyfunc.save_model(
                 str(local),
                 python_model=str(PYFUNC_CODE),
-                artifacts={PYFUNC_MODEL_DIR: str(model_dir)},
+                artifacts={PYFUNC_MODEL_ARTIFACT: str(model_dir)},
                 signature=signature,
                 input_example=example,
                 pip_requirements=_requirements(),
@@ -435,7 +436,7 @@ class MLflowCallback(Callback):
         """Create the run (or continue it when resuming), log params and tags."""
         if distributed_rank() != 0:
             return
-        run_file = trainer.output_dir / RUN_FILE
+        run_file = trainer.output_dir / MLFLOW_RUN_FILE
         if run_file.is_file() and trainer.checkpoint_path.is_file():
             self._continue(json.loads(run_file.read_text()), run_file)
             return

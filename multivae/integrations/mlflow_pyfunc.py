@@ -27,11 +27,10 @@ import pandas as pd  # type: ignore[import-untyped]
 import torch
 from mlflow.pyfunc.model import PythonModel, PythonModelContext
 
-import multivae
 from multivae.data.batch import Batch
+from multivae.factory import load_model
 from multivae.models.base import MultimodalVAE
-
-MODEL_DIR_ARTIFACT = "model_dir"
+from multivae.names import PYFUNC_MODEL_ARTIFACT
 
 
 def _columns(model_input: object) -> dict[str, np.ndarray[Any, Any]]:
@@ -81,7 +80,7 @@ class MultimodalVAEModel(PythonModel):
 
     def load_context(self, context: PythonModelContext) -> None:
         """Load the model folder logged as the artifact ``model_dir``."""
-        self.model = multivae.load_model(context.artifacts[MODEL_DIR_ARTIFACT])
+        self.model = load_model(context.artifacts[PYFUNC_MODEL_ARTIFACT])
 
     # MLflow validates inputs against the annotation of ``model_input``, warns about any
     # annotation but ``list[...]``, and leaves a DataFrame one alone (no validation, no warning):

@@ -1,6 +1,6 @@
 """Ray Train: the library's own training loop on the workers of a Ray cluster.
 
-:func:`train_with_ray` runs one :class:`~multivae.run.RunConfig` as a Ray Train
+:func:`train_with_ray` runs one :class:`~multivae.run_config.RunConfig` as a Ray Train
 ``TorchTrainer``. Each worker runs :func:`train_worker`, which builds the model, wraps it with
 ``ray.train.torch.prepare_model`` (``DistributedDataParallel`` over gloo on CPU, NCCL on GPU)
 and hands it to the same :class:`~multivae.training.Trainer` that local runs use; there is no
@@ -38,10 +38,16 @@ from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.data.schema import PRESENCE_SUFFIX
 from multivae.io import atomic_copy_tree
-from multivae.training.checkpoint import CHECKPOINT_FILE, load_checkpoint
-from multivae.training.loop import (
+from multivae.names import (
+    CHECKPOINT_FILE,
     METRICS_FILE,
+    MLFLOW_RUN_FILE,
     MODEL_FOLDER,
+    RAY_STORAGE_FOLDER,
+    RUN_CONFIG_FILE,
+)
+from multivae.training.checkpoint import load_checkpoint
+from multivae.training.loop import (
     Callback,
     EpochRecord,
     Trainer,
@@ -50,10 +56,7 @@ from multivae.training.loop import (
 )
 
 if TYPE_CHECKING:
-    from multivae.run import RayConfig, RunConfig
-
-RAY_STORAGE_FOLDER = "ray"
-"""Default Ray Train storage (checkpoints, worker logs) inside the run's ``output_dir``."""
+    from multivae.run_config import RayConfig, RunConfig
 
 
 def batch_from_columns(
@@ -168,10 +171,8 @@ def _resume_files(output_dir: Path) -> dict[str, Path]:
 
 def _run_files(folder: Path) -> dict[str, Path]:
     """Files beside the checkpoint that a restarted worker needs (the MLflow run's id)."""
-    from multivae.integrations.mlflow import RUN_FILE
-
-    path = folder / RUN_FILE
-    return {RUN_FILE: path} if path.is_file() else {}
+    path = folder / MLFLOW_RUN_FILE
+    return {MLFLOW_RUN_FILE: path} if path.is_file() else {}
 
 
 def _report(metrics: dict[str, Any], files: Mapping[str, Path]) -> None:
@@ -202,8 +203,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from multivae.registry import create_model
-    from multivae.run import RunConfig
+    from multivae.factory import create_model
+    from multivae.run_config import RunConfig
 
     run = RunConfig.from_dict(loop_config["run"])
     training = run.training
@@ -285,7 +286,7 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
         FileNotFoundError: When resuming without a checkpoint.
     """
     from multivae.data.reader import MultimodalDataset
-    from multivae.run import RunConfig, resolve_dataset, resolve_model_config
+    from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
 
     if config.ray is None:
         raise ConfigError("expected a 'ray' section (or --ray) to train on Ray")
@@ -312,7 +313,7 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
         }
     )
     # Building the model here catches refused options before any worker starts.
-    from multivae.registry import create_model
+    from multivae.factory import create_model
 
     create_model(resolved.model, resolved.model_config)
     storage = config.ray.storage_path or str(
@@ -351,7 +352,7 @@ def train_with_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from multivae.run import tracking_callbacks
+    from multivae.integrations.tracking import tracking_callbacks
 
     setup = prepare_ray_run(config, resume=resume)
     run = setup.run
@@ -359,7 +360,7 @@ def train_with_ray(
     assert run.ray is not None
     output_dir = Path(run.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    run.save(output_dir / "run.yaml")
+    run.save(output_dir / RUN_CONFIG_FILE)
     if not ray.is_initialized():
         if run.ray.address or os.environ.get("RAY_ADDRESS"):
             ray.init(address=run.ray.address)

@@ -45,12 +45,18 @@ from typing import Any, Literal
 import yaml
 
 from multivae.config import Config, ConfigError
-from multivae.training.loop import METRICS_FILE, MODEL_FOLDER, Callback
+from multivae.names import (
+    BEST_FILE,
+    BEST_FOLDER,
+    METRICS_FILE,
+    MLFLOW_RUN_FILE,
+    MODEL_FOLDER,
+    RUN_CONFIG_FILE,
+    TRIALS_FOLDER,
+)
+from multivae.training.loop import Callback
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-BEST_FOLDER = "best"
-BEST_FILE = "best.json"
-TRIALS_FOLDER = "trials"
 
 
 @dataclass
@@ -192,8 +198,8 @@ def check_sweep(sweep: SweepConfig, base: Mapping[str, Any]) -> None:
         DataFormatError: When the run's dataset cannot be opened.
     """
     from multivae.data.reader import MultimodalDataset
-    from multivae.registry import get_model_class
-    from multivae.run import RunConfig, resolve_dataset, resolve_model_config
+    from multivae.factory import get_model_class
+    from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
 
     try:
         config = RunConfig.from_dict(with_params(base, {}))
@@ -257,7 +263,8 @@ def _run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     """One Tune trial: the base run with the trial's parameters, trained and reported."""
     import ray.tune
 
-    from multivae.run import MLflowConfig, RunConfig, run_training
+    from multivae.run import run_training
+    from multivae.run_config import MLflowConfig, RunConfig
 
     trial = ray.tune.get_context()
     trial_id = trial.get_trial_id()
@@ -276,7 +283,7 @@ def _run_trial(params: dict[str, Any], context: dict[str, Any]) -> None:
         from ray.tune.integration.ray_train import TuneReportCallback as TrainToTune
 
         from multivae.integrations.ray_train import train_with_ray
-        from multivae.run import RayConfig
+        from multivae.run_config import RayConfig
 
         ray_config = config.ray or RayConfig()
         ray_config.num_workers = context["train_workers"]
@@ -446,11 +453,9 @@ def _close_stopped_trial_runs(
     """Mark the MLflow runs of trials that ASHA stopped as KILLED (not FAILED), tagged so."""
     from mlflow.tracking import MlflowClient
 
-    from multivae.integrations.mlflow import RUN_FILE
-
     client = MlflowClient(tracking_uri)
     for trial in trials:
-        run_file = output_dir / TRIALS_FOLDER / trial["trial_id"] / RUN_FILE
+        run_file = output_dir / TRIALS_FOLDER / trial["trial_id"] / MLFLOW_RUN_FILE
         if trial["finished"] or trial["error"] is not None or not run_file.exists():
             continue
         run_id = json.loads(run_file.read_text())["run_id"]
@@ -485,7 +490,7 @@ def _export_best(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     shutil.copytree(source / MODEL_FOLDER, staging / MODEL_FOLDER)
-    for name in (METRICS_FILE, "run.yaml"):
+    for name in (METRICS_FILE, RUN_CONFIG_FILE):
         shutil.copy2(source / name, staging / name)
     if (output_dir / BEST_FOLDER).exists():
         shutil.rmtree(output_dir / BEST_FOLDER)
@@ -517,7 +522,7 @@ def _export_best(
 
 def sweep_from_file(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepResult:
     """``multivae tune --sweep FILE``: read, check and run a sweep."""
-    from multivae.run import apply_overrides
+    from multivae.run_config import apply_overrides
 
     sweep, base = load_sweep(path)
     if overrides:

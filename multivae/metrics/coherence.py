@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import torch
 
 from multivae.data.batch import Batch
-from multivae.metrics.classifiers import (
-    ClassifierSet,
+from multivae.metrics.classifiers import ClassifierSet
+from multivae.metrics.shared import (
     EvaluationData,
     evaluation_mode,
     iter_batches,
@@ -78,6 +78,8 @@ class CoherenceResult:
             ("coherence from k modalities").
         mean: Mean of all pairs.
         n_samples: Generations per test sample.
+        not_applicable: Subsets the model cannot condition on (its ``conditionable`` says
+            no): reported, never scored with a substitute posterior.
     """
 
     pairs: dict[tuple[Subset, str], float]
@@ -86,6 +88,7 @@ class CoherenceResult:
     per_size: dict[int, float] = field(default_factory=dict)
     mean: float = math.nan
     n_samples: int = 1
+    not_applicable: list[Subset] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; a pair is keyed ``"m0+m1->m2"``, a subset ``"m0+m1"``."""
@@ -96,6 +99,7 @@ class CoherenceResult:
             "pairs": {f"{'+'.join(s)}->{t}": v for (s, t), v in self.pairs.items()},
             "counts": {"+".join(s): v for s, v in self.counts.items()},
             "n_samples": self.n_samples,
+            "not_applicable": ["+".join(s) for s in self.not_applicable],
         }
 
 
@@ -149,6 +153,9 @@ def cross_modal_coherence(
     modalities = tuple(model.modalities)
     classifiers.require(modalities)
     subsets = _subsets(modalities, subset_sizes)
+    conditionable = getattr(model, "conditionable", None)
+    not_applicable = [s for s in subsets if conditionable is not None and not conditionable(s)]
+    subsets = [s for s in subsets if s not in not_applicable]
     correct = {(s, m): 0 for s in subsets for m in modalities if m not in s}
     counts = dict.fromkeys(subsets, 0)
     device = model_device(model)
@@ -181,7 +188,9 @@ def cross_modal_coherence(
             "no sample has every modality of any conditioning subset present; cross-modal "
             "coherence is undefined on this data"
         )
-    return _summarize(modalities, pairs, counts, n_samples)
+    result = _summarize(modalities, pairs, counts, n_samples)
+    result.not_applicable = not_applicable
+    return result
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -40,7 +40,7 @@ from multivae.config import Config, ConfigError
 from multivae.data.batch import Batch
 from multivae.data.reader import MultimodalDataset
 from multivae.io import atomic_write_text
-from multivae.metrics.classifiers import ClassifierSet, select_rows
+from multivae.metrics.classifiers import ClassifierSet
 from multivae.metrics.coherence import cross_modal_coherence, joint_coherence
 from multivae.metrics.fid import ClassifierFeatures, FeatureExtractor, InceptionFeatures, fid
 from multivae.metrics.figures import (
@@ -52,11 +52,17 @@ from multivae.metrics.figures import (
 from multivae.metrics.latents import clustering_scores, linear_probe_accuracy
 from multivae.metrics.likelihood import likelihood_report
 from multivae.metrics.reconstruction import mse, ssim
+from multivae.metrics.shared import select_rows
 from multivae.models.base import MultimodalVAE
-
-METRICS_FILE = "metrics.json"
-FIGURES_FOLDER = "figures"
-CLASSIFIERS_FOLDER = "classifiers"
+from multivae.names import (
+    CLASSIFIERS_FOLDER,
+    FIGURES_FOLDER,
+    LATENTS_FIGURE,
+    METRICS_FILE,
+    RECONSTRUCTIONS_FIGURE,
+    conditional_figure,
+    samples_figure,
+)
 
 
 @dataclass
@@ -243,7 +249,7 @@ def evaluate(
         ConfigError: For a dataset that does not match the model, or classifiers that are
             missing for one of its modalities (the message says how to train them).
     """
-    from multivae.hub import load_model
+    from multivae.factory import load_model
     from multivae.samplers import fit_joint_sampler
 
     config = config or EvaluationConfig()
@@ -284,7 +290,9 @@ def evaluate(
         for step in bar:
             bar.set_postfix_str(step)
             started = time.perf_counter()
-            if step == "likelihood" and config.likelihood_samples > 0:
+            if step == "likelihood" and not model.capabilities.tractable_likelihood:
+                metrics["likelihood"] = {"not_applicable": f"{model.name} defines no likelihood"}
+            elif step == "likelihood" and config.likelihood_samples > 0:
                 subset = select_rows(test, torch.arange(min(config.likelihood_samples, len(test))))
                 metrics["likelihood"] = likelihood_report(
                     model, subset, config.k, config.chunk_size, config.batch_size, seed=config.seed
@@ -294,6 +302,10 @@ def evaluate(
                     metrics["coherence"] = cross_modal_coherence(
                         model, test, classifiers, batch_size=config.batch_size
                     ).to_dict()
+            elif step == "samplers" and model.capabilities.conditional:
+                metrics["samplers"] = {
+                    "not_applicable": f"{model.name} generates only given conditioning data"
+                }
             elif step == "samplers":
                 metrics["samplers"] = {}
                 for kind in config.samplers:
@@ -322,7 +334,7 @@ def evaluate(
                     if config.figures and images:
                         save_image_grid(
                             [generated[m][: config.figure_samples].clamp(0, 1) for m in images],
-                            figures / f"samples-{kind}.png",
+                            figures / samples_figure(kind),
                             row_titles=images,
                             title=f"unconditional samples ({kind})",
                         )
@@ -341,7 +353,7 @@ def evaluate(
                 }
                 if config.figures:
                     save_embedding_plot(
-                        latents, test.label, figures / "latents.png", title="test latents (PCA)"
+                        latents, test.label, figures / LATENTS_FIGURE, title="test latents (PCA)"
                     )
             elif step == "figures" and config.figures and images:
                 with _generation_precision(config, model):
@@ -368,12 +380,12 @@ def _conditional_figures(
         save_conditional_grid(
             {m: rows.data[m] for m in subset},
             {m: generated[m].clamp(0, 1) for m in targets},
-            folder / f"conditional-{'+'.join(subset)}.png",
+            folder / conditional_figure(subset),
             title=f"generated from {', '.join(subset)}",
         )
     reconstructed = model.predict(rows, cond=[images[0]], gen=[images[0]])[images[0]]
     save_reconstructions(
-        rows.data[images[0]], reconstructed.clamp(0, 1), folder / "reconstructions.png"
+        rows.data[images[0]], reconstructed.clamp(0, 1), folder / RECONSTRUCTIONS_FIGURE
     )
 
 

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from multivae.data.batch import Batch
-from multivae.metrics.classifiers import (
+from multivae.metrics.shared import (
     EvaluationData,
     evaluation_mode,
     iter_batches,

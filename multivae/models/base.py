@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
@@ -32,7 +32,18 @@ from multivae.nn.architectures import (
 )
 from multivae.nn.fusion import LOGVAR_BOUNDS, normal_log_density
 from multivae.nn.likelihoods import LIKELIHOODS, ModalityLikelihood
+from multivae.nn.posteriors import GaussianPosterior, Posterior
 from multivae.objectives.bounds import log_mean_exp
+
+__all__ = [
+    "Capabilities",
+    "GaussianPosterior",
+    "ModalityConfig",
+    "ModelConfig",
+    "ModelOutput",
+    "MultimodalVAE",
+    "Posterior",
+]
 
 
 @dataclass
@@ -94,19 +105,35 @@ class ModelConfig(Config):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a model can do, for users, tests and pipelines to query.
+    """What a model can do, for users, tests, metrics and pipelines to query.
+
+    A model class declares what it can do in some configuration
+    (:attr:`MultimodalVAE.declared_capabilities`, shown by ``multivae list-models``); a built
+    model answers for its own configuration (:attr:`MultimodalVAE.capabilities`): MoPoE with
+    ``private_dim: 0`` has no private latents.
 
     Attributes:
         missing_modalities: Trains on samples where some modalities are absent.
         private_latents: Has modality-specific latents besides the shared one.
         multi_stage: Trains in several stages (see the training loop).
         importance_sampled: Its training bound uses several posterior samples (IWAE/DReG).
+        conditional: Generates only given conditioning data (no joint sampling from a prior).
+        tractable_likelihood: :meth:`MultimodalVAE.nll` estimates a likelihood (false for
+            models without a density, e.g. deterministic encoders).
+        hierarchical: Has several levels of latents.
+        adversarial: Trains with several optimizers (critics, discriminators).
+        clustering: Its prior is a mixture whose components are clusters.
     """
 
     missing_modalities: bool = True
     private_latents: bool = False
     multi_stage: bool = False
     importance_sampled: bool = False
+    conditional: bool = False
+    tractable_likelihood: bool = True
+    hierarchical: bool = False
+    adversarial: bool = False
+    clustering: bool = False
 
 
 @dataclass
@@ -122,44 +149,18 @@ class ModelOutput:
     metrics: dict[str, torch.Tensor]
 
 
-class Posterior(Protocol):
-    """What :meth:`MultimodalVAE.posterior` returns: a distribution over ``(N, D)`` latents."""
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """The distribution's mean, ``(N, D)`` (what deterministic embeddings use)."""
-        ...
-
-    def rsample(self, n_samples: int) -> torch.Tensor:
-        """Reparameterized samples of shape ``(n_samples, N, D)``."""
-        ...
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log q(z)`` of shape ``z.shape[:-1]``."""
-        ...
-
-
-class GaussianPosterior:
-    """A diagonal Gaussian ``N(mean, exp(logvar))`` over ``(N, D)`` latents."""
-
-    def __init__(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
-        self.mean = mean
-        self.logvar = logvar
-
-    def rsample(self, n_samples: int) -> torch.Tensor:
-        """Reparameterized samples of shape ``(n_samples, N, D)``."""
-        noise = torch.randn(
-            (n_samples, *self.mean.shape), dtype=self.mean.dtype, device=self.mean.device
-        )
-        return self.mean + torch.exp(0.5 * self.logvar) * noise
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log q(z)`` of shape ``z.shape[:-1]``."""
-        return normal_log_density(z, self.mean, self.logvar)
-
-
 class MultimodalVAE(nn.Module):
-    """Base of the model zoo. Subclasses set ``name``, ``config_class`` and ``capabilities``.
+    """Base of the model zoo. Subclasses set ``name``, ``config_class`` and their capabilities.
+
+    The latent contract: a shared latent ``z`` (dimension ``latent_dim``) with posterior
+    :meth:`posterior` given any subset of modalities, and per modality an optional private
+    latent ``w_m`` of dimension :meth:`private_dim` with posterior from
+    :meth:`private_posteriors` and prior :meth:`private_prior_sample` /
+    :meth:`private_prior_log_prob`. Decoder ``m`` takes ``[z, w_m]``
+    (:meth:`generation_latent`). From these alone the base class provides :meth:`encode`,
+    :meth:`predict` (and imputation through it), :meth:`sample`, :meth:`nll` (through the one
+    hook :meth:`importance_log_weights`) and the private means samplers are fitted on
+    (:meth:`private_latent_means`).
 
     Args:
         config: The model's config; it fully determines the model.
@@ -167,9 +168,13 @@ class MultimodalVAE(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    declared_capabilities: ClassVar[Capabilities] = Capabilities()
+    """What the model can do in some configuration; :attr:`capabilities` answers for this one."""
     stages: ClassVar[tuple[str, ...]] = ("main",)
     """Training stages in order; multi-stage models declare several (see :meth:`set_stage`)."""
+    variant_configs: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Named config overrides the contract test runs besides the defaults (the model file's
+    "tester configs": private latents on, another latent family, ...)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -214,15 +219,41 @@ class MultimodalVAE(nn.Module):
             )
 
     # ----------------------------------------------------------------------------------------
-    # Sizes and checks
+    # Sizes, capabilities and checks
+
+    def private_dim(self, modality: str) -> int:
+        """Dimension of a modality's private latent ``w_m`` (0: it has none)."""
+        return 0
 
     def encoder_latent_dim(self, modality: str) -> int:
-        """Dimension of the posterior a modality's encoder outputs (mean and log-variance)."""
-        return self.config.latent_dim
+        """Dimension of the posterior a modality's encoder outputs: shared then private."""
+        return self.config.latent_dim + self.private_dim(modality)
 
     def decoder_latent_dim(self, modality: str) -> int:
-        """Dimension of the latent a modality's decoder takes."""
-        return self.config.latent_dim
+        """Dimension of the latent a modality's decoder takes: ``[z, w_m]``."""
+        return self.config.latent_dim + self.private_dim(modality)
+
+    @property
+    def private_dims(self) -> dict[str, int]:
+        """Modality -> private latent dimension, for the modalities that have one."""
+        return {m: self.private_dim(m) for m in self.modalities if self.private_dim(m) > 0}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this configured model can do (see :class:`Capabilities`)."""
+        return replace(
+            self.declared_capabilities,
+            private_latents=bool(self.private_dims),
+            multi_stage=len(self.stages) > 1,
+        )
+
+    def conditionable(self, subset: Sequence[str]) -> bool:
+        """Whether :meth:`posterior` given ``subset`` is the model's own inference for it.
+
+        Metrics report "not applicable" for subsets that are not (instead of a silent
+        substitute such as the prior).
+        """
+        return set(subset) <= set(self.modalities)
 
     def check_batch(self, batch: Batch) -> None:
         """Refuse a batch whose modalities or shapes differ from the config's."""
@@ -270,36 +301,91 @@ class MultimodalVAE(nn.Module):
         return module
 
     def encode_modality(self, name: str, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and (clamped) log-variance from one modality's encoder, each ``(N, D_m)``."""
+        """Mean and (clamped) log-variance from one modality's encoder, each ``(N, D + P_m)``."""
         out = self.encoders[name](values)
         mean, logvar = out.chunk(2, dim=-1)
         return mean, logvar.clamp(*LOGVAR_BOUNDS)
 
-    def unimodal_posteriors(
+    def encoder_outputs(
         self, batch: Batch, cond: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every modality's Gaussian posterior over the shared latent: ``(M, N, D)`` each.
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`encode_modality` of every ``cond`` modality (all by default), on the whole batch.
 
-        Every encoder of a ``cond`` modality (all by default) runs on the whole batch; absent
-        cells are zeros and are masked downstream. The encoders of modalities outside ``cond``
-        do not run: their rows are ``N(0, I)`` placeholders, which callers mask out with
-        :meth:`condition_mask` (conditioning on a subset then costs only its encoders).
+        Absent cells are zeros and are masked downstream; modalities outside ``cond`` are not
+        encoded (conditioning on a subset costs only its encoders). Pass the result to
+        :meth:`unimodal_posteriors` and :meth:`private_posteriors` to encode once for both.
         """
-        encoded = {
+        return {
             name: self.encode_modality(name, batch.data[name])
             for name in self.modalities
             if cond is None or name in cond
         }
-        if len(encoded) < len(self.modalities):
-            like = next(iter(encoded.values()))[0] if encoded else next(self.parameters())
-            rows = batch.data[self.modalities[0]].shape[0]
-            for name in self.modalities:
-                if name not in encoded:
-                    zeros = like.new_zeros((rows, self.encoder_latent_dim(name)))
-                    encoded[name] = (zeros, zeros)
-        means = [encoded[name][0] for name in self.modalities]
-        logvars = [encoded[name][1] for name in self.modalities]
+
+    def unimodal_posteriors(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None = None,
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every modality's Gaussian posterior over the shared latent: ``(M, N, D)`` each.
+
+        Only the encoders of ``cond`` modalities (all by default) run, or none when
+        ``outputs`` (from :meth:`encoder_outputs`) is given. Rows of modalities outside
+        ``cond`` are ``N(0, I)`` placeholders, which callers mask out with
+        :meth:`condition_mask`.
+        """
+        encoded = self.encoder_outputs(batch, cond) if outputs is None else outputs
+        shared = self.config.latent_dim
+        rows = batch.data[self.modalities[0]].shape[0]
+        like = next(iter(encoded.values()))[0] if encoded else next(self.parameters())
+        means, logvars = [], []
+        for name in self.modalities:
+            if name in encoded and (cond is None or name in cond):
+                mean, logvar = encoded[name]
+                means.append(mean[..., :shared])
+                logvars.append(logvar[..., :shared])
+            else:
+                zeros = like.new_zeros((rows, shared))
+                means.append(zeros)
+                logvars.append(zeros)
         return torch.stack(means), torch.stack(logvars)
+
+    def private_posteriors(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None = None,
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> dict[str, Posterior]:
+        """``q(w_m | x_m)`` of every ``cond`` modality (all by default) that has a private latent.
+
+        By default a Gaussian from the private part of the modality's encoder output. Only the
+        ``cond`` encoders run (none when ``outputs`` is given); absent samples are masked by
+        the callers.
+        """
+        names = [m for m in self.private_dims if cond is None or m in cond]
+        if not names:
+            return {}
+        encoded = self.encoder_outputs(batch, names) if outputs is None else outputs
+        shared = self.config.latent_dim
+        return {
+            name: GaussianPosterior(encoded[name][0][..., shared:], encoded[name][1][..., shared:])
+            for name in names
+        }
+
+    def private_prior_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
+        """Draws ``(*shape, P_m)`` from the prior of a modality's private latent (``N(0, I)``)."""
+        device = next(self.parameters()).device
+        return torch.randn((*shape, self.private_dim(modality)), device=device)
+
+    def private_prior_log_prob(self, modality: str, w: torch.Tensor) -> torch.Tensor:
+        """``log p(w_m)`` under the private prior, shape ``w.shape[:-1]``."""
+        zero = torch.zeros((), dtype=w.dtype, device=w.device)
+        return normal_log_density(w, zero, zero)
+
+    def private_prior_mean(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
+        """The private prior's mean, ``(*shape, P_m)`` (zeros for a centred prior)."""
+        device = next(self.parameters()).device
+        return torch.zeros((*shape, self.private_dim(modality)), device=device)
 
     def decode(
         self, z: torch.Tensor, modalities: Sequence[str] | None = None
@@ -375,20 +461,64 @@ class MultimodalVAE(nn.Module):
     def generation_latent(
         self, z: torch.Tensor, modality: str, private: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The latent a modality's decoder takes, given shared samples.
+        """The latent a modality's decoder takes, ``[z, w_m]``, given shared samples ``z``.
 
-        Models with private latents append them here: ``private`` when given (e.g. drawn by a
-        sampler fitted on that modality's private latents), else draws from their prior.
-        Models without private latents ignore ``private``.
+        ``w_m`` is ``private`` when given (broadcast to ``z``'s leading dimensions, e.g. drawn
+        by a sampler fitted on that modality's private latents), else drawn from its prior.
+        A modality without a private latent decodes ``z`` itself.
         """
-        return z
+        if self.private_dim(modality) == 0:
+            return z
+        leading = z.shape[:-1]
+        if private is None:
+            private = self.private_prior_sample(modality, leading)
+        private = private.to(dtype=z.dtype, device=z.device).expand(
+            (*leading, self.private_dim(modality))
+        )
+        return torch.cat([z, private], dim=-1)
 
-    def private_latent_means(self, batch: Batch) -> torch.Tensor | None:
-        """Posterior means of every modality's private latent, ``(M, N, P)``.
+    def private_latent_means(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Posterior means ``(N, P_m)`` of every private latent (empty without private latents).
 
-        ``None`` when the model has no private latents.
+        Rows of samples where the modality is absent mean nothing; callers select the present
+        ones with ``batch.mask``.
         """
-        return None
+        return {name: q.mean for name, q in self.private_posteriors(batch).items()}
+
+    def generation_privates(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None,
+        gen: Sequence[str],
+        n_samples: int,
+        use_mean: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Private latents ``(n_samples, N, P_m)`` for generating the ``gen`` modalities.
+
+        ``w_m`` comes from ``q(w_m | x_m)`` where ``m`` is an observed ``cond`` modality
+        (reconstruction), else from its prior (cross-generation); ``use_mean`` takes the
+        distributions' means instead of draws.
+        """
+        names = [m for m in gen if self.private_dim(m) > 0]
+        if not names:
+            return {}
+        mask = self.condition_mask(batch, cond)
+        rows = mask.shape[1]
+        posteriors = self.private_posteriors(batch, [m for m in names if cond is None or m in cond])
+        out = {}
+        for name in names:
+            if use_mean:
+                prior = self.private_prior_mean(name, (n_samples, rows))
+            else:
+                prior = self.private_prior_sample(name, (n_samples, rows))
+            if name not in posteriors:
+                out[name] = prior
+                continue
+            q = posteriors[name]
+            drawn = q.mean.expand_as(prior) if use_mean else q.rsample(n_samples)
+            observed = mask[self.modalities.index(name)].reshape(1, rows, 1)
+            out[name] = torch.where(observed, drawn, prior.to(drawn.dtype))
+        return out
 
     @torch.no_grad()
     def predict(
@@ -397,18 +527,31 @@ class MultimodalVAE(nn.Module):
         cond: Sequence[str],
         gen: Sequence[str] | None = None,
         n_samples: int = 1,
+        use_mean: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Generate modalities ``gen`` (all by default) from the observed ``cond`` modalities.
+
+        The shared latent is drawn from :meth:`posterior` given ``cond`` and each private
+        latent as :meth:`generation_privates` says; ``use_mean`` decodes the posterior mean
+        (private latents at their posterior or prior means) instead of draws, deterministic.
 
         Returns the likelihood means (class indices for categorical modalities), shaped like the
         data: ``(N, *shape)``, or ``(n_samples, N, *shape)`` when ``n_samples > 1``.
         """
         gen = self.modalities if gen is None else tuple(gen)
-        z = self.encode(batch, cond, n_samples)
+        unknown = sorted(set(gen) - set(self.modalities))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: unknown modalities {unknown} in gen; known: {list(self.modalities)}"
+            )
+        posterior = self.posterior(batch, cond)
+        z = posterior.mean.unsqueeze(0).expand(n_samples, -1, -1) if use_mean else None
+        z = posterior.rsample(n_samples) if z is None else z
+        private = self.generation_privates(batch, cond, gen, n_samples, use_mean)
         out = {}
         for name in gen:
-            params = self.decode(self.generation_latent(z, name), [name])[name]
-            mean = self.likelihood(name).mean(params)
+            latent = self.generation_latent(z, name, private.get(name))
+            mean = self.likelihood(name).mean(self.decode(latent, [name])[name])
             out[name] = mean[0] if n_samples == 1 else mean
         return out
 
@@ -431,6 +574,10 @@ class MultimodalVAE(nn.Module):
         also has ``private_samplers`` (modality -> sampler, see
         :class:`~multivae.samplers.JointSampler`), those draw the private latents.
         """
+        if self.capabilities.conditional:
+            raise ValueError(
+                f"{self.name} generates only given conditioning data; use predict(batch, cond)"
+            )
         device = next(self.parameters()).device
         # Samplers draw on the CPU; the decoders may be elsewhere.
         z = self.prior_sample(n) if sampler is None else sampler.sample(n).to(device)
@@ -441,6 +588,59 @@ class MultimodalVAE(nn.Module):
             params = self.decode(self.generation_latent(z, name, w), [name])[name]
             out[name] = self.likelihood(name).mean(params)
         return out
+
+    def importance_log_weights(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None,
+        gen: Sequence[str] | None,
+        n_samples: int,
+    ) -> torch.Tensor:
+        """The hook of :meth:`nll`: ``n_samples`` importance log-weights per sample, ``(K, N)``.
+
+        Joint (``cond is None``): ``log p(x_gen | z, w) + log p(z) - log q(z | x_gen) +
+        sum_m [log p(w_m) - log q(w_m | x_m)]`` with ``z`` from :meth:`posterior` given
+        ``gen`` and ``w_m`` from :meth:`private_posteriors` for the observed scored modalities
+        (from the prior for the others, which then cancel out). Conditional: ``log p(x_gen |
+        z, w)`` with ``z ~ q(z | x_cond)`` and ``w_m`` as in :meth:`generation_privates`.
+        Only present ``gen`` modalities are scored.
+
+        A model whose posterior has no closed-form density (``log_prob`` raises
+        ``NotImplementedError``), or that has a better proposal, overrides this one method.
+        """
+        proposal_set = gen if cond is None else cond
+        posterior = self.posterior(batch, proposal_set)
+        gen_mask = self.condition_mask(batch, gen)
+        # Private latents from their posterior where the modality is observed, proposed and
+        # scored; elsewhere from the prior (their prior/proposal ratio is then 1).
+        from_posterior = self.condition_mask(batch, proposal_set) & gen_mask
+        scored = [m for m in self.modalities if gen is None or m in gen]
+        z = posterior.rsample(n_samples)
+        rows = gen_mask.shape[1]
+        with_private = [m for m in scored if self.private_dim(m) > 0]
+        posteriors = self.private_posteriors(
+            batch, [m for m in with_private if proposal_set is None or m in proposal_set]
+        )
+        zero = torch.zeros((), dtype=z.dtype)
+        private, private_ratio = {}, torch.zeros((n_samples, rows), dtype=z.dtype)
+        for name in with_private:
+            prior = self.private_prior_sample(name, (n_samples, rows)).to(z.dtype)
+            if name not in posteriors:
+                private[name] = prior
+                continue
+            observed = from_posterior[self.modalities.index(name)]
+            w = torch.where(observed.unsqueeze(-1), posteriors[name].rsample(n_samples), prior)
+            ratio = self.private_prior_log_prob(name, w) - posteriors[name].log_prob(w)
+            private[name] = w
+            private_ratio = private_ratio + torch.where(observed, ratio, zero)
+        params = {
+            name: self.decode(self.generation_latent(z, name, private.get(name)), [name])[name]
+            for name in scored
+        }
+        log_w = self.log_likelihoods(params, batch, gen_mask).sum(0)
+        if cond is not None:
+            return log_w
+        return log_w + self.prior_log_prob(z) - posterior.log_prob(z) + private_ratio
 
     @torch.no_grad()
     def nll(
@@ -454,44 +654,41 @@ class MultimodalVAE(nn.Module):
         """Importance-sampled negative log-likelihood per sample, shape ``(N,)``.
 
         * ``cond is None``: the (joint) NLL of the ``gen`` modalities (all by default),
-          ``-log (1/K) sum_k p(x_gen | z_k) p(z_k) / q(z_k | x_gen)`` with ``z_k ~ q(z | x_gen)``.
+          ``-log (1/K) sum_k w_k`` with the joint importance weights of
+          :meth:`importance_log_weights`.
         * ``cond`` given: the conditional NLL ``-log p(x_gen | x_cond)``, estimated as
-          ``-log (1/K) sum_k p(x_gen | z_k)`` with ``z_k ~ q(z | x_cond)``: the posterior stands
-          in for ``p(z | x_cond)``, as in the papers' conditional likelihoods.
+          ``-log (1/K) sum_k p(x_gen | z_k, w_k)`` with ``z_k ~ q(z | x_cond)``: the posterior
+          stands in for ``p(z | x_cond)``, as in the papers' conditional likelihoods.
 
         Only present modalities of ``gen`` are scored, so incomplete samples get the likelihood
         of what was observed. The K samples are drawn ``chunk_size`` at a time so memory stays
         bounded whatever ``k``.
         """
-        posterior = self.posterior(batch, gen if cond is None else cond)
-        gen_mask = self.condition_mask(batch, gen)
-        scored = self.modalities if gen is None else [m for m in self.modalities if m in gen]
-        chunks = []
-        for start in range(0, k, chunk_size):
-            count = min(chunk_size, k - start)
-            z = posterior.rsample(count)
-            # Only the scored modalities are decoded.
-            log_w = self.log_likelihoods(self.decode(z, scored), batch, gen_mask).sum(0)
-            if cond is None:
-                log_w = log_w + self.prior_log_prob(z) - posterior.log_prob(z)
-            chunks.append(log_w)
+        if not self.capabilities.tractable_likelihood:
+            raise ValueError(f"{self.name} defines no likelihood: nll is not applicable")
+        self.check_batch(batch)
+        chunks = [
+            self.importance_log_weights(batch, cond, gen, min(chunk_size, k - start))
+            for start in range(0, k, chunk_size)
+        ]
         return -log_mean_exp(torch.cat(chunks), dim=0)
 
     # ----------------------------------------------------------------------------------------
-    # Saving and loading (safetensors + JSON; see multivae.hub)
+    # Saving and loading (safetensors + JSON; see multivae.model_folder)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json``, ``model.safetensors`` and a model card ``README.md``."""
-        from multivae.hub import save_pretrained
+        from multivae.model_folder import save_model_folder
 
-        return save_pretrained(self, directory)
+        return save_model_folder(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory_or_repo_id: str | os.PathLike[str]) -> MultimodalVAE:
         """Load a model saved by :meth:`save_pretrained`, from a folder or a Hub repository."""
-        from multivae.hub import load_model
+        from multivae.hub import resolve_model_folder
+        from multivae.model_folder import load_model_folder
 
-        model = load_model(directory_or_repo_id)
+        model = load_model_folder(resolve_model_folder(directory_or_repo_id))
         if cls is not MultimodalVAE and not isinstance(model, cls):
             raise ConfigError(f"{directory_or_repo_id} holds a {model.name} model, not {cls.name}")
         return model

@@ -45,7 +45,8 @@ Deliberate differences from the paper and the reference code (MultiVae):
 
 * Incomplete samples train with the objective above.
 * The warmup follows fractional epochs from 0, so the KL weight starts at 0; the reference uses
-  ``epoch / warmup`` with whole epochs counted from 1.
+  ``epoch / warmup`` with whole epochs counted from 1. In evaluation mode the factor is 1 (see
+  :attr:`JMVAE.kl_weight`), so validation losses of all epochs are comparable.
 * The joint encoder is built from the config: per modality a feature network of the modality's
   encoder architecture (or ``joint_encoders``), the features concatenated, then ReLU and an MLP.
 
@@ -140,7 +141,7 @@ class JMVAE(MultimodalVAE):
 
     name = "jmvae"
     config_class = JMVAEConfig
-    capabilities = Capabilities(missing_modalities=True)
+    declared_capabilities = Capabilities(missing_modalities=True)
     config: JMVAEConfig
 
     def __init__(self, config: JMVAEConfig) -> None:
@@ -235,7 +236,14 @@ class JMVAE(MultimodalVAE):
 
     @property
     def kl_weight(self) -> float:
-        """The current warmup factor of the KL terms (from 0 to 1)."""
+        """The current warmup factor of the KL terms: from 0 to 1 in training.
+
+        In evaluation mode it is 1: validation losses of every epoch then score the same
+        objective, the one training converges to, so best-model tracking compares like with
+        like (with the warmup factor, epoch 1's low KL weight wins).
+        """
+        if not self.training:
+            return 1.0
         return linear_warmup(self.progress, self.config.warmup)
 
     def forward(self, batch: Batch) -> ModelOutput:

@@ -15,7 +15,7 @@ the posterior's parameters are detached inside ``log q`` and the gradient throug
 reweighted (see :func:`multivae.objectives.dreg_surrogate`). Posterior and prior are Laplace by
 default, the posterior's scale being ``softmax(h) * D + 1e-6`` of the encoder's second output
 half ``h``, as in the reference code; the prior's scale is ``softmax(a) * D`` of a vector ``a``
-(zeros, so unit scales, unless learned).
+(zeros at initialisation, learned by default as in the reference).
 
 Missing modalities: a sample's mixture holds only its observed experts (the density is a
 logsumexp over them divided by their number, and the average over experts has the same divisor),
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import distributions, nn
@@ -52,10 +52,11 @@ from multivae.nn.fusion import (
     normal_log_density,
     stratified_mixture_weights,
 )
+from multivae.nn.posteriors import LatentFamily, MixturePosterior, component_log_densities
 from multivae.objectives import dreg_surrogate, iwae_bound
 from multivae.registry import register_model
 
-LatentDistribution = Literal["laplace", "normal"]
+LatentDistribution = LatentFamily
 
 LAPLACE_SCALE_EPS = 1e-6
 """Added to the softmax scale of Laplace posteriors (the reference's value) so it is never 0."""
@@ -70,76 +71,6 @@ def latent_distribution(
     return distributions.Normal(loc, scale)
 
 
-def component_log_densities(
-    z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, family: LatentDistribution
-) -> torch.Tensor:
-    """Log-density of latents under each of several components.
-
-    Args:
-        z: ``(..., N, D)`` latents.
-        loc: ``(C, N, D)`` component locations.
-        scale: ``(C, N, D)`` component scales.
-        family: ``laplace`` or ``normal``.
-
-    Returns:
-        ``(C, ..., N)``: the log-density of every latent under every component of its sample.
-    """
-    shape = (loc.shape[0],) + (1,) * (z.dim() - 2) + tuple(loc.shape[1:])
-    loc = loc.reshape(shape)
-    scale = scale.reshape(shape)
-    if family == "laplace":
-        return laplace_log_density(z, loc, scale)
-    return normal_log_density(z, loc, 2.0 * torch.log(scale))
-
-
-class MixturePosterior:
-    """A uniform mixture of each sample's present components, Laplace or normal.
-
-    Args:
-        loc: ``(C, N, D)`` component locations.
-        scale: ``(C, N, D)`` component scales.
-        mask: ``(C, N)`` which components make up each sample's mixture; every sample needs at
-            least one.
-        family: ``laplace`` or ``normal``.
-    """
-
-    def __init__(
-        self,
-        loc: torch.Tensor,
-        scale: torch.Tensor,
-        mask: torch.Tensor,
-        family: LatentDistribution,
-    ) -> None:
-        self.loc = loc
-        self.scale = scale
-        self.mask = mask
-        self.family = family
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """The mixture's mean, ``(N, D)``: the average of its components' locations."""
-        weights = stratified_mixture_weights(self.mask).to(self.loc.dtype).unsqueeze(-1)
-        zero = torch.zeros((), dtype=self.loc.dtype)
-        return torch.where(self.mask.unsqueeze(-1), weights * self.loc, zero).sum(0)
-
-    def rsample(self, n_samples: int) -> torch.Tensor:
-        """Samples ``(n_samples, N, D)``: a present component at random, then a draw from it.
-
-        The draw is reparameterized given the chosen component.
-        """
-        probabilities = self.mask.to(self.loc.dtype).T
-        component = torch.multinomial(probabilities, n_samples, replacement=True).T
-        sample_index = torch.arange(self.loc.shape[1], device=self.loc.device)
-        loc = self.loc[component, sample_index]
-        scale = self.scale[component, sample_index]
-        return latent_distribution(self.family, loc, scale).rsample()
-
-    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log q(z)`` of shape ``z.shape[:-1]``, for latents ``(..., N, D)``."""
-        densities = component_log_densities(z, self.loc, self.scale, self.family)
-        return mixture_log_density(densities, self.mask)
-
-
 @dataclass
 class MMVAEConfig(ModelConfig):
     """Configuration of :class:`MMVAE`.
@@ -151,13 +82,14 @@ class MMVAEConfig(ModelConfig):
             Monte Carlo ELBO of the mixture).
         latent_distribution: ``laplace`` (the paper's choice) or ``normal``, for the posterior
             experts and the prior.
-        learn_prior_scale: Learn the prior's per-dimension scales (their sum stays ``D``).
+        learn_prior_scale: Learn the prior's per-dimension scales (their sum stays ``D``); on by
+            default, as in the reference (its ``learn_prior``).
     """
 
     samples_per_expert: int = 10
     bound: Literal["dreg", "iwae", "elbo"] = "dreg"
     latent_distribution: LatentDistribution = "laplace"
-    learn_prior_scale: bool = False
+    learn_prior_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.samples_per_expert < 1:
@@ -176,7 +108,11 @@ class MMVAE(MultimodalVAE):
 
     name: ClassVar[str] = "mmvae"
     config_class: ClassVar[type[ModelConfig]] = MMVAEConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(importance_sampled=True)
+    declared_capabilities: ClassVar[Capabilities] = Capabilities(importance_sampled=True)
+    variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
+        "normal-iwae": {"latent_distribution": "normal", "bound": "iwae", "samples_per_expert": 3},
+        "elbo-fixed-prior": {"bound": "elbo", "learn_prior_scale": False},
+    }
     config: MMVAEConfig
 
     def __init__(self, config: MMVAEConfig) -> None:

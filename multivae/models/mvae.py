@@ -36,12 +36,16 @@ Deliberate differences from the reference code (MultiVae):
 * The random subsets come from torch's generator (the reference uses NumPy's), so seeding torch
   makes a run reproducible.
 * The warmup follows fractional epochs from 0, so the KL weight starts at 0.
+* In evaluation mode the KL weight is ``beta`` (see :attr:`MVAE.kl_weight`), so validation
+  losses of all epochs are comparable; the reference instead keeps no best model before
+  ``warmup + 1`` epochs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -88,7 +92,10 @@ class MVAE(MultimodalVAE):
 
     name = "mvae"
     config_class = MVAEConfig
-    capabilities = Capabilities(missing_modalities=True)
+    declared_capabilities = Capabilities(missing_modalities=True)
+    variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
+        "joint-only": {"subsampling": False, "warmup": 0.0},
+    }
     config: MVAEConfig
 
     def __init__(self, config: MVAEConfig) -> None:
@@ -169,7 +176,15 @@ class MVAE(MultimodalVAE):
 
     @property
     def kl_weight(self) -> float:
-        """The current weight of the KL terms (warmup from 0 to ``beta``)."""
+        """The current weight of the KL terms: warmup from 0 to ``beta`` in training.
+
+        In evaluation mode it is ``beta``: validation losses of every epoch then score the same
+        objective, the one training converges to, so best-model tracking compares like with
+        like. (Scored with the warmup weight, the first epoch's low KL weight gives the lowest
+        validation loss, and the model kept as "best" was that of epoch 1.)
+        """
+        if not self.training:
+            return self.config.beta
         return linear_warmup(self.progress, self.config.warmup, self.config.beta)
 
     def forward(self, batch: Batch) -> ModelOutput:

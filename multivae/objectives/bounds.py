@@ -6,6 +6,7 @@ Notation: ``log_w[k, n] = log p(x_n, z_k) - log q(z_k | x_n)`` for ``K`` samples
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -28,24 +29,35 @@ def iwae_bound(log_w: torch.Tensor) -> torch.Tensor:
     return log_mean_exp(log_w, dim=0)
 
 
-def dreg_surrogate(log_w: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+def dreg_surrogate(
+    log_w: torch.Tensor, samples: torch.Tensor | Sequence[torch.Tensor] | None = None
+) -> torch.Tensor:
     """Per-sample surrogate whose gradient is the doubly reparameterized (DReG) IWAE gradient.
 
     Tucker et al. 2018 (arXiv:1810.04152). The log-weights must be computed with the posterior's
-    parameters detached inside ``log q(z|x)`` (the sample ``z`` itself keeps its
-    reparameterized gradient). The surrogate is ``sum_k stopgrad(w~_k) log w_k`` with normalized
-    weights ``w~``; a hook on ``z`` scales the gradient flowing through the sample by ``w~_k``
-    once more, giving the ``w~_k^2`` weighting of DReG for the encoder while the decoder keeps
-    the IWAE weighting ``w~_k``.
+    parameters detached inside ``log q`` (the samples themselves keep their reparameterized
+    gradient). The surrogate is ``sum_k stopgrad(w~_k) log w_k`` with normalized weights ``w~``
+    over the first dimension; a hook on each sampled tensor scales the gradient flowing through
+    it by ``w~_k`` once more, giving the ``w~_k^2`` weighting of DReG for the encoders while the
+    decoders keep the IWAE weighting ``w~_k``.
 
     Its value is not the bound; report :func:`iwae_bound` for that.
 
     Args:
-        log_w: ``(K, N)`` log-weights.
-        z: The ``(K, N, D)`` reparameterized samples the log-weights came from, or ``None`` when
-            no gradient should be reweighted (the hook is then skipped).
+        log_w: ``(K, ...)`` log-weights, normalized over ``K``.
+        samples: The reparameterized samples the log-weights came from, each of shape
+            ``(*log_w.shape, D)`` (e.g. a shared latent and private latents), or ``None`` when
+            no gradient should be reweighted. Tensors that do not require a gradient are
+            skipped.
     """
     normalized = torch.softmax(log_w, dim=0).detach()
-    if z is not None and z.requires_grad:
-        z.register_hook(lambda grad: normalized.unsqueeze(-1) * grad)  # type: ignore[no-untyped-call]
+    tensors = [samples] if isinstance(samples, torch.Tensor) else list(samples or [])
+    for tensor in tensors:
+        if tensor.shape[:-1] != log_w.shape:
+            raise ValueError(
+                f"dreg_surrogate: expected samples of shape {(*log_w.shape, '*')}, found "
+                f"{tuple(tensor.shape)}"
+            )
+        if tensor.requires_grad:
+            tensor.register_hook(lambda grad: normalized.unsqueeze(-1) * grad)  # type: ignore[no-untyped-call]
     return (normalized * log_w).sum(0)

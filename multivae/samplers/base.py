@@ -27,10 +27,11 @@ from safetensors.torch import load_file, save_file
 
 from multivae.config import ConfigError
 from multivae.io import staged_folder
+from multivae.names import SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE
 
 FORMAT_VERSION = 1
-CONFIG_FILE = "sampler.json"
-WEIGHTS_FILE = "sampler.safetensors"
+CONFIG_FILE = SAMPLER_CONFIG_FILE
+"""The same name, for :mod:`multivae.samplers.encode`, which imports it from here."""
 
 SamplerClass = TypeVar("SamplerClass", bound="type[LatentSampler]")
 SAMPLERS: dict[str, type[LatentSampler]] = {}
@@ -98,7 +99,11 @@ def _write_folder_atomically(directory: Path, write: Callable[[Path], None]) -> 
     if directory.exists():
         if not directory.is_dir():
             raise ValueError(f"{directory} exists and is a file; give a folder path")
-        foreign = [p.name for p in directory.iterdir() if p.name not in (CONFIG_FILE, WEIGHTS_FILE)]
+        foreign = [
+            p.name
+            for p in directory.iterdir()
+            if p.name not in (SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE)
+        ]
         if foreign:
             raise ValueError(
                 f"{directory} exists and is not a sampler folder (found {sorted(foreign)}); "
@@ -275,8 +280,10 @@ class LatentSampler(abc.ABC):
         state = {name: t.detach().cpu().contiguous() for name, t in self._state().items()}
 
         def write(staging: Path) -> None:
-            (staging / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
-            save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+            (staging / SAMPLER_CONFIG_FILE).write_text(
+                json.dumps(document, indent=2, sort_keys=True)
+            )
+            save_file(state, str(staging / SAMPLER_WEIGHTS_FILE), metadata={"format": "pt"})
 
         _write_folder_atomically(directory, write)
         return directory
@@ -296,12 +303,12 @@ class LatentSampler(abc.ABC):
         folder = Path(directory)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: expected a sampler folder, found no such folder")
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
+        for name in (SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE):
             if not (folder / name).is_file():
                 raise FileNotFoundError(
                     f"{folder}: no {name}; expected a folder written by LatentSampler.save"
                 )
-        config_path = folder / CONFIG_FILE
+        config_path = folder / SAMPLER_CONFIG_FILE
         where = f"{config_path}: "
         try:
             document = json.loads(config_path.read_text())
@@ -324,13 +331,15 @@ class LatentSampler(abc.ABC):
         except (TypeError, ValueError) as error:
             raise ConfigError(f"{where}{error}") from None
         try:
-            tensors = load_file(str(folder / WEIGHTS_FILE))
+            tensors = load_file(str(folder / SAMPLER_WEIGHTS_FILE))
         except SafetensorError as error:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: unreadable tensors ({error})") from None
+            raise ValueError(
+                f"{folder / SAMPLER_WEIGHTS_FILE}: unreadable tensors ({error})"
+            ) from None
         try:
             sampler._restore(dim, tensors)
         except ValueError as error:
-            raise ValueError(f"{folder / WEIGHTS_FILE}: {error}") from None
+            raise ValueError(f"{folder / SAMPLER_WEIGHTS_FILE}: {error}") from None
         sampler._dim = dim
         if not isinstance(sampler, cls):  # pragma: no cover - ruled out by issubclass above
             raise TypeError(f"expected a {cls.__name__}")

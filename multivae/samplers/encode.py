@@ -143,10 +143,10 @@ def encode_private_latents(
                 for piece in _chunks(batch, batch_size):
                     piece = piece.to(next(model.parameters()).device)
                     means = model.private_latent_means(piece)
-                    if means is None:
+                    if not means:
                         return {}
-                    for i, name in enumerate(model.modalities):
-                        found[name].append(means[i][piece.mask[name]].cpu())
+                    for name, mean in means.items():
+                        found[name].append(mean[piece.mask[name]].cpu())
     finally:
         model.train(was_training)
     return {name: torch.cat(parts) for name, parts in found.items() if parts}

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FILE = "checkpoint.pt"
+# Re-exported: the training loop and its callers name the checkpoint through this module.
+from multivae.names import CHECKPOINT_FILE as CHECKPOINT_FILE
+
 FORMAT_VERSION = 1
 
 

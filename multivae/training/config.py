@@ -177,6 +177,15 @@ class TrainingConfig(Config):
         checkpoint_every: Write a checkpoint every this many epochs (0: only at the end).
         num_workers: Data-loading worker processes (0: load in the training process).
         progress_bar: Show a progress bar with the loss and an ETA (on rank 0 only).
+        compile: Run the model's forward pass (training and validation) through
+            ``torch.compile`` (TorchInductor; on CPU it needs a C++ compiler, on CUDA Triton).
+            Opt-in: the first steps of a run compile its graphs (seconds to a minute), which
+            later steps repay on small and medium models (1.3-1.5x on CPU for the built-in MLP
+            models). Random draws match eager mode (``fallback_random``), so losses equal
+            eager ones within float rounding and resume stays exact. A model whose forward
+            needs a new graph at (nearly) every step, e.g. by turning a changing Python number
+            into a tensor with ``torch.tensor``, is refused with an error instead of falling
+            back to eager mode; so is a machine where compilation fails.
     """
 
     epochs: int = 10
@@ -194,6 +203,7 @@ class TrainingConfig(Config):
     checkpoint_every: int = 1
     num_workers: int = 0
     progress_bar: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size}
@@ -209,6 +219,8 @@ class TrainingConfig(Config):
         }.items():
             if value < 0:
                 raise ConfigError(f"training.{name}: expected an integer >= 0, found {value}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"training.compile: expected true or false, found {self.compile!r}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             raise ConfigError(
                 f"training.grad_clip_norm: expected a number > 0 or null, found "

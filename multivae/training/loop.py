@@ -12,6 +12,10 @@ same weights, bit for bit, as a run that was not interrupted, given deterministi
 or CUDA with ``torch.use_deterministic_algorithms``). The checkpoint holds the weights, the
 optimizer and scheduler states, the random generators' states, the loop's position and its
 best-model tracking; the data order of epoch ``e`` is chosen by ``set_epoch(e)`` on the data.
+
+With :attr:`TrainingConfig.compile`, the model's forward pass runs through ``torch.compile``
+(see :class:`CompiledForward`); the weights, checkpoints and saved models are those of the
+model itself, so they load into an uncompiled model unchanged.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence, Sized
-from contextlib import AbstractContextManager
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +59,10 @@ MODEL_FOLDER = "model"
 METRICS_FILE = "metrics.json"
 _POSTFIX_SECONDS = 1.0
 """How often the progress bar's loss is refreshed (reading it waits for the device)."""
+_GRAPHS_PER_STAGE = 4
+"""Graphs a compiled forward may need per training stage before it counts as recompiling
+without end: the first (``progress`` fixed), one with the changing ``progress`` as an input,
+and two to spare (e.g. for a branch some steps take)."""
 
 
 def distributed_rank() -> int:
@@ -107,6 +116,85 @@ def _set_epoch(data: object, epoch: int) -> None:
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
+
+
+def _call_model(model: nn.Module, batch: Batch) -> ModelOutput:
+    """``model(batch)``: what :class:`CompiledForward` compiles."""
+    output: ModelOutput = model(batch)
+    return output
+
+
+def compile_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from ``torch.compile`` itself rather than from the model's code.
+
+    Dynamo's and Inductor's errors (tracing, lowering, a missing or failing C++ compiler or
+    Triton, the recompile limit) are; an exception the model raises, e.g. on a bad batch,
+    reaches the caller unchanged under ``torch.compile`` and is not.
+    """
+    from torch._dynamo import exc as dynamo_errors
+    from torch._inductor import exc as inductor_errors
+
+    return isinstance(
+        error,
+        dynamo_errors.TorchDynamoException
+        | dynamo_errors.FailOnRecompileLimitHit
+        | inductor_errors.InvalidCxxCompiler
+        | inductor_errors.CppCompileError,
+    )
+
+
+class CompiledForward:
+    """``model(batch)`` through ``torch.compile``, with graphs of its own, failing loudly.
+
+    Dynamo keeps compiled graphs, and counts recompilations, per code object: each instance
+    compiles its own copy of the calling function, so two trainers (or training and validation)
+    in one process neither share graphs nor use up each other's recompilation budget. The model
+    is an argument, not compiled itself, so its ``state_dict`` keys keep their names (no
+    ``_orig_mod.`` prefix) and a ``DistributedDataParallel`` wrapper is compiled from the
+    outside, as PyTorch recommends (Dynamo then splits the graph at DDP's gradient buckets).
+
+    Random draws inside the graph go through the eager random functions (Inductor's
+    ``fallback_random``): the compiled pass draws exactly what eager mode draws from the same
+    generator state, so its losses equal eager ones within float rounding and resume stays
+    exact. A graph is compiled once per set of Python-level facts the forward pass reads
+    (training flag, stage, shapes...); the changing float ``progress`` becomes a graph input
+    after its first change, and the batch size is dynamic from the start, so that a short last
+    batch needs no graph of its own. Within :meth:`settings`, a call beyond ``recompile_limit``
+    graphs raises instead of falling back to eager mode.
+
+    Args:
+        name: Name of the compiled function in Dynamo's logs (e.g. ``train_forward``).
+        recompile_limit: Graphs allowed for one model before the call fails.
+    """
+
+    def __init__(self, name: str, recompile_limit: int) -> None:
+        code = _call_model.__code__.replace(co_name=name, co_qualname=name)
+        function = types.FunctionType(code, _call_model.__globals__, name)
+        self.name = name
+        self.recompile_limit = recompile_limit
+        self._compiled: Callable[[nn.Module, Batch], ModelOutput] = torch.compile(
+            function, options={"fallback_random": True}
+        )
+
+    def settings(self) -> AbstractContextManager[Any]:
+        """Dynamo's settings for the calls: this recompile limit, and an error beyond it.
+
+        Enter them around a loop of calls rather than each call (entering costs tens of
+        microseconds); outside them, Dynamo's defaults apply (a silent fallback to eager mode
+        after ``torch._dynamo.config.recompile_limit`` graphs).
+        """
+        patch: AbstractContextManager[Any] = torch._dynamo.config.patch(
+            recompile_limit=self.recompile_limit, fail_on_recompile_limit_hit=True
+        )
+        return patch
+
+    def __call__(self, model: nn.Module, batch: Batch) -> ModelOutput:
+        """``model(batch)``, compiled on first use and whenever a guard fails."""
+        for tensor in (*batch.data.values(), *batch.mask.values(), batch.label, batch.sample_id):
+            if tensor is not None:
+                # Dynamic unless the model's code fixes it (maybe_: then it stays static).
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+        return self._compiled(model, batch)
 
 
 class Callback:
@@ -230,8 +318,8 @@ class Trainer:
             their own).
 
     Raises:
-        ConfigError: For ``stage_epochs`` naming a stage the model does not have, or a device
-            or precision this machine does not support.
+        ConfigError: For ``stage_epochs`` naming a stage the model does not have, or a device,
+            precision or ``compile`` this machine does not support.
     """
 
     def __init__(
@@ -266,6 +354,20 @@ class Trainer:
                 f"{torch.cuda.get_device_name(self.device)}; use 'fp32'"
             )
         self._state = _LoopState()
+        self._train_forward: Callable[[nn.Module, Batch], ModelOutput] = _call_model
+        self._eval_forward: Callable[[nn.Module, Batch], ModelOutput] = _call_model
+        if config.compile:
+            if not torch._dynamo.eval_frame.is_dynamo_supported():
+                raise ConfigError(
+                    "training.compile: torch.compile does not support this Python or platform "
+                    f"(torch {torch.__version__}); set training.compile to false"
+                )
+            limit = max(
+                torch._dynamo.config.recompile_limit,
+                _GRAPHS_PER_STAGE * len(self.module.stages),
+            )
+            self._train_forward = CompiledForward("train_forward", limit)
+            self._eval_forward = CompiledForward("validation_forward", limit)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -409,6 +511,10 @@ class Trainer:
             enabled=self.config.precision == "bf16",
         )
 
+    def _compile_settings(self) -> AbstractContextManager[Any]:
+        forward = self._train_forward
+        return forward.settings() if isinstance(forward, CompiledForward) else nullcontext()
+
     def _batches(self, data: Iterable[Batch]) -> Iterable[Batch]:
         # A DataLoader draws its workers' base seed from the global generator each time an
         # iterator is created, but only once with persistent workers; a resumed run would then
@@ -416,16 +522,50 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             return iter(data)
 
+    def _compile_error(self, error: BaseException, phase: str) -> RuntimeError:
+        """The error to raise for a failure of ``torch.compile`` in ``phase``."""
+        from torch._dynamo.exc import FailOnRecompileLimitHit
+
+        if isinstance(error, FailOnRecompileLimitHit):
+            forward = self._train_forward
+            limit = forward.recompile_limit if isinstance(forward, CompiledForward) else 0
+            reason = (
+                f"its forward pass needed more than {limit} compiled graphs in {phase}: "
+                "something it reads changes from step to step in a way torch.compile cannot "
+                "turn into a graph input (e.g. torch.tensor of a changing Python number, or "
+                "Python control flow on random draws); the 'last reason' torch._dynamo logged "
+                "above says what, and TORCH_LOGS=recompiles lists every recompilation"
+            )
+        else:
+            lines = str(error).strip().splitlines()
+            reason = (
+                f"torch.compile failed in {phase}: {type(error).__name__}: "
+                f"{lines[0] if lines else ''}"
+            )
+        return RuntimeError(
+            f"training.compile: {self.module.name}: {reason}. Set training.compile to false to "
+            "train without compiling."
+        )
+
     def _step(
         self,
         batch: Batch,
         optimizer: torch.optim.Optimizer,
         parameters: list[torch.Tensor],
+        module_parameters: Sequence[torch.Tensor],
     ) -> ModelOutput:
-        with self._autocast():
-            output: ModelOutput = self.model(batch)
-        self.module.zero_grad(set_to_none=True)
-        torch.autograd.backward(output.loss)
+        try:
+            with self._autocast():
+                output = self._train_forward(self.model, batch)
+            # Module.zero_grad(set_to_none=True) without walking the module tree every step.
+            for parameter in module_parameters:
+                parameter.grad = None
+            # Inductor compiles the backward graph on the first backward pass.
+            torch.autograd.backward(output.loss)
+        except Exception as error:
+            if self.config.compile and compile_failure(error):
+                raise self._compile_error(error, "training") from error
+            raise
         if self.config.grad_clip_norm is not None:
             # After backward (the gradients exist) and before the step (which uses them).
             nn.utils.clip_grad_norm_(parameters, self.config.grad_clip_norm)
@@ -448,6 +588,7 @@ class Trainer:
         steps = len(train_data) if isinstance(train_data, Sized) else steps_per_epoch
         assert steps is not None
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        module_parameters = list(self.module.parameters())
         stages = self.module.stages
         total = sum(self.config.epochs_of(s) for s in stages)
         description = f"epoch {state.epoch + 1}/{total}"
@@ -460,19 +601,26 @@ class Trainer:
             dynamic_ncols=True,
             disable=self.rank != 0 or not self.config.progress_bar,
         ) as bar:
-            sums: dict[str, torch.Tensor] = {}
+            sums: dict[tuple[str, ...], torch.Tensor] = {}
             samples = 0
             shown = time.monotonic()
             self.model.train()
-            for step, batch in enumerate(self._batches(train_data)):
-                self.module.progress = state.stage_epoch + step / steps
-                output = self._step(batch.to(self.device, non_blocking=True), optimizer, parameters)
-                self._accumulate(sums, output, len(batch))
-                samples += len(batch)
-                bar.update()
-                if time.monotonic() - shown > _POSTFIX_SECONDS:
-                    bar.set_postfix(loss=f"{(sums['loss'] / samples).item():.4g}")
-                    shown = time.monotonic()
+            with self._compile_settings():
+                for step, batch in enumerate(self._batches(train_data)):
+                    self.module.progress = state.stage_epoch + step / steps
+                    output = self._step(
+                        batch.to(self.device, non_blocking=True),
+                        optimizer,
+                        parameters,
+                        module_parameters,
+                    )
+                    self._accumulate(sums, output, len(batch))
+                    samples += len(batch)
+                    bar.update()
+                    if not bar.disable and time.monotonic() - shown > _POSTFIX_SECONDS:
+                        loss = sum(values[0] for values in sums.values())
+                        bar.set_postfix(loss=f"{float(loss) / samples:.4g}")
+                        shown = time.monotonic()
             train, train_samples = self._average(sums, samples, "training")
             train_time = time.monotonic() - began
             record: EpochRecord = {
@@ -490,7 +638,8 @@ class Trainer:
                 )
             postfix = {"loss": f"{train['loss']:.4g}"}
             if val_data is not None:
-                self.module.progress = state.stage_epoch + 1
+                # A float, as in training: a compiled forward pass guards on the type.
+                self.module.progress = float(state.stage_epoch + 1)
                 val = self._validate(val_data)
                 record.update({f"val_{name}": value for name, value in val.items()})
                 postfix["val_loss"] = f"{val['loss']:.4g}"
@@ -503,35 +652,57 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, data: Iterable[Batch]) -> dict[str, float]:
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[tuple[str, ...], torch.Tensor] = {}
         samples = 0
         self.model.eval()
-        for batch in self._batches(data):
-            with self._autocast():
-                output: ModelOutput = self.model(batch.to(self.device, non_blocking=True))
-            self._accumulate(sums, output, len(batch))
-            samples += len(batch)
+        with self._compile_settings():
+            for batch in self._batches(data):
+                try:
+                    with self._autocast():
+                        output = self._eval_forward(
+                            self.model, batch.to(self.device, non_blocking=True)
+                        )
+                except Exception as error:
+                    if self.config.compile and compile_failure(error):
+                        raise self._compile_error(error, "validation") from error
+                    raise
+                self._accumulate(sums, output, len(batch))
+                samples += len(batch)
         return self._average(sums, samples, "validation")[0]
 
-    def _accumulate(self, sums: dict[str, torch.Tensor], output: ModelOutput, size: int) -> None:
-        """Add a batch's loss and metrics, weighted by its size (they are per-sample means)."""
-        if "loss" in output.metrics:
+    def _accumulate(
+        self, sums: dict[tuple[str, ...], torch.Tensor], output: ModelOutput, size: int
+    ) -> None:
+        """Add a batch's loss and metrics, weighted by its size (they are per-sample means).
+
+        ``sums`` maps the names ``("loss", *metrics)`` to their weighted sums, one tensor per
+        set of names: a step costs two small tensor operations whatever its number of metrics.
+        """
+        names = ("loss", *output.metrics)
+        total = sums.get(names)
+        if total is None and "loss" in output.metrics:
             raise ValueError(
                 f"{self.module.name}: the metric name 'loss' is reserved for the loss, found "
                 f"metrics {sorted(output.metrics)}"
             )
-        values = {"loss": output.loss, **output.metrics}
-        for name, value in values.items():
-            weighted = value.detach().float() * size
-            sums[name] = sums[name] + weighted if name in sums else weighted
+        with torch.no_grad():
+            values = torch.stack([output.loss, *output.metrics.values()]).float()
+            if total is None:
+                sums[names] = values * size
+            else:
+                total.add_(values, alpha=size)
 
     def _average(
-        self, sums: dict[str, torch.Tensor], samples: int, what: str
+        self, sums: dict[tuple[str, ...], torch.Tensor], samples: int, what: str
     ) -> tuple[dict[str, float], float]:
         """Per-sample averages over the epoch, and the number of samples (over all ranks)."""
-        names = sorted(sums)
+        by_name: dict[str, torch.Tensor] = {}
+        for names, values in sums.items():
+            for name, value in zip(names, values.unbind(), strict=True):
+                by_name[name] = by_name[name] + value if name in by_name else value
+        ordered = sorted(by_name)
         totals = torch.stack(
-            [*(sums[name] for name in names), torch.tensor(float(samples), device=self.device)]
+            [*(by_name[name] for name in ordered), torch.tensor(float(samples), device=self.device)]
         )
         reduced: list[float] = _all_reduce(totals, dist.ReduceOp.SUM).tolist()
         count = reduced[-1]
@@ -540,7 +711,7 @@ class Trainer:
                 f"the {what} data yielded no batches in epoch {self._state.epoch + 1}; expected "
                 "at least one"
             )
-        averages = {name: total / count for name, total in zip(names, reduced[:-1], strict=True)}
+        averages = {name: total / count for name, total in zip(ordered, reduced[:-1], strict=True)}
         return averages, count
 
     def _track_best(self, monitored: float, stage: str) -> None:

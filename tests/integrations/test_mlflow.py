@@ -22,7 +22,6 @@ import multivae
 from multivae.data import DataFormatError, MultimodalDataset, SplitArrays, write_split
 from multivae.data.datasets import prepare_builtin
 from multivae.integrations.mlflow import (
-    RUN_FILE,
     TRUNCATED,
     MLflowCallback,
     dataset_fingerprint,
@@ -33,7 +32,9 @@ from multivae.integrations.mlflow import (
     run_tags,
     start_parent_run,
 )
-from multivae.run import MLflowConfig, RunConfig, run_training
+from multivae.names import MLFLOW_RUN_FILE
+from multivae.run import run_training
+from multivae.run_config import MLflowConfig, RunConfig
 from multivae.training.config import TrainingConfig
 from multivae.training.loop import Callback
 
@@ -159,7 +160,7 @@ def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path, dataset, trackin
     assert run.data.metrics["epoch"] == 3
     assert "stage" not in run.data.metrics
 
-    assert json.loads((output_dir / RUN_FILE).read_text()) == {
+    assert json.loads((output_dir / MLFLOW_RUN_FILE).read_text()) == {
         "tracking_uri": tracking_uri,
         "experiment_id": run.info.experiment_id,
         "run_id": callback.run_id,

@@ -16,10 +16,11 @@ from mlflow.tracking import MlflowClient
 import multivae
 from multivae.data import MultimodalDataset
 from multivae.data.datasets import prepare_builtin
-from multivae.integrations.mlflow import RUN_FILE
 from multivae.integrations.tune import load_sweep, run_sweep
 from multivae.models.base import MultimodalVAE
-from multivae.run import RunConfig, run_training
+from multivae.names import MLFLOW_RUN_FILE
+from multivae.run import run_training
+from multivae.run_config import RunConfig
 from multivae.training.loop import Callback
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def ray_run(poly, output_dir, epochs, **training):
 
 
 def mlflow_history(output_dir, metric):
-    stored = json.loads((Path(output_dir) / RUN_FILE).read_text())
+    stored = json.loads((Path(output_dir) / MLFLOW_RUN_FILE).read_text())
     client = MlflowClient(stored["tracking_uri"])
     runs = client.search_runs([stored["experiment_id"]])
     return (

@@ -7,7 +7,8 @@ from multivae.config import ConfigError
 from multivae.data import DataFormatError
 from multivae.data.datasets import prepare_builtin
 from multivae.integrations.tune import load_sweep, run_sweep
-from multivae.run import RunConfig, run_training
+from multivae.run import run_training
+from multivae.run_config import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,8 @@ import torch
 
 from multivae.data import DatasetSchema, ModalitySpec, MultimodalDataset, SplitArrays, write_dataset
 from multivae.data.datasets import prepare_builtin
-from multivae.metrics.classifiers import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    ClassifierError,
-    ClassifierSet,
-    train_classifiers,
-)
+from multivae.metrics.classifiers import ClassifierError, ClassifierSet, train_classifiers
+from multivae.names import CLASSIFIERS_CONFIG_FILE, CLASSIFIERS_WEIGHTS_FILE
 
 SMALL_CONV = {"channels": [16, 32], "hidden_dim": 64}
 
@@ -67,7 +62,7 @@ def test_image_classifier_beats_chance_and_reports_its_test_accuracy(poly_digits
     # Chance is 0.1 on ten balanced classes.
     assert measured > 0.6
     assert classifiers.accuracy["m0"] == pytest.approx(measured, abs=1e-12)
-    document = json.loads((out / CONFIG_FILE).read_text())
+    document = json.loads((out / CLASSIFIERS_CONFIG_FILE).read_text())
     entry = document["modalities"]["m0"]
     assert entry["test_accuracy"] == pytest.approx(measured, abs=1e-12)
     assert entry["shape"] == [3, 28, 28]
@@ -135,7 +130,7 @@ def test_require_names_the_missing_modalities(trained):
 
 
 def test_load_refuses_a_folder_without_classifiers(tmp_path):
-    with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
+    with pytest.raises(FileNotFoundError, match=CLASSIFIERS_CONFIG_FILE):
         ClassifierSet.load(tmp_path)
 
 
@@ -184,8 +179,10 @@ def test_categorical_rule_default_folder_and_progress_bar(tmp_path):
     root = _tiny_dataset(tmp_path / "tiny")
     classifiers = train_classifiers(root, epochs=8, batch_size=32, lr=1e-2, progress=True)
     folder = root / "classifiers"
-    assert (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
-    document = json.loads((folder / CONFIG_FILE).read_text())
+    assert (folder / CLASSIFIERS_CONFIG_FILE).is_file() and (
+        folder / CLASSIFIERS_WEIGHTS_FILE
+    ).is_file()
+    document = json.loads((folder / CLASSIFIERS_CONFIG_FILE).read_text())
     architectures = {m: e["architecture"]["name"] for m, e in document["modalities"].items()}
     # "tag" equals the label wherever present: the identity. "shifted" has as many categories
     # as there are classes but is not the label: it gets a trained embedding classifier.

@@ -258,3 +258,27 @@ def test_a_real_model_and_a_dataset_split_work(classifiers, dataset):
     assert all(0.0 <= v <= 1.0 for v in result.pairs.values())
     assert 0.0 <= joint_coherence(model, classifiers, n=100, batch_size=32) <= 1.0
     assert model.training
+
+
+class OneWayModel(PerfectModel):
+    """A model that can condition on view0 (alone or with others) but not without it."""
+
+    def conditionable(self, subset):
+        return "view0" in subset
+
+
+def test_subsets_a_model_cannot_condition_on_are_not_applicable(classifiers, test_batch):
+    model = OneWayModel()
+    result = cross_modal_coherence(model, test_batch, classifiers, batch_size=64)
+    assert result.not_applicable == [("view1",), ("view2",), ("view1", "view2")]
+    assert {cond for cond, _, _ in model.calls} == {
+        ("view0",),
+        ("view0", "view1"),
+        ("view0", "view2"),
+    }
+    assert {subset for subset, _ in result.pairs} == {
+        ("view0",),
+        ("view0", "view1"),
+        ("view0", "view2"),
+    }
+    assert result.to_dict()["not_applicable"] == ["view1", "view2", "view1+view2"]

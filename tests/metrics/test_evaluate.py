@@ -9,7 +9,8 @@ import multivae
 from multivae.config import ConfigError
 from multivae.data.datasets import prepare_builtin
 from multivae.metrics import ClassifierError, EvaluationConfig, evaluate, train_classifiers
-from multivae.run import MLflowConfig, RunConfig, run_training
+from multivae.run import run_training
+from multivae.run_config import MLflowConfig, RunConfig
 from multivae.training import TrainingConfig
 from multivae.training.config import OptimizerConfig
 

@@ -1,4 +1,12 @@
-"""One contract every registered model must keep; a new model is tested the day it is added."""
+"""One contract every registered model keeps, in each of the variant configs its file declares.
+
+A case is a model, a variant (``default`` or a name from the model's ``variant_configs``) and a
+modality set: ``vectors`` (three 1-D modalities) for every variant, and ``mixed`` (a 28x28
+image with a conv encoder and decoder, a 1-D vector and a categorical label) for the default.
+Checks that depend on what a model can do are chosen from its configured
+:attr:`~multivae.models.base.MultimodalVAE.capabilities`. A new model is tested the day it is
+registered.
+"""
 
 import itertools
 
@@ -11,37 +19,79 @@ from multivae.models.base import ModalityConfig, ModelOutput, MultimodalVAE
 from multivae.nn.architectures import ArchitectureConfig
 
 MODELS = multivae.list_models()
-SHAPES = {"a": (4,), "b": (3,), "c": (5,)}
+MLP = ArchitectureConfig("mlp", {"hidden": [8]})
+MODALITY_SETS = {
+    "vectors": {
+        "a": ModalityConfig(shape=(4,), encoder=MLP, decoder=MLP),
+        "b": ModalityConfig(shape=(3,), encoder=MLP, decoder=MLP),
+        "c": ModalityConfig(shape=(5,), encoder=MLP, decoder=MLP),
+    },
+    "mixed": {
+        "img": ModalityConfig(
+            shape=(1, 28, 28),
+            likelihood="laplace",
+            encoder=ArchitectureConfig("conv", {"channels": [2, 4]}),
+            decoder=ArchitectureConfig("conv", {"channels": [2, 4]}),
+        ),
+        "vec": ModalityConfig(shape=(3,), encoder=MLP, decoder=MLP),
+        "lab": ModalityConfig(
+            shape=(),
+            likelihood="categorical",
+            num_categories=3,
+            encoder=ArchitectureConfig("embedding", {"embedding_dim": 4, "hidden": [8]}),
+            decoder=MLP,
+        ),
+    },
+}
+N = 6
 
 
-def tiny_config(name: str):
+def _cases() -> list[tuple[str, str, str]]:
+    cases = []
+    for name in MODELS:
+        variants = ["default", *multivae.get_model_class(name).variant_configs]
+        cases += [(name, variant, "vectors") for variant in variants]
+        cases.append((name, "default", "mixed"))
+    return cases
+
+
+CASES = _cases()
+IDS = [f"{name}-{variant}-{modalities}" for name, variant, modalities in CASES]
+case = pytest.mark.parametrize(("name", "variant", "modalities"), CASES, ids=IDS)
+
+
+def make_config(name: str, variant: str, modalities: str):
     cls = multivae.get_model_class(name)
-    modalities = {
-        modality: ModalityConfig(
-            shape=shape,
-            encoder=ArchitectureConfig("mlp", {"hidden": [8]}),
-            decoder=ArchitectureConfig("mlp", {"hidden": [8]}),
-        )
-        for modality, shape in SHAPES.items()
-    }
-    return cls.config_class(modalities=modalities, latent_dim=2)
+    options = {} if variant == "default" else dict(cls.variant_configs[variant])
+    return cls.config_class(modalities=dict(MODALITY_SETS[modalities]), latent_dim=2, **options)
 
 
-def tiny_batch(n: int = 6, missing: dict[str, list[bool]] | None = None, seed: int = 0) -> Batch:
+def make_batch(
+    modalities: str, missing: dict[str, list[bool]] | None = None, seed: int = 0
+) -> Batch:
     generator = torch.Generator().manual_seed(seed)
-    mask = {m: torch.ones(n, dtype=torch.bool) for m in SHAPES}
+    specs = MODALITY_SETS[modalities]
+    mask = {m: torch.ones(N, dtype=torch.bool) for m in specs}
     for modality, present in (missing or {}).items():
         mask[modality] = torch.tensor(present)
-    data = {
-        m: torch.randn(n, *shape, generator=generator) * mask[m].reshape(-1, 1)
-        for m, shape in SHAPES.items()
-    }
-    return Batch(data=data, mask=mask, label=torch.zeros(n, dtype=torch.long))
+    data = {}
+    for m, spec in specs.items():
+        if spec.likelihood == "categorical":
+            values = torch.randint(0, spec.num_categories, (N,), generator=generator)
+        else:
+            values = torch.randn(N, *spec.shape, generator=generator)
+        present = mask[m].reshape(-1, *[1] * len(spec.shape))
+        data[m] = torch.where(present, values, torch.zeros((), dtype=values.dtype))
+    return Batch(data=data, mask=mask, label=torch.zeros(N, dtype=torch.long))
 
 
-def build(name: str, seed: int = 0) -> MultimodalVAE:
+def names_of(modalities: str) -> list[str]:
+    return list(MODALITY_SETS[modalities])
+
+
+def build(name: str, variant: str, modalities: str, seed: int = 0) -> MultimodalVAE:
     torch.manual_seed(seed)
-    model = multivae.create_model(name, tiny_config(name))
+    model = multivae.create_model(name, make_config(name, variant, modalities))
     model.progress = 5.0  # past typical warmups, so every term is active
     return model
 
@@ -51,13 +101,18 @@ def loss_of(model: MultimodalVAE, batch: Batch, seed: int = 0) -> ModelOutput:
     return model(batch)
 
 
-def test_the_four_classic_models_are_registered():
+def first_second_third(modalities: str) -> tuple[str, str, str]:
+    first, second, third = names_of(modalities)
+    return first, second, third
+
+
+def test_the_classic_and_new_models_are_registered():
     assert {"jmvae", "mvae", "mmvae", "mopoe"} <= set(MODELS)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_output_is_a_finite_scalar_loss_with_named_scalar_metrics(name):
-    output = loss_of(build(name), tiny_batch())
+@case
+def test_output_is_a_finite_scalar_loss_with_named_scalar_metrics(name, variant, modalities):
+    output = loss_of(build(name, variant, modalities), make_batch(modalities))
     assert isinstance(output, ModelOutput)
     assert output.loss.shape == ()
     assert torch.isfinite(output.loss)
@@ -67,78 +122,97 @@ def test_output_is_a_finite_scalar_loss_with_named_scalar_metrics(name):
         assert torch.isfinite(value), key
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_every_parameter_gets_a_gradient_on_complete_data(name):
-    model = build(name)
-    loss_of(model, tiny_batch()).loss.backward()
+@case
+def test_every_parameter_gets_a_gradient_on_complete_data(name, variant, modalities):
+    model = build(name, variant, modalities)
+    loss_of(model, make_batch(modalities)).loss.backward()
     for parameter_name, parameter in model.named_parameters():
         assert parameter.grad is not None, parameter_name
         assert torch.isfinite(parameter.grad).all(), parameter_name
         assert parameter.grad.abs().sum() > 0, parameter_name
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("absent", list(SHAPES))
-def test_a_modality_absent_from_the_whole_batch(name, absent):
-    model = build(name)
-    batch = tiny_batch(missing={absent: [False] * 6})
-    output = loss_of(model, batch)
+@case
+def test_a_modality_absent_from_the_whole_batch(name, variant, modalities):
+    for absent in names_of(modalities):
+        model = build(name, variant, modalities)
+        output = loss_of(model, make_batch(modalities, missing={absent: [False] * N}))
+        assert torch.isfinite(output.loss), absent
+        output.loss.backward()
+        for parameter_name, parameter in model.named_parameters():
+            if parameter.grad is not None:
+                assert torch.isfinite(parameter.grad).all(), (absent, parameter_name)
+        # Shared and private parts alike: the whole encoder of the absent modality.
+        for parameter_name, parameter in model.encoders[absent].named_parameters():
+            assert parameter.grad is None or torch.all(parameter.grad == 0), (
+                absent,
+                parameter_name,
+            )
+
+
+@case
+def test_absent_cells_get_exactly_zero_gradient_and_do_not_matter(name, variant, modalities):
+    first, _, third = first_second_third(modalities)
+    missing = {
+        first: [True, False, True, True, False, True],
+        third: [False, True, True, False, True, True],
+    }
+    model = build(name, variant, modalities)
+    batch = make_batch(modalities, missing=missing)
+    inputs = {m: v.clone().requires_grad_(v.is_floating_point()) for m, v in batch.data.items()}
+    output = loss_of(model, Batch(data=inputs, mask=batch.mask))
     assert torch.isfinite(output.loss)
     output.loss.backward()
-    for parameter_name, parameter in model.named_parameters():
-        if parameter.grad is not None:
-            assert torch.isfinite(parameter.grad).all(), parameter_name
-    for parameter_name, parameter in model.encoders[absent].named_parameters():
-        assert parameter.grad is None or torch.all(parameter.grad == 0), parameter_name
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_mixed_missingness_is_finite_and_independent_of_absent_values(name):
-    model = build(name)
-    missing = {
-        "a": [True, False, True, True, False, True],
-        "c": [False, True, True, False] * 1 + [True, True],
-    }
-    batch = tiny_batch(missing=missing)
-    first = loss_of(model, batch).loss
+    for m, value in inputs.items():
+        if value.is_floating_point():
+            assert value.grad is not None, m
+            absent = ~batch.mask[m]
+            assert torch.all(value.grad[absent] == 0), m
     # Absent cells hold zeros by contract; any other value must not matter.
-    noisy = Batch(
-        data={m: torch.where(batch.mask[m].reshape(-1, 1), v, 7.0) for m, v in batch.data.items()},
-        mask=batch.mask,
+    noisy = {
+        m: torch.where(
+            batch.mask[m].reshape(-1, *[1] * (v.dim() - 1)), v, torch.full((), 2, dtype=v.dtype)
+        )
+        for m, v in batch.data.items()
+    }
+    torch.testing.assert_close(
+        loss_of(model, Batch(data=noisy, mask=batch.mask)).loss, output.loss.detach()
     )
-    assert torch.isfinite(first)
-    torch.testing.assert_close(loss_of(model, noisy).loss, first)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_same_seed_same_loss(name):
-    batch = tiny_batch()
-    first = loss_of(build(name, seed=3), batch, seed=11).loss
-    second = loss_of(build(name, seed=3), batch, seed=11).loss
+@case
+def test_same_seed_same_loss(name, variant, modalities):
+    batch = make_batch(modalities)
+    first = loss_of(build(name, variant, modalities, seed=3), batch, seed=11).loss
+    second = loss_of(build(name, variant, modalities, seed=3), batch, seed=11).loss
     assert torch.equal(first, second)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_save_then_load_gives_identical_outputs(name, tmp_path):
-    model = build(name).eval()
-    batch = tiny_batch(missing={"b": [True, False] * 3})
+@case
+def test_save_then_load_gives_identical_outputs(name, variant, modalities, tmp_path):
+    first, second, third = first_second_third(modalities)
+    model = build(name, variant, modalities).eval()
+    batch = make_batch(modalities, missing={second: [True, False] * 3})
     folder = model.save_pretrained(tmp_path / "model")
     loaded = multivae.load_model(folder)
     assert type(loaded) is type(model)
     assert loaded.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert loaded.modalities == model.modalities
     loaded.progress = model.progress
-    torch.testing.assert_close(loss_of(loaded, batch).loss, loss_of(model, batch).loss)
+    assert torch.equal(loss_of(loaded, batch).loss, loss_of(model, batch).loss)
     torch.manual_seed(0)
-    expected = model.predict(batch, cond=["a"], gen=["b", "c"])
+    expected = model.predict(batch, cond=[first], gen=[second, third])
     torch.manual_seed(0)
-    found = loaded.predict(batch, cond=["a"], gen=["b", "c"])
-    for modality in ("b", "c"):
-        torch.testing.assert_close(found[modality], expected[modality])
+    found = loaded.predict(batch, cond=[first], gen=[second, third])
+    for modality in (second, third):
+        assert torch.equal(found[modality], expected[modality])
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_create_model_from_plain_config_rebuilds_the_same_model(name):
-    model = build(name)
+@case
+def test_create_model_from_plain_config_rebuilds_the_same_model(name, variant, modalities):
+    model = build(name, variant, modalities)
     config = type(model.config).from_json(model.config.to_json())
     assert config == model.config
     rebuilt = multivae.create_model(name, config.to_dict())
@@ -147,71 +221,137 @@ def test_create_model_from_plain_config_rebuilds_the_same_model(name):
     }
     rebuilt.load_state_dict(model.state_dict())
     rebuilt.progress = model.progress
-    batch = tiny_batch()
-    torch.testing.assert_close(loss_of(rebuilt, batch).loss, loss_of(model, batch).loss)
+    assert rebuilt.modalities == model.modalities
+    batch = make_batch(modalities)
+    assert torch.equal(loss_of(rebuilt, batch).loss, loss_of(model, batch).loss)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_generation_api_shapes(name):
-    model = build(name).eval()
-    batch = tiny_batch(missing={"c": [False, True] * 3})
-    names = list(SHAPES)
-    for size in (1, 2, 3):
+def expected_shape(modalities: str, modality: str, leading: tuple[int, ...]) -> tuple[int, ...]:
+    return (*leading, *MODALITY_SETS[modalities][modality].shape)
+
+
+@case
+def test_predict_from_every_subset(name, variant, modalities):
+    model = build(name, variant, modalities).eval()
+    _, _, third = first_second_third(modalities)
+    batch = make_batch(modalities, missing={third: [False, True] * 3})
+    names = names_of(modalities)
+    for size in range(1, len(names) + 1):
         for cond in itertools.combinations(names, size):
-            out = model.predict(batch, cond=list(cond))
-            assert {m: tuple(v.shape) for m, v in out.items()} == {
-                m: (6, *SHAPES[m]) for m in names
-            }
-            assert all(torch.isfinite(v).all() for v in out.values())
-    several = model.predict(batch, cond=["a"], gen=["b"], n_samples=4)
-    assert several["b"].shape == (4, 6, 3)
-    z = model.encode(batch, cond=["a", "b"], n_samples=3)
-    assert z.shape[:2] == (3, 6)
+            if not model.conditionable(cond):
+                continue
+            for use_mean in (False, True):
+                out = model.predict(batch, cond=list(cond), use_mean=use_mean)
+                assert {m: tuple(v.shape) for m, v in out.items()} == {
+                    m: expected_shape(modalities, m, (N,)) for m in names
+                }
+                assert all(torch.isfinite(v.float()).all() for v in out.values())
+
+
+@case
+def test_generation_api_shapes(name, variant, modalities):
+    model = build(name, variant, modalities).eval()
+    first, second, _ = first_second_third(modalities)
+    batch = make_batch(modalities)
+    several = model.predict(batch, cond=[first], gen=[second], n_samples=4)
+    assert several[second].shape == expected_shape(modalities, second, (4, N))
+    z = model.encode(batch, cond=[first, second], n_samples=3)
+    assert z.shape == (3, N, model.config.latent_dim)
+    # The mean prediction is deterministic.
+    torch.manual_seed(1)
+    once = model.predict(batch, cond=[first], gen=[second], use_mean=True)
+    torch.manual_seed(2)
+    twice = model.predict(batch, cond=[first], gen=[second], use_mean=True)
+    torch.testing.assert_close(once[second], twice[second])
+    if model.capabilities.conditional:
+        with pytest.raises(ValueError, match="conditioning"):
+            model.sample(5)
+        return
     samples = model.sample(5)
-    assert {m: tuple(v.shape) for m, v in samples.items()} == {m: (5, *SHAPES[m]) for m in names}
+    assert {m: tuple(v.shape) for m, v in samples.items()} == {
+        m: expected_shape(modalities, m, (5,)) for m in names_of(modalities)
+    }
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_nll_is_finite_per_sample_whole_or_chunked(name):
-    model = build(name).eval()
-    batch = tiny_batch(missing={"a": [True, True, False, True, False, True]})
+@case
+def test_private_latents_follow_the_capabilities(name, variant, modalities):
+    model = build(name, variant, modalities).eval()
+    batch = make_batch(modalities)
+    means = model.private_latent_means(batch)
+    if not model.capabilities.private_latents:
+        assert means == {}
+        assert model.private_dims == {}
+        return
+    assert {m: tuple(v.shape) for m, v in means.items()} == {
+        m: (N, dim) for m, dim in model.private_dims.items()
+    }
+    for m, dim in model.private_dims.items():
+        assert model.decoder_latent_dim(m) == model.config.latent_dim + dim
+        z = torch.zeros(2, N, model.config.latent_dim)
+        w = torch.ones(dim)
+        latent = model.generation_latent(z, m, w)
+        assert latent.shape == (2, N, model.config.latent_dim + dim)
+        torch.testing.assert_close(latent[..., model.config.latent_dim :], w.expand(2, N, dim))
+
+
+@case
+def test_nll_is_finite_per_sample_whole_or_chunked(name, variant, modalities):
+    model = build(name, variant, modalities).eval()
+    first, second, third = first_second_third(modalities)
+    batch = make_batch(modalities, missing={first: [True, True, False, True, False, True]})
+    if not model.capabilities.tractable_likelihood:
+        with pytest.raises(ValueError, match="not applicable"):
+            model.nll(batch, k=4)
+        return
     whole = model.nll(batch, k=20, chunk_size=20)
     chunked = model.nll(batch, k=20, chunk_size=7)
-    assert whole.shape == (6,)
+    assert whole.shape == (N,)
     assert torch.isfinite(whole).all()
     assert torch.isfinite(chunked).all()
-    conditional = model.nll(batch, cond=["b"], gen=["c"], k=10)
-    assert conditional.shape == (6,) and torch.isfinite(conditional).all()
+    conditional = model.nll(batch, cond=[second], gen=[third], k=10)
+    assert conditional.shape == (N,) and torch.isfinite(conditional).all()
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_capabilities_and_stages_are_declared(name):
-    cls = multivae.get_model_class(name)
+@case
+def test_capabilities_are_those_of_the_configured_model(name, variant, modalities):
+    model = build(name, variant, modalities)
+    cls = type(model)
     assert cls.name == name
-    assert cls.capabilities.missing_modalities
+    assert cls.declared_capabilities.missing_modalities
     assert cls.stages and all(isinstance(stage, str) for stage in cls.stages)
+    capabilities = model.capabilities
+    assert capabilities.multi_stage == (len(cls.stages) > 1)
+    assert capabilities.private_latents == bool(model.private_dims)
+    # What a configured model can do, its class declares it can do in some configuration.
+    for flag in ("private_latents", "importance_sampled", "conditional", "clustering"):
+        if getattr(capabilities, flag):
+            assert getattr(cls.declared_capabilities, flag), flag
 
 
-@pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("cond", [["a"], ["a", "c"]])
-def test_conditioning_on_a_subset_runs_only_its_encoders(name, cond):
-    model = build(name).eval()
-    batch = tiny_batch(missing={"a": [True, False, True, True, True, True]})
-    called: list[str] = []
-    hooks = [
-        model.encoders[m].register_forward_hook(lambda *_, m=m: called.append(m))
-        for m in model.modalities
-    ]
-    torch.manual_seed(1)
-    z = model.encode(batch, cond, n_samples=3)
-    for hook in hooks:
-        hook.remove()
-    assert called and set(called) <= set(cond)
-    # The same posterior as with every other modality marked absent and all encoders run.
-    hidden = Batch(
-        data=batch.data,
-        mask={m: batch.mask[m] if m in cond else torch.zeros_like(batch.mask[m]) for m in SHAPES},
-        label=batch.label,
-    )
-    torch.manual_seed(1)
-    torch.testing.assert_close(z, model.encode(hidden, None, n_samples=3))
+@case
+def test_conditioning_on_a_subset_runs_only_its_encoders(name, variant, modalities):
+    first, _, third = first_second_third(modalities)
+    model = build(name, variant, modalities).eval()
+    batch = make_batch(modalities, missing={first: [True, False, True, True, True, True]})
+    for cond in ([first], [first, third]):
+        called: list[str] = []
+        hooks = [
+            model.encoders[m].register_forward_hook(lambda *_, m=m, seen=called: seen.append(m))
+            for m in model.modalities
+        ]
+        torch.manual_seed(1)
+        z = model.encode(batch, cond, n_samples=3)
+        for hook in hooks:
+            hook.remove()
+        assert called and set(called) <= set(cond)
+        # The same posterior as with every other modality marked absent and all encoders run.
+        hidden = Batch(
+            data=batch.data,
+            mask={
+                m: batch.mask[m] if m in cond else torch.zeros_like(batch.mask[m])
+                for m in batch.mask
+            },
+            label=batch.label,
+        )
+        torch.manual_seed(1)
+        torch.testing.assert_close(z, model.encode(hidden, None, n_samples=3))

@@ -14,7 +14,8 @@ from torch import nn
 import multivae
 from multivae.data import MultimodalDataset
 from multivae.data.datasets import prepare_builtin
-from multivae.run import MLflowConfig, RunConfig, run_training
+from multivae.run import run_training
+from multivae.run_config import MLflowConfig, RunConfig
 from multivae.training import TrainingConfig
 from multivae.training.config import OptimizerConfig
 
@@ -28,8 +29,9 @@ MODEL_OPTIONS = {
     "mvae": {"warmup": 2.0},
     "mmvae": {"samples_per_expert": 1},
     "mopoe": {},
+    "mvtcae": {"alpha": 5 / 6},
 }
-EPOCHS = {"jmvae": 10, "mvae": 12, "mmvae": 12, "mopoe": 10}
+EPOCHS = {"jmvae": 10, "mvae": 12, "mmvae": 12, "mopoe": 10, "mvtcae": 10}
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ from torch.distributions import Laplace, Normal
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
+from multivae.factory import create_model
 from multivae.models.base import ModalityConfig
 from multivae.models.mmvae import MMVAE, MMVAEConfig
 from multivae.nn.architectures import ArchitectureConfig
-from multivae.registry import create_model
 
 SIZES = {"a": 3, "b": 4, "c": 3}
 NAMES = list(SIZES)

@@ -15,10 +15,10 @@ from torch.distributions import Normal, kl_divergence
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
+from multivae.factory import create_model
 from multivae.models.base import ModalityConfig, MultimodalVAE
 from multivae.models.mopoe import MoPoE, MoPoEConfig
 from multivae.nn.architectures import ArchitectureConfig
-from multivae.registry import create_model
 
 SIZES = {"a": 3, "b": 4, "c": 3}
 NAMES = list(SIZES)
@@ -225,8 +225,31 @@ def test_modality_absent_from_the_whole_batch(private_dim, sampling):
     assert any(p.grad.abs().sum() > 0 for p in model.encoders["a"].parameters())
 
 
-def test_posterior_uses_only_the_cond_modalities():
-    model = make_model(private_dim=2)
+@pytest.mark.parametrize("prior_expert", ["full", "all", "none"])
+def test_product_conditioning_is_the_product_of_the_observed_cond_experts(prior_expert):
+    model = make_model(private_dim=2, prior_expert=prior_expert)
+    assert model.config.conditioning == "product"
+    batch = make_batch("missing")
+    z = torch.randn(4, N, LATENT)
+    with torch.no_grad():
+        posteriors = hand_posteriors(model, batch)
+        for cond in (["a", "b"], NAMES):
+            posterior = model.posterior(batch, cond)
+            for n in range(N):
+                present = [name for name in cond if batch.mask[name][n]]
+                with_prior = bool(present) and (
+                    prior_expert == "all" or (prior_expert == "full" and len(present) == 3)
+                )
+                mean, std = hand_product(posteriors, present, n, prior_expert=with_prior)
+                if not present:
+                    mean, std = torch.zeros(LATENT), torch.ones(LATENT)
+                torch.testing.assert_close(posterior.mean[n], mean)
+                expected = Normal(mean, std).log_prob(z[:, n]).sum(-1)
+                torch.testing.assert_close(posterior.log_prob(z)[:, n], expected)
+
+
+def test_mixture_conditioning_uses_only_the_cond_modalities():
+    model = make_model(private_dim=2, conditioning="mixture")
     batch = make_batch("missing")
     cond = ["a", "b"]
     z = torch.randn(4, N, LATENT)

@@ -9,13 +9,8 @@ import multivae
 from multivae.config import ConfigError
 from multivae.data import read_schema
 from multivae.data.datasets import load_builtin
-from multivae.run import (
-    RunConfig,
-    apply_overrides,
-    load_run_config,
-    resolve_model_config,
-    run_training,
-)
+from multivae.run import run_training
+from multivae.run_config import RunConfig, apply_overrides, load_run_config, resolve_model_config
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

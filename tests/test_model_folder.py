@@ -1,3 +1,5 @@
+"""Model folders: JSON config, safetensors weights and a card; strict, code-free loading."""
+
 import json
 
 import pytest
@@ -5,7 +7,7 @@ import torch
 from safetensors import safe_open
 
 import multivae
-from multivae import hub
+from multivae import model_folder
 from multivae.config import ConfigError
 
 
@@ -47,7 +49,7 @@ def test_overwriting_replaces_the_folder_atomically(model, tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(hub, "save_file", broken)
+    monkeypatch.setattr(model_folder, "save_file", broken)
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     with pytest.raises(OSError, match="disk full"):

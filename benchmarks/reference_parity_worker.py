@@ -1,0 +1,335 @@
+"""Reference side of ``benchmarks/reference_parity.py``: one job on MultiVae 1.0.3.
+
+This file runs only with the reference's own interpreter (``benchmarks/.reference-venv``), started
+by ``reference_parity.py`` as ``python -I reference_parity_worker.py JOB.json``: ``-I`` keeps the
+script's folder, ``PYTHONPATH`` and the user site out of ``sys.path``, so the ``multivae`` that
+imports is MultiVae 1.0.3 from the reference venv and never this project's package (the worker
+checks that and stops otherwise). It imports nothing from this project.
+
+A job (JSON) names the data (an ``.npz`` exported by the main script from the project's
+built-in dataset), one model, one seed and the training settings. The worker
+
+1. builds the model with networks written here to match the project's ``mlp`` encoder and
+   decoder layer for layer (encoder: Linear-ReLU per hidden size, then one linear layer giving
+   mean and log-variance; decoder: Linear-ReLU, then a linear output layer, no sigmoid), and for
+   JMVAE a joint encoder matching the project's (one such feature MLP per modality, the features
+   concatenated, ReLU, an MLP head);
+2. trains it with the reference's ``BaseTrainer`` (Adam, the job's learning rate, batch size and
+   epochs, no evaluation set), timing only the trainer's ``train_step`` calls;
+3. writes, for the complete test split, the generations of every modality outside every
+   conditioning subset of the job (``model.predict``), unconditional samples
+   (``generate_from_prior`` then ``decode``) and the joint NLL (``compute_joint_nll``) on the
+   first test samples, to ``OUT.npz`` and ``OUT.json``.
+
+Everything the main script needs comes back in those two files; a failure in an optional part
+(samples, NLL) is reported in the JSON instead of stopping the job.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+
+def _check_reference_import(project_root: str) -> object:
+    """Import MultiVae 1.0.3 and make sure it is the reference venv's copy."""
+    root = Path(project_root).resolve()
+    for entry in sys.path:
+        resolved = Path(entry or os.getcwd()).resolve()
+        if resolved == root or (resolved / "multivae" / "registry.py").exists():
+            raise SystemExit(
+                f"reference worker: sys.path holds {resolved}, where the project's multivae "
+                "package could shadow the reference; run this file with the reference venv's "
+                "python -I from outside the project"
+            )
+    import multivae
+
+    location = Path(multivae.__file__).resolve()
+    prefix = Path(sys.prefix).resolve()
+    if prefix not in location.parents:
+        raise SystemExit(
+            f"reference worker: multivae imported from {location}, outside the reference "
+            f"environment {prefix}"
+        )
+    from importlib.metadata import version
+
+    found = version("multivae")
+    if found != "1.0.3":
+        raise SystemExit(f"reference worker: expected multivae 1.0.3, found {found}")
+    return multivae
+
+
+def main() -> None:
+    """Run the job named on the command line."""
+    job = json.loads(Path(sys.argv[1]).read_text())
+    _check_reference_import(job["project_root"])
+
+    import numpy as np
+    import torch
+    from multivae.data.datasets.base import IncompleteDataset, MultimodalBaseDataset
+    from multivae.models.nn.base_architectures import BaseJointEncoder, BaseMultilatentEncoder
+    from multivae.trainers import BaseTrainer, BaseTrainerConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn.base_architectures import BaseDecoder, BaseEncoder
+    from torch import nn
+
+    from multivae.models import (
+        DMVAE,
+        JMVAE,
+        MMVAE,
+        MVAE,
+        MVTCAE,
+        DMVAEConfig,
+        JMVAEConfig,
+        MMVAEConfig,
+        MMVAEPlus,
+        MMVAEPlusConfig,
+        MoPoE,
+        MoPoEConfig,
+        MVAEConfig,
+        MVTCAEConfig,
+    )
+
+    logging.disable(logging.INFO)
+
+    models = {
+        "jmvae": (JMVAE, JMVAEConfig),
+        "mvae": (MVAE, MVAEConfig),
+        "mmvae": (MMVAE, MMVAEConfig),
+        "mopoe": (MoPoE, MoPoEConfig),
+        "mvtcae": (MVTCAE, MVTCAEConfig),
+        "mmvaeplus": (MMVAEPlus, MMVAEPlusConfig),
+        "dmvae": (DMVAE, DMVAEConfig),
+    }
+
+    def mlp(sizes: list[int]) -> nn.Sequential:
+        # Linear-ReLU between every pair of sizes, a bare Linear last: the project's _mlp.
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in itertools.pairwise(sizes[:-1]):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-2], sizes[-1]))
+        return nn.Sequential(*layers)
+
+    class Encoder(BaseEncoder):
+        """Flatten, MLP, split the output into mean and log-variance."""
+
+        def __init__(self, shape: tuple[int, ...], latent_dim: int, hidden: list[int]) -> None:
+            BaseEncoder.__init__(self)
+            self.input_size = math.prod(shape)
+            self.latent_dim = latent_dim
+            self.network = mlp([self.input_size, *hidden, 2 * latent_dim])
+
+        def forward(self, x: torch.Tensor) -> ModelOutput:
+            mean, log_var = self.network(x.reshape(x.shape[0], -1).float()).chunk(2, dim=-1)
+            return ModelOutput(embedding=mean, log_covariance=log_var)
+
+    class PrivateEncoder(BaseMultilatentEncoder):
+        """The same MLP with shared and private halves: [mean_z, mean_w | logvar_z, logvar_w]."""
+
+        def __init__(
+            self, shape: tuple[int, ...], latent_dim: int, private_dim: int, hidden: list[int]
+        ) -> None:
+            BaseMultilatentEncoder.__init__(self)
+            self.input_size = math.prod(shape)
+            self.latent_dim = latent_dim
+            self.style_dim = private_dim
+            self.network = mlp([self.input_size, *hidden, 2 * (latent_dim + private_dim)])
+
+        def forward(self, x: torch.Tensor) -> ModelOutput:
+            mean, log_var = self.network(x.reshape(x.shape[0], -1).float()).chunk(2, dim=-1)
+            d = self.latent_dim
+            return ModelOutput(
+                embedding=mean[..., :d],
+                log_covariance=log_var[..., :d],
+                style_embedding=mean[..., d:],
+                style_log_covariance=log_var[..., d:],
+            )
+
+    class Decoder(BaseDecoder):
+        """MLP from the latent to the flattened modality, reshaped; accepts leading dims."""
+
+        def __init__(self, latent_dim: int, shape: tuple[int, ...], hidden: list[int]) -> None:
+            BaseDecoder.__init__(self)
+            self.shape = tuple(shape)
+            self.network = mlp([latent_dim, *hidden, math.prod(shape)])
+
+        def forward(self, z: torch.Tensor) -> ModelOutput:
+            out = self.network(z)
+            return ModelOutput(reconstruction=out.reshape(*z.shape[:-1], *self.shape))
+
+    class JointEncoder(BaseJointEncoder):
+        """The project's JMVAE joint encoder: feature MLPs, concat, ReLU, MLP head."""
+
+        def __init__(
+            self,
+            shapes: dict[str, tuple[int, ...]],
+            latent_dim: int,
+            hidden: list[int],
+            feature_dim: int,
+            head_hidden: list[int],
+        ) -> None:
+            BaseJointEncoder.__init__(self)
+            self.latent_dim = latent_dim
+            self.features = nn.ModuleDict(
+                {m: mlp([math.prod(s), *hidden, feature_dim]) for m, s in shapes.items()}
+            )
+            self.head = nn.Sequential(
+                nn.ReLU(), mlp([len(shapes) * feature_dim, *head_hidden, 2 * latent_dim])
+            )
+
+        def forward(self, x: dict[str, torch.Tensor]) -> ModelOutput:
+            features = torch.cat(
+                [net(x[m].reshape(x[m].shape[0], -1).float()) for m, net in self.features.items()],
+                dim=-1,
+            )
+            mean, log_var = self.head(features).chunk(2, dim=-1)
+            return ModelOutput(embedding=mean, log_covariance=log_var)
+
+    class TimedTrainer(BaseTrainer):
+        """BaseTrainer whose train_step calls are timed (the rest of train() is not)."""
+
+        def train_step(self, epoch: int):  # type: ignore[no-untyped-def]
+            began = time.perf_counter()
+            result = super().train_step(epoch)
+            self.train_seconds = getattr(self, "train_seconds", 0.0) + time.perf_counter() - began
+            return result
+
+    name = job["model"]
+    seed = int(job["seed"])
+    latent_dim = int(job["latent_dim"])
+    private_dim = int(job.get("private_dim") or 0)
+    arrays = np.load(job["data"])
+    modalities = list(job["modalities"])
+    shapes = {m: tuple(arrays[f"train__{m}"].shape[1:]) for m in modalities}
+    incomplete = job["setting"] != "complete"
+
+    torch.set_num_threads(int(job.get("threads") or torch.get_num_threads()))
+    random.seed(seed)
+    # The reference draws from NumPy's global generator (MVAE subsets, MMVAE's expert choice).
+    np.random.seed(seed)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+    model_class, config_class = models[name]
+    if private_dim:
+        encoders = {
+            m: PrivateEncoder(shapes[m], latent_dim, private_dim, job["encoder_hidden"])
+            for m in modalities
+        }
+    else:
+        encoders = {m: Encoder(shapes[m], latent_dim, job["encoder_hidden"]) for m in modalities}
+    decoders = {
+        m: Decoder(latent_dim + private_dim, shapes[m], job["decoder_hidden"]) for m in modalities
+    }
+    config = config_class(
+        n_modalities=len(modalities),
+        latent_dim=latent_dim,
+        input_dims={m: shapes[m] for m in modalities},
+        decoders_dist={m: job["likelihoods"][m] for m in modalities},
+        decoder_dist_params={m: {"scale": float(job["scales"][m])} for m in modalities},
+        **job.get("config", {}),
+    )
+    extra = {}
+    if name == "jmvae":
+        joint = job["joint_encoder"]
+        extra["joint_encoder"] = JointEncoder(
+            shapes, latent_dim, job["encoder_hidden"], joint["feature_dim"], joint["hidden"]
+        )
+    model = model_class(config, encoders=encoders, decoders=decoders, **extra)
+    # Keep the weights of the last epoch, as the project's side does (keep="last"): the
+    # reference keeps the last model up to start_keep_best_epoch, then the best on train.
+    model.start_keep_best_epoch = int(job["epochs"]) + 1
+
+    def tensors(split: str) -> dict[str, torch.Tensor]:
+        return {m: torch.from_numpy(arrays[f"{split}__{m}"]) for m in modalities}
+
+    labels = torch.from_numpy(arrays["train__label"])
+    if incomplete:
+        masks = {m: torch.from_numpy(arrays[f"train__mask__{m}"]).bool() for m in modalities}
+        train_set = IncompleteDataset(data=tensors("train"), masks=masks, labels=labels)
+    else:
+        train_set = MultimodalBaseDataset(data=tensors("train"), labels=labels)
+
+    device = "cuda" if job.get("device") == "cuda" else "cpu"
+    report: dict[str, object] = {"model": name, "seed": seed, "errors": {}}
+    with tempfile.TemporaryDirectory(prefix="multivae-ref-") as tmp:
+        trainer_config = BaseTrainerConfig(
+            output_dir=tmp,
+            num_epochs=int(job["epochs"]),
+            learning_rate=float(job["lr"]),
+            per_device_train_batch_size=int(job["batch_size"]),
+            per_device_eval_batch_size=int(job["batch_size"]),
+            seed=seed,
+            no_cuda=device != "cuda",
+            steps_saving=None,
+            steps_predict=None,
+        )
+        trainer = TimedTrainer(model, train_set, None, trainer_config)
+        trainer.train()
+        model = trainer._best_model
+    seconds = float(trainer.train_seconds)
+    n_train = len(train_set)
+    report["train_seconds"] = seconds
+    report["samples_per_s"] = n_train * int(job["epochs"]) / seconds
+    model.eval()
+    model = model.to(device)
+    model.device = device
+
+    test = {m: t.to(device) for m, t in tensors("test").items()}
+    n_test = len(next(iter(test.values())))
+    chunk = int(job.get("generation_chunk", 500))
+    outputs: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        for cond in job["subsets"]:
+            targets = [m for m in modalities if m not in cond]
+            parts: dict[str, list[np.ndarray]] = {m: [] for m in targets}
+            for start in range(0, n_test, chunk):
+                rows = {m: t[start : start + chunk] for m, t in test.items()}
+                predicted = model.predict(
+                    MultimodalBaseDataset(data=rows), cond_mod=list(cond), gen_mod=targets
+                )
+                for m in targets:
+                    parts[m].append(predicted[m].float().cpu().numpy())
+            for m in targets:
+                outputs[f"cond={'+'.join(cond)}|gen={m}"] = np.concatenate(parts[m])
+
+        n_samples = int(job.get("unconditional", 0))
+        if n_samples:
+            try:
+                latent = model.generate_from_prior(n_samples)
+                decoded = model.decode(latent, modalities)
+                for m in modalities:
+                    outputs[f"sample|gen={m}"] = decoded[m].float().cpu().numpy()
+            except Exception:
+                report["errors"]["unconditional"] = traceback.format_exc(limit=3)
+
+    nll = job.get("nll")
+    if nll:
+        rows = {m: t[: int(nll["n"])] for m, t in test.items()}
+        began = time.perf_counter()
+        try:
+            total = model.compute_joint_nll(
+                MultimodalBaseDataset(data=rows), K=int(nll["k"]), batch_size_K=100
+            )
+            report["joint_nll"] = float(total) / len(next(iter(rows.values())))
+        except Exception:
+            report["errors"]["joint_nll"] = traceback.format_exc(limit=3)
+        report["nll_seconds"] = time.perf_counter() - began
+
+    import multivae
+
+    report["library"] = {"multivae": multivae.__file__, "torch": torch.__version__}
+    np.savez(job["out"] + ".npz", **outputs)
+    Path(job["out"] + ".json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Model folders: safetensors weights, a JSON config and a model card; no pickle anywhere.
+
+A saved model is a folder (a Hugging Face Hub repository holds the same files, see
+:mod:`multivae.hub`):
+
+* ``config.json``: ``{"model": NAME, "config": {...}, "format_version": 1}``, the model's config
+  dataclass as plain data;
+* ``model.safetensors``: the weights;
+* ``README.md``: a model card (what the model is, its modalities, how to load it).
+
+Loading reads the JSON, builds the registered model class from it and loads the weights with
+``strict=True``; nothing in the folder is executed. The class is looked up in the registry, which
+holds every model whose file has been imported (:mod:`multivae.factory` imports them all); this
+module never imports a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from multivae.config import ConfigError
+from multivae.io import staged_folder
+from multivae.names import MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
+from multivae.registry import find_model_class
+
+if TYPE_CHECKING:
+    from multivae.models.base import MultimodalVAE
+
+FORMAT_VERSION = 1
+MODEL_FOLDER_FILES = (MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, MODEL_CARD_FILE)
+"""Every file of a model folder (and all that is fetched of a Hub repository)."""
+
+
+def model_card(model: MultimodalVAE) -> str:
+    """The folder's model card: the model, its modalities and architectures, how to load it."""
+    lines = [
+        "---",
+        "library_name: multivae",
+        "tags:",
+        "- multimodal",
+        "- variational-autoencoder",
+        f"- {model.name}",
+        "---",
+        "",
+        f"# {model.name} ({type(model).__name__})",
+        "",
+        (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "",
+        "",
+        "## Modalities",
+        "",
+        "| modality | shape | likelihood | encoder | decoder |",
+        "|---|---|---|---|---|",
+    ]
+    for name, spec in model.config.modalities.items():
+        lines.append(
+            f"| {name} | {tuple(spec.shape)} | {spec.likelihood} | {spec.encoder.name} | "
+            f"{spec.decoder.name} |"
+        )
+    parameters = sum(p.numel() for p in model.parameters())
+    lines += [
+        "",
+        f"Latent dimension: {model.config.latent_dim}. Parameters: {parameters:,}.",
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import multivae",
+        'model = multivae.load_model("PATH_OR_REPO_ID")',
+        "```",
+        "",
+        "Weights are safetensors and the config is JSON: loading executes no code from this "
+        "folder.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def save_model_folder(model: MultimodalVAE, directory: str | os.PathLike[str]) -> Path:
+    """Write the model folder atomically (into a temporary sibling, then renamed)."""
+    with staged_folder(directory) as staging:
+        document = {
+            "format_version": FORMAT_VERSION,
+            "model": model.name,
+            "config": model.config.to_dict(),
+        }
+        # Not sorted: the order of the modalities is part of the model (stacking, subsets).
+        (staging / MODEL_CONFIG_FILE).write_text(json.dumps(document, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / MODEL_WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / MODEL_CARD_FILE).write_text(model_card(model))
+    return Path(directory)
+
+
+def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
+    """The model name and the config (plain data) of a model folder.
+
+    Raises:
+        FileNotFoundError: When the folder has no ``config.json``.
+        ConfigError: For an unreadable file or another format version.
+    """
+    config_path = Path(folder) / MODEL_CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder}: no {MODEL_CONFIG_FILE}; not a multivae model folder")
+    try:
+        document = json.loads(config_path.read_text())
+        version, name, config = document["format_version"], document["model"], document["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ConfigError(f"{config_path}: unreadable model config ({error})") from None
+    if version != FORMAT_VERSION:
+        raise ConfigError(
+            f"{config_path}: expected format_version {FORMAT_VERSION}, found {version}"
+        )
+    return name, config
+
+
+def load_model_folder(
+    folder: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> MultimodalVAE:
+    """The model of a folder written by :func:`save_model_folder`, in eval mode.
+
+    Raises:
+        FileNotFoundError: When the folder has no ``config.json``.
+        ConfigError: For an unreadable config, an unknown model or options it refuses.
+    """
+    name, config = read_model_config(folder)
+    cls = find_model_class(name)
+    model = cls(cls.config_class.from_dict(config, where=f"{name} config"))
+    state = load_file(str(Path(folder) / MODEL_WEIGHTS_FILE), device=str(map_location))
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model

@@ -1,0 +1,483 @@
+"""MMVAE+: a mixture-of-experts multimodal VAE with modality-specific latents.
+
+Palumbo, Daunhawer and Vogt, "MMVAE+: Enhancing the Generative Quality of Multimodal VAEs
+without Compromises", ICLR 2023 (OpenReview sdQGxouELX; authors' code: epalu/mmvaeplus).
+
+Every modality ``m`` has a private latent ``w_m`` (dimension ``private_dim``, the same for all)
+besides the shared ``z``; encoder ``m`` outputs the locations ``[mu_z | mu_w]`` then the scale
+logits ``[h_z | h_w]``, and decoder ``n`` takes ``[z, w_n]``. The shared posterior is the uniform
+mixture of the unimodal experts ``q(z|x_m)``. The prior is ``p(z) p(w_m) = Laplace(0,
+softmax(a) * (D + Dw))``, the softmax running over the concatenated ``z`` and ``w`` dimensions
+(``a = 0``, unit scales, unless ``learn_shared_prior``), and each modality has an auxiliary
+distribution ``r_n(w_n) = Laplace(0, softmax(b_n) * Dw)`` with learned ``b_n``. Training
+maximizes the looser importance-weighted bound, averaged over experts outside the log::
+
+    (1/M) sum_m log (1/K) sum_k exp(log W_mk),    z_k, w_mk ~ q(z, w_m | x_m),
+    log W_mk = log p(x_m | z_k, w_mk) + sum_{n != m} log p(x_n | z_k, w~_nk)
+               + beta * [log p(z_k) + log p(w_mk) - log MoE(z_k | X) - log q(w_mk | x_m)],
+
+with ``w~_nk ~ r_n`` reparameterized: cross-reconstructions must get by with a private latent
+that says nothing about ``x_n``, which pushes the shared information into ``z``. By default the
+gradient is the doubly reparameterized one (DReG, Tucker et al. 2018, arXiv:1810.04152) on
+``z`` and ``w`` (``r_n`` is not a proposal, so ``w~`` keeps its plain gradient). Posterior
+scales are ``softmax(h) * D + 1e-6`` (and ``softmax(h_w) * Dw + 1e-6``) for the Laplace family,
+``exp(h / 2)`` for the normal one.
+
+Missing modalities: a sample observed on ``O`` gets exactly the MMVAE+ bound of ``X_O``: the
+mixture holds the observed experts only, the average runs over observed ``m`` with divisor
+``|O|``, and only observed ``n`` are reconstructed (absent private latents integrate out). The
+absent terms are removed with ``torch.where``, so absent encoders get exactly zero gradient.
+
+Generation from a subset ``S``: ``z`` from the mixture of the observed experts of ``S`` (one
+expert drawn per sample; the prior where there is none), ``w_n`` from ``q(w_n|x_n)`` where
+``x_n`` is an observed member of ``S``, else from ``p(w_n)`` as the authors' test-time
+cross-generation does (``private_generation="auxiliary"``: from ``r_n``, the reference's
+``single_prior``). The joint likelihood is estimated with the proposal ``MoE_O(z) prod_{n in O}
+q(w_n|x_n)``, drawn stratified across the observed experts (see
+:meth:`MMVAEPlus.importance_log_weights`).
+
+Deliberate differences from the reference code (MultiVae's ``mmvaePlus_model.py``):
+
+* The loss is a per-sample mean (the reference sums over the batch).
+* The joint NLL weighs ``p(w_n) / q(w_n | x_n)`` for every observed modality; the reference's
+  ``compute_joint_nll`` draws the cross terms' private latents from ``r_n`` without a weight
+  correction, which does not estimate ``p(X)``, and loops over samples.
+* The shared latent of a subset's posterior comes from one observed expert drawn per sample;
+  the reference picks one random modality for the whole batch with NumPy, and its
+  ``return_mean`` averages the expert means (the mixture's mean, which is what ``use_mean``
+  decodes here too).
+* Modalities absent from the whole batch keep their keys and their encoders run on zeros; the
+  reference drops them from the caller's batch in place.
+* ``bound="elbo"`` is the ``K``-sample Monte Carlo beta-ELBO of the same log-weights (``K = 1``
+  makes all three bounds equal).
+* Scale logits are the base's clamped encoder outputs (``LOGVAR_BOUNDS``) before the softmax,
+  as for every model here. The priors' scales (``softmax(a) * (D + Dw)``, ``softmax(b_n) * Dw``)
+  carry no ``1e-6`` and keep the softmax parameterization with the normal family too (the
+  reference's ``normal`` uses ``exp(a / 2)``). The private prior of generation is the ``w`` part
+  of the joint prior's softmax; the reference's ``joint_prior`` option renormalizes that slice.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from multivae.config import ConfigError
+from multivae.data.batch import Batch
+from multivae.models.base import Capabilities, ModelConfig, ModelOutput, MultimodalVAE
+from multivae.nn.fusion import mixture_log_density, stratified_mixture_weights
+from multivae.nn.posteriors import (
+    GaussianPosterior,
+    LaplacePosterior,
+    LatentFamily,
+    MixturePosterior,
+    Posterior,
+    component_log_densities,
+    family_log_density,
+    family_rsample,
+    softmax_scale,
+)
+from multivae.objectives import dreg_surrogate, iwae_bound
+from multivae.registry import register_model
+
+Bound = Literal["dreg", "iwae", "elbo"]
+PrivateGeneration = Literal["prior", "auxiliary"]
+
+POSTERIOR_SCALE_EPS = 1e-6
+"""Added to the softmax scales of Laplace posteriors (the reference's value) so none is 0."""
+
+
+@dataclass
+class MMVAEPlusConfig(ModelConfig):
+    """Configuration of :class:`MMVAEPlus`.
+
+    Attributes:
+        private_dim: ``Dw``, the dimension of every modality's private latent (>= 1).
+        samples_per_expert: ``K``, latent samples drawn from every observed expert per step (the
+            reference's default 10; the paper's PolyMNIST runs use 1 or 10).
+        beta: Weight of the log-density ratio inside each importance weight. 1 as MultiVae;
+            the paper's PolyMNIST recipe uses 2.5.
+        bound: ``dreg`` (the looser IWAE bound with DReG gradients, as the reference trains),
+            ``iwae`` (the same bound, plain gradient) or ``elbo`` (the ``K``-sample beta-ELBO).
+        latent_distribution: ``laplace`` (softmax scales, the paper's choice) or ``normal``, for
+            the posteriors, the prior and the auxiliary distributions.
+        learn_shared_prior: Learn the logits ``a`` of the prior's scales ``softmax(a)*(D+Dw)``.
+        learn_modality_prior: Learn the logits ``b_n`` of the auxiliary scales
+            ``softmax(b_n) * Dw`` (the reference's default; key to the method).
+        private_generation: Where generation draws the private latent of a modality it does not
+            condition on: ``prior`` (``p(w_n)``, as the authors' cross-generation) or
+            ``auxiliary`` (``r_n``, the reference's ``single_prior``).
+    """
+
+    private_dim: int = 16
+    samples_per_expert: int = 10
+    beta: float = 1.0
+    bound: Bound = "dreg"
+    latent_distribution: LatentFamily = "laplace"
+    learn_shared_prior: bool = False
+    learn_modality_prior: bool = True
+    private_generation: PrivateGeneration = "prior"
+
+    def __post_init__(self) -> None:
+        if self.private_dim < 1:
+            raise ConfigError(f"mmvaeplus: private_dim must be >= 1, found {self.private_dim}")
+        if self.samples_per_expert < 1:
+            raise ConfigError(
+                f"mmvaeplus: samples_per_expert must be >= 1, found {self.samples_per_expert}"
+            )
+        if self.beta < 0:
+            raise ConfigError(f"mmvaeplus: beta must be >= 0, found {self.beta}")
+        choices = {
+            "bound": Bound,
+            "latent_distribution": LatentFamily,
+            "private_generation": PrivateGeneration,
+        }
+        for key, allowed in choices.items():
+            value = getattr(self, key)
+            if value not in typing.get_args(allowed):
+                raise ConfigError(
+                    f"mmvaeplus: {key} must be one of {list(typing.get_args(allowed))}, found "
+                    f"{value!r}"
+                )
+
+
+@register_model
+class MMVAEPlus(MultimodalVAE):
+    """MMVAE+ (Palumbo et al. 2023): mixture of experts with private latents and priors ``r_n``.
+
+    Args:
+        config: The model's config.
+    """
+
+    name: ClassVar[str] = "mmvaeplus"
+    config_class: ClassVar[type[ModelConfig]] = MMVAEPlusConfig
+    declared_capabilities: ClassVar[Capabilities] = Capabilities(
+        private_latents=True, importance_sampled=True
+    )
+    variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
+        "normal-iwae": {
+            "latent_distribution": "normal",
+            "bound": "iwae",
+            "samples_per_expert": 2,
+            "private_dim": 2,
+        },
+        "auxiliary-generation": {
+            "private_generation": "auxiliary",
+            "learn_shared_prior": True,
+            "bound": "elbo",
+            "beta": 2.5,
+            "samples_per_expert": 2,
+            "private_dim": 3,
+        },
+    }
+    config: MMVAEPlusConfig
+
+    def __init__(self, config: MMVAEPlusConfig) -> None:
+        super().__init__(config)
+        shape = (config.latent_dim + config.private_dim,)
+        self.prior_scale_logits: torch.Tensor
+        """``a``: logits of the prior's scales over ``[z, w]``, ``(D + Dw,)``."""
+        if config.learn_shared_prior:
+            self.prior_scale_logits = nn.Parameter(torch.zeros(shape))
+        else:
+            self.register_buffer("prior_scale_logits", torch.zeros(shape))
+        # Keyed by modality name, not stacked: saved configs may list the modalities in another
+        # order. Fixed logits (``learn_modality_prior=False``) are zeros and need no storage.
+        self.auxiliary_scale_logits = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(config.private_dim)) for name in self.modalities}
+            if config.learn_modality_prior
+            else {}
+        )
+        """``b_n``: logits of the auxiliary distributions' scales, ``(Dw,)`` per modality."""
+
+    # ----------------------------------------------------------------------------------------
+    # Priors, auxiliary distributions and experts
+
+    def private_dim(self, modality: str) -> int:
+        """Every modality has a private latent of ``private_dim``."""
+        return self.config.private_dim
+
+    def prior_scale(self) -> torch.Tensor:
+        """The prior's scales over ``[z, w]``, ``(D + Dw,)``: ``softmax(a) * (D + Dw)``."""
+        return softmax_scale(self.prior_scale_logits)
+
+    def auxiliary_scale(self, modality: str) -> torch.Tensor:
+        """The scales of ``r_n``, ``(Dw,)``: ``softmax(b_n) * Dw`` (ones when not learned)."""
+        if not self.config.learn_modality_prior:
+            return self.prior_scale_logits.new_ones(self.config.private_dim)
+        return softmax_scale(self.auxiliary_scale_logits[modality])
+
+    def _centred_sample(self, scale: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Reparameterized draws ``(*shape, P)`` of the centred family with scales ``(P,)``."""
+        scale = scale.expand((*shape, scale.shape[-1]))
+        return family_rsample(self.config.latent_distribution, torch.zeros_like(scale), scale, 1)[0]
+
+    def prior_sample(self, n: int) -> torch.Tensor:
+        """``n`` draws from ``p(z)``: ``(n, D)``."""
+        return self._centred_sample(self.prior_scale()[: self.config.latent_dim], (n,))
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z)``, shape ``z.shape[:-1]``."""
+        scale = self.prior_scale()[: self.config.latent_dim].to(z.dtype)
+        return family_log_density(self.config.latent_distribution, z, torch.zeros_like(z), scale)
+
+    def private_prior_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
+        """Draws ``(*shape, Dw)`` from ``p(w_m)``, the ``w`` part of the joint prior."""
+        return self._centred_sample(self.prior_scale()[self.config.latent_dim :], shape)
+
+    def private_prior_log_prob(self, modality: str, w: torch.Tensor) -> torch.Tensor:
+        """``log p(w_m)``, shape ``w.shape[:-1]``."""
+        scale = self.prior_scale()[self.config.latent_dim :].to(w.dtype)
+        return family_log_density(self.config.latent_distribution, w, torch.zeros_like(w), scale)
+
+    def auxiliary_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
+        """Reparameterized draws ``(*shape, Dw)`` from ``r_m``."""
+        return self._centred_sample(self.auxiliary_scale(modality), shape)
+
+    def expert_scales(self, logits: torch.Tensor) -> torch.Tensor:
+        """Posterior scales ``[z | w]`` from an encoder's second output half ``[h_z | h_w]``."""
+        if self.config.latent_distribution == "normal":
+            return torch.exp(0.5 * logits)
+        shared = self.config.latent_dim
+        return torch.cat(
+            [
+                softmax_scale(logits[..., :shared], POSTERIOR_SCALE_EPS),
+                softmax_scale(logits[..., shared:], POSTERIOR_SCALE_EPS),
+            ],
+            dim=-1,
+        )
+
+    def expert_parameters(
+        self, batch: Batch, cond: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Location and scale of every expert's shared and private posterior.
+
+        Only the encoders of ``cond`` modalities (all by default) run; the others are ``(0, 1)``
+        placeholders, for callers that mask them out.
+
+        Returns:
+            ``(M, N, D)`` shared locations and scales, ``(M, N, Dw)`` private ones.
+        """
+        outputs = self.encoder_outputs(batch, cond)
+        rows = batch.data[self.modalities[0]].shape[0]
+        width = self.config.latent_dim + self.config.private_dim
+        placeholder = next(self.parameters()).new_zeros((rows, width))
+        locs, scales = [], []
+        for name in self.modalities:
+            if name in outputs:
+                loc, logits = outputs[name]
+                locs.append(loc)
+                scales.append(self.expert_scales(logits))
+            else:
+                locs.append(placeholder)
+                scales.append(placeholder + 1)
+        loc, scale = torch.stack(locs), torch.stack(scales)
+        shared = self.config.latent_dim
+        return loc[..., :shared], scale[..., :shared], loc[..., shared:], scale[..., shared:]
+
+    def private_posteriors(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None = None,
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> dict[str, Posterior]:
+        """``q(w_m | x_m)`` of every ``cond`` modality (all by default), Laplace or normal."""
+        encoded = self.encoder_outputs(batch, cond) if outputs is None else outputs
+        shared = self.config.latent_dim
+        posteriors: dict[str, Posterior] = {}
+        for name in self.modalities:
+            if cond is not None and name not in cond:
+                continue
+            loc, logits = encoded[name]
+            if self.config.latent_distribution == "normal":
+                posteriors[name] = GaussianPosterior(loc[..., shared:], logits[..., shared:])
+            else:
+                scale = self.expert_scales(logits)[..., shared:]
+                posteriors[name] = LaplacePosterior(loc[..., shared:], scale)
+        return posteriors
+
+    # ----------------------------------------------------------------------------------------
+    # Objective
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        """The negative looser bound (DReG, IWAE or ELBO), averaged over the batch.
+
+        Randomness, in order (tests replay it), with ``family`` the configured
+        ``torch.distributions`` class: ``family(loc_z, scale_z).rsample((K,))`` on the stacked
+        ``(M, N, D)`` shared expert parameters (``z``, ``(K, M, N, D)``), then
+        ``family(loc_w, scale_w).rsample((K,))`` on the ``(M, N, Dw)`` private ones (``w``),
+        then ``family(0, s).rsample((K,))`` with ``s`` the scales of ``r_n`` expanded to
+        ``(M, M, N, Dw)`` (``w~``, ``(K, M, M, N, Dw)``: entry ``[k, n, m, i]`` is the private
+        latent of decoder ``n`` for expert ``m``'s draw ``k`` of sample ``i``; the diagonal
+        ``n = m`` is drawn and unused).
+
+        Metrics: ``bound`` (the bound's value: for ``dreg``, the IWAE bound whose gradient the
+        loss carries), and the stratified ``K``-sample averages of ``sum_n log p(x_n | z, w_n)``
+        (``reconstruction``) and of ``log q(z|X) q(w_m|x_m) - log p(z) p(w_m)`` (``kl``).
+        """
+        self.check_batch(batch)
+        family = self.config.latent_distribution
+        k = self.config.samples_per_expert
+        mask = self.condition_mask(batch, None)
+        experts, rows = mask.shape
+        loc_z, scale_z, loc_w, scale_w = self.expert_parameters(batch)
+        z = family_rsample(family, loc_z, scale_z, k)
+        w = family_rsample(family, loc_w, scale_w, k)
+        auxiliary = torch.stack([self.auxiliary_scale(name) for name in self.modalities])
+        auxiliary = auxiliary.reshape(experts, 1, 1, -1).expand(experts, experts, rows, -1)
+        w_auxiliary = family_rsample(family, torch.zeros_like(auxiliary), auxiliary, k)
+
+        # Decoder n reconstructs from [z, w_n]: expert m's own w_m when n = m, else r_n's draw.
+        expert_index = torch.arange(experts, device=mask.device).reshape(1, experts, 1, 1)
+        params = {
+            name: self.decode(
+                self.generation_latent(
+                    z, name, torch.where(expert_index == n, w, w_auxiliary[:, n])
+                ),
+                [name],
+            )[name]
+            for n, name in enumerate(self.modalities)
+        }
+        log_px = self.log_likelihoods(params, batch, mask).sum(0)  # (K, M, N)
+
+        dreg = self.config.bound == "dreg"
+        # DReG needs log q with the posteriors' parameters stopped (only the paths through z, w).
+        if dreg:
+            loc_z, scale_z, loc_w, scale_w = (t.detach() for t in (loc_z, scale_z, loc_w, scale_w))
+        log_qz = mixture_log_density(component_log_densities(z, loc_z, scale_z, family), mask)
+        log_qw = family_log_density(family, w, loc_w, scale_w)
+        # p(w_m) is the same for every modality (the w part of the joint prior).
+        log_prior = self.prior_log_prob(z) + self.private_prior_log_prob(self.modalities[0], w)
+        log_ratio = log_prior - log_qz - log_qw
+        log_w = log_px + self.config.beta * log_ratio  # (K, M, N): expert m's draws
+
+        weights = stratified_mixture_weights(mask).to(log_w.dtype)
+
+        def average_over_experts(per_expert: torch.Tensor) -> torch.Tensor:
+            # torch.where, not a product: an absent expert must pass no value and no gradient.
+            weighted = torch.where(mask, weights * per_expert, torch.zeros((), dtype=log_w.dtype))
+            return weighted.sum(0)
+
+        if self.config.bound == "elbo":
+            bound = average_over_experts(log_w.mean(0))
+            objective = bound
+        else:
+            bound = average_over_experts(iwae_bound(log_w))
+            objective = bound
+            if dreg:
+                surrogate = average_over_experts(dreg_surrogate(log_w, [z, w]))
+                # The value of the bound, the gradient of the DReG surrogate.
+                objective = surrogate + (bound - surrogate).detach()
+
+        metrics = {
+            "bound": bound.detach().mean(),
+            "reconstruction": average_over_experts(log_px.detach().mean(0)).mean(),
+            "kl": average_over_experts(-log_ratio.detach().mean(0)).mean(),
+        }
+        return ModelOutput(loss=-objective.mean(), metrics=metrics)
+
+    # ----------------------------------------------------------------------------------------
+    # Inference and generation
+
+    def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> MixturePosterior:
+        """The mixture of the observed ``cond`` experts over ``z`` (all modalities by default).
+
+        A sample with none of the ``cond`` modalities observed gets the prior ``p(z)``.
+        """
+        self.check_batch(batch)
+        mask = self.condition_mask(batch, cond)
+        loc, scale, _, _ = self.expert_parameters(batch, cond)
+        prior_loc = torch.zeros_like(loc[:1])
+        prior_scale = self.prior_scale()[: self.config.latent_dim].to(scale.dtype)
+        return MixturePosterior(
+            torch.cat([loc, prior_loc]),
+            torch.cat([scale, prior_scale.expand_as(prior_loc)]),
+            torch.cat([mask, ~mask.any(0, keepdim=True)]),
+            self.config.latent_distribution,
+        )
+
+    def generation_privates(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None,
+        gen: Sequence[str],
+        n_samples: int,
+        use_mean: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Private latents ``(n_samples, N, Dw)`` for generating the ``gen`` modalities.
+
+        As the base (``q(w_n|x_n)`` for observed ``cond`` modalities, else ``p(w_n)``); with
+        ``private_generation="auxiliary"`` the latter draws come from ``r_n`` instead (drawn
+        after the base's draws). Both are centred, so ``use_mean`` gives 0 either way.
+        """
+        privates = super().generation_privates(batch, cond, gen, n_samples, use_mean)
+        if self.config.private_generation == "prior" or use_mean:
+            return privates
+        mask = self.condition_mask(batch, cond)
+        for name, drawn in privates.items():
+            observed = mask[self.modalities.index(name)].reshape(1, -1, 1)
+            auxiliary = self.auxiliary_sample(name, drawn.shape[:-1]).to(drawn.dtype)
+            privates[name] = torch.where(observed, drawn, auxiliary)
+        return privates
+
+    def importance_log_weights(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None,
+        gen: Sequence[str] | None,
+        n_samples: int,
+    ) -> torch.Tensor:
+        """Importance log-weights ``(K, N)`` of :meth:`nll`, joint ones from a stratified proposal.
+
+        Joint (``cond is None``): ``z`` is drawn from ``MoE_O(z)`` (``O``: the observed ``gen``
+        modalities; the prior where there is none) stratified, draw ``k`` of a sample coming
+        from its ``(k mod |O|)``-th component, and each observed ``w_n`` from ``q(w_n|x_n)``::
+
+            log w = sum_{n in O} log p(x_n | z, w_n) + log p(z) - log psi(z)
+                    + sum_{n in O} [log p(w_n) - log q(w_n | x_n)],
+
+        with ``psi = sum_c (K_c / K) q_c`` the density of the stratified draws (``K_c`` of the
+        ``K`` come from component ``c``; it is ``MoE_O`` when ``|O|`` divides ``K``). The mean
+        of these weights is unbiased for ``p(X_O)`` for any ``K``, so chunks may be pooled.
+        Randomness: one reparameterized draw of ``z`` on the chosen components' ``(K, N, D)``
+        parameters, then ``rsample(K)`` of each scored ``q(w_n|x_n)`` in modality order.
+        Conditional: as the base.
+        """
+        if cond is not None:
+            return super().importance_log_weights(batch, cond, gen, n_samples)
+        family = self.config.latent_distribution
+        posterior = self.posterior(batch, gen)
+        present = posterior.mask  # (C, N), at least one component per sample
+        rank = torch.arange(n_samples, device=present.device).unsqueeze(1) % present.sum(0)
+        chosen = present.unsqueeze(1) & (present.long().cumsum(0).unsqueeze(1) == rank + 1)
+        component = chosen.long().argmax(0)  # (K, N)
+        sample_index = torch.arange(present.shape[1], device=present.device)
+        z = family_rsample(
+            family,
+            posterior.loc[component, sample_index],
+            posterior.scale[component, sample_index],
+            1,
+        )[0]
+        share = chosen.sum(1).to(z.dtype) / n_samples  # (C, N): K_c / K
+        densities = component_log_densities(z, posterior.loc, posterior.scale, family)
+        log_psi = torch.logsumexp(densities + torch.log(share).unsqueeze(1), dim=0)
+
+        gen_mask = self.condition_mask(batch, gen)
+        scored = [m for m in self.modalities if gen is None or m in gen]
+        zero = torch.zeros((), dtype=z.dtype)
+        private_ratio = torch.zeros_like(log_psi)
+        params = {}
+        for name, q in self.private_posteriors(batch, scored).items():
+            w = q.rsample(n_samples)
+            ratio = self.private_prior_log_prob(name, w) - q.log_prob(w)
+            private_ratio = private_ratio + torch.where(
+                gen_mask[self.modalities.index(name)], ratio, zero
+            )
+            params[name] = self.decode(self.generation_latent(z, name, w), [name])[name]
+        log_px = self.log_likelihoods(params, batch, gen_mask).sum(0)
+        return log_px + self.prior_log_prob(z) - log_psi + private_ratio

@@ -1,0 +1,67 @@
+"""The scoring function of benchmarks/reference_parity.py (no reference venv needed)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_parity.py"
+
+
+@pytest.fixture(scope="module")
+def parity():
+    spec = importlib.util.spec_from_file_location("reference_parity", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up in sys.modules while the class is built.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_balanced_accuracy_weighs_classes_equally(parity):
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    predicted = np.array([0, 0, 0, 0, 0, 1])
+    # Class 0: 4/4, class 1: 1/2; plain accuracy would be 5/6.
+    assert parity.balanced_accuracy(predicted, labels) == pytest.approx(0.75)
+
+
+def test_score_generations_averages_pairs_by_subset_size(parity):
+    labels = np.array([0, 1, 2, 0])
+    # A "classifier" that reads the class from the first value of each generated row.
+    classify = lambda modality, x: np.asarray(x)[:, 0].astype(int)  # noqa: E731
+    right = labels[:, None].astype(float)
+    wrong = ((labels + 1) % 3)[:, None].astype(float)
+    generations = {
+        (("a",), "b"): right,
+        (("a",), "c"): wrong,
+        (("b",), "a"): right,
+        (("a", "b"), "c"): right,
+    }
+    samples = {"a": np.array([[0.0], [1.0]]), "b": np.array([[0.0], [2.0]])}
+    scores = parity.score_generations(classify, generations, labels, samples)
+    assert scores["pairs"] == {"a->b": 1.0, "a->c": 0.0, "b->a": 1.0, "a+b->c": 1.0}
+    assert scores["per_size"] == {"1": pytest.approx(2 / 3), "2": 1.0}
+    assert scores["joint"] == 0.5
+
+
+def test_score_generations_refuses_misaligned_rows(parity):
+    with pytest.raises(ValueError, match="2 generations for 3 labels"):
+        parity.score_generations(
+            lambda m, x: x[:, 0], {(("a",), "b"): np.zeros((2, 1))}, np.array([0, 1, 2])
+        )
+
+
+def test_conditioning_subsets_of_three_modalities(parity):
+    assert parity.conditioning_subsets(["a", "b", "c"]) == [
+        ("a",),
+        ("b",),
+        ("c",),
+        ("a", "b"),
+        ("a", "c"),
+        ("b", "c"),
+    ]
