@@ -814,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def merge(args: argparse.Namespace) -> None:
-    """Combine the runs of earlier result files (later files win for the same run)."""
+    """Combine the runs of earlier result files (later files win, side by side)."""
     runs: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     seconds = 0.0
     sources = []
@@ -823,7 +823,9 @@ def merge(args: argparse.Namespace) -> None:
         seconds += float(document.get("seconds", 0.0))
         sources.append({"file": str(path), "command": document.get("command")})
         for run in document["runs"]:
-            runs[(run["dataset"], run["setting"], run["model"], run["seed"])] = run
+            key = (run["dataset"], run["setting"], run["model"], run["seed"])
+            # A later file replaces only the sides it ran (e.g. a --sides reference rerun).
+            runs[key] = {**runs.get(key, {}), **run}
     order = sorted(
         runs,
         key=lambda k: (DATASETS.index(k[0]), list(SETTINGS).index(k[1]), MODELS.index(k[2]), k[3]),

@@ -130,7 +130,9 @@ def main() -> None:
 
         def forward(self, x: torch.Tensor) -> ModelOutput:
             mean, log_var = self.network(x.reshape(x.shape[0], -1).float()).chunk(2, dim=-1)
-            return ModelOutput(embedding=mean, log_covariance=log_var)
+            # Copies, not views of the split: MultiVae's MVAE writes inf into the log-variances
+            # of absent experts in place, which autograd refuses on views of one output.
+            return ModelOutput(embedding=mean.clone(), log_covariance=log_var.clone())
 
     class PrivateEncoder(BaseMultilatentEncoder):
         """The same MLP with shared and private halves: [mean_z, mean_w | logvar_z, logvar_w]."""
@@ -148,10 +150,10 @@ def main() -> None:
             mean, log_var = self.network(x.reshape(x.shape[0], -1).float()).chunk(2, dim=-1)
             d = self.latent_dim
             return ModelOutput(
-                embedding=mean[..., :d],
-                log_covariance=log_var[..., :d],
-                style_embedding=mean[..., d:],
-                style_log_covariance=log_var[..., d:],
+                embedding=mean[..., :d].clone(),
+                log_covariance=log_var[..., :d].clone(),
+                style_embedding=mean[..., d:].clone(),
+                style_log_covariance=log_var[..., d:].clone(),
             )
 
     class Decoder(BaseDecoder):
@@ -192,7 +194,7 @@ def main() -> None:
                 dim=-1,
             )
             mean, log_var = self.head(features).chunk(2, dim=-1)
-            return ModelOutput(embedding=mean, log_covariance=log_var)
+            return ModelOutput(embedding=mean.clone(), log_covariance=log_var.clone())
 
     class TimedTrainer(BaseTrainer):
         """BaseTrainer whose train_step calls are timed (the rest of train() is not)."""

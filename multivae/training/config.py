@@ -177,15 +177,19 @@ class TrainingConfig(Config):
         checkpoint_every: Write a checkpoint every this many epochs (0: only at the end).
         num_workers: Data-loading worker processes (0: load in the training process).
         progress_bar: Show a progress bar with the loss and an ETA (on rank 0 only).
-        compile: Run the model's forward pass (training and validation) through
-            ``torch.compile`` (TorchInductor; on CPU it needs a C++ compiler, on CUDA Triton).
-            Opt-in: the first steps of a run compile its graphs (seconds to a minute), which
-            later steps repay on small and medium models (1.3-1.5x on CPU for the built-in MLP
-            models). Random draws match eager mode (``fallback_random``), so losses equal
-            eager ones within float rounding and resume stays exact. A model whose forward
-            needs a new graph at (nearly) every step, e.g. by turning a changing Python number
-            into a tensor with ``torch.tensor``, is refused with an error instead of falling
-            back to eager mode; so is a machine where compilation fails.
+        compile: Run the model's forward pass (training and validation, and so its backward
+            pass) through ``torch.compile`` (TorchInductor; on CPU it needs a C++ compiler, on
+            CUDA Triton). Opt-in: a run's first steps compile its graphs (tens of seconds on
+            CPU), which later steps repay, 1.1-1.6x the training samples/s of the built-in MLP
+            models on CPU (``benchmarks/RESULTS.md``). The optimizer step is not compiled; on
+            CPU, Adam's default for-loop implementation costs about as much as the forward and
+            backward passes of these models, and ``optimizer.kwargs.fused: true`` makes it one
+            kernel per parameter (numerically the same update, rounded differently). Random
+            draws match eager mode, so losses equal eager ones within float rounding and resume
+            stays exact. A model whose forward pass needs a new graph at (nearly) every step,
+            e.g. by making a tensor of a changing Python number with ``torch.tensor``, is
+            refused with an error naming it rather than falling back to eager mode; so is a
+            machine where compilation fails.
     """
 
     epochs: int = 10
