@@ -658,7 +658,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--models", nargs="+", default=["jmvae", "mvae", "mmvae", "mopoe"], choices=MODELS
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        help="default: jmvae mvae mmvae mopoe (mopoe alone with --smoke)",
     )
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -708,10 +711,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.seeds, args.epochs, args.n_train, args.n_test = [0], 1, 512, 256
-        args.models = ["mopoe"]
+        args.models = args.models or ["mopoe"]
         args.nll_samples, args.nll_k, args.unconditional, args.classifier_epochs = 20, 100, 200, 2
         if args.out == DEFAULT_RESULTS / "reference_parity.json":
             args.out = args.work / "smoke" / "reference_parity.json"
+    args.models = args.models or ["jmvae", "mvae", "mmvae", "mopoe"]
     return args
 
 
