@@ -29,9 +29,8 @@ MODEL_OPTIONS = {
     "mvae": {"warmup": 2.0},
     "mmvae": {"samples_per_expert": 1},
     "mopoe": {},
-    "mvtcae": {"alpha": 5 / 6},
 }
-EPOCHS = {"jmvae": 10, "mvae": 12, "mmvae": 12, "mopoe": 10, "mvtcae": 10}
+EPOCHS = {"jmvae": 10, "mvae": 12, "mmvae": 12, "mopoe": 10}
 
 
 @pytest.fixture(scope="module")
