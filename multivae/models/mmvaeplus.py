@@ -206,11 +206,14 @@ class MMVAEPlus(MultimodalVAE):
         """The prior's scales over ``[z, w]``, ``(D + Dw,)``: ``softmax(a) * (D + Dw)``."""
         return softmax_scale(self.prior_scale_logits)
 
-    def auxiliary_scale(self, modality: str) -> torch.Tensor:
-        """The scales of ``r_n``, ``(Dw,)``: ``softmax(b_n) * Dw`` (ones when not learned)."""
+    def auxiliary_scales(self) -> torch.Tensor:
+        """The scales of every ``r_n``, ``(M, Dw)`` in modality order: ``softmax(b_n) * Dw``.
+
+        Ones when not learned.
+        """
         if not self.config.learn_modality_prior:
-            return self.prior_scale_logits.new_ones(self.config.private_dim)
-        return softmax_scale(self.auxiliary_scale_logits[modality])
+            return self.prior_scale_logits.new_ones((len(self.modalities), self.config.private_dim))
+        return softmax_scale(torch.stack([self.auxiliary_scale_logits[m] for m in self.modalities]))
 
     def _centred_sample(self, scale: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """Reparameterized draws ``(*shape, P)`` of the centred family with scales ``(P,)``."""
@@ -237,7 +240,7 @@ class MMVAEPlus(MultimodalVAE):
 
     def auxiliary_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
         """Reparameterized draws ``(*shape, Dw)`` from ``r_m``."""
-        return self._centred_sample(self.auxiliary_scale(modality), shape)
+        return self._centred_sample(self.auxiliary_scales()[self.modalities.index(modality)], shape)
 
     def expert_scales(self, logits: torch.Tensor) -> torch.Tensor:
         """Posterior scales ``[z | w]`` from an encoder's second output half ``[h_z | h_w]``."""
@@ -257,8 +260,9 @@ class MMVAEPlus(MultimodalVAE):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Location and scale of every expert's shared and private posterior.
 
-        Only the encoders of ``cond`` modalities (all by default) run; the others are ``(0, 1)``
-        placeholders, for callers that mask them out.
+        Only the encoders of ``cond`` modalities (all by default) run; the others are
+        placeholders (location 0, scale about 1), for callers that mask them out. The scales of
+        all experts come from one softmax over the stacked logits.
 
         Returns:
             ``(M, N, D)`` shared locations and scales, ``(M, N, Dw)`` private ones.
@@ -266,17 +270,10 @@ class MMVAEPlus(MultimodalVAE):
         outputs = self.encoder_outputs(batch, cond)
         rows = batch.data[self.modalities[0]].shape[0]
         width = self.config.latent_dim + self.config.private_dim
-        placeholder = next(self.parameters()).new_zeros((rows, width))
-        locs, scales = [], []
-        for name in self.modalities:
-            if name in outputs:
-                loc, logits = outputs[name]
-                locs.append(loc)
-                scales.append(self.expert_scales(logits))
-            else:
-                locs.append(placeholder)
-                scales.append(placeholder + 1)
-        loc, scale = torch.stack(locs), torch.stack(scales)
+        placeholder = (next(self.parameters()).new_zeros((rows, width)),) * 2
+        encoded = [outputs.get(name, placeholder) for name in self.modalities]
+        loc = torch.stack([mean for mean, _ in encoded])
+        scale = self.expert_scales(torch.stack([logits for _, logits in encoded]))
         shared = self.config.latent_dim
         return loc[..., :shared], scale[..., :shared], loc[..., shared:], scale[..., shared:]
 
@@ -328,8 +325,8 @@ class MMVAEPlus(MultimodalVAE):
         loc_z, scale_z, loc_w, scale_w = self.expert_parameters(batch)
         z = family_rsample(family, loc_z, scale_z, k)
         w = family_rsample(family, loc_w, scale_w, k)
-        auxiliary = torch.stack([self.auxiliary_scale(name) for name in self.modalities])
-        auxiliary = auxiliary.reshape(experts, 1, 1, -1).expand(experts, experts, rows, -1)
+        auxiliary = self.auxiliary_scales().reshape(experts, 1, 1, -1)
+        auxiliary = auxiliary.expand(experts, experts, rows, -1)
         w_auxiliary = family_rsample(family, torch.zeros_like(auxiliary), auxiliary, k)
 
         # Decoder n reconstructs from [z, w_n]: expert m's own w_m when n = m, else r_n's draw.

@@ -271,7 +271,7 @@ def test_the_gradient_reaches_the_auxiliary_and_shared_prior_logits(bound):
     assert not any(name.startswith("auxiliary") for name, _ in fixed.named_parameters())
     assert isinstance(fixed.prior_scale_logits, torch.Tensor)
     assert "prior_scale_logits" not in dict(fixed.named_parameters())
-    torch.testing.assert_close(fixed.auxiliary_scale("a"), torch.ones(PRIVATE))
+    torch.testing.assert_close(fixed.auxiliary_scales(), torch.ones(2, PRIVATE))
 
 
 @pytest.mark.parametrize("family", ["laplace", "normal"])
