@@ -250,7 +250,8 @@ class JMVAE(MultimodalVAE):
         """The JMVAE-kl loss averaged over the samples, with its parts as metrics."""
         parts = {name: value.mean() for name, value in self.per_sample_objective(batch).items()}
         loss = parts.pop("loss")
-        parts["kl_weight"] = torch.tensor(self.kl_weight, dtype=loss.dtype, device=loss.device)
+        # A tensor op, not torch.tensor(float): no new compiled graph for every weight value.
+        parts["kl_weight"] = loss.new_zeros(()) + self.kl_weight
         return ModelOutput(loss=loss, metrics=parts)
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:

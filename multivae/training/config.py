@@ -86,9 +86,34 @@ def _try_build(build: Callable[[], object], kwargs: dict[str, Any], where: str) 
         raise ConfigError(f"{where}: kwargs {kwargs} are refused: {error}{hint}") from None
 
 
+FUSED_DEVICE_TYPES = ("cpu", "cuda")
+"""Devices where ``torch.optim``'s fused optimizers run."""
+
+
+def _fuses_by_default(
+    cls: type, kwargs: dict[str, Any], parameters: list[torch.nn.Parameter]
+) -> bool:
+    """Whether :meth:`OptimizerConfig.build` turns on ``fused`` (see :class:`OptimizerConfig`)."""
+    if "fused" not in inspect.signature(cls).parameters:
+        return False
+    if any(key in kwargs for key in ("fused", "foreach")) or kwargs.get("differentiable"):
+        return False
+    return bool(parameters) and all(
+        p.is_floating_point() and p.device.type in FUSED_DEVICE_TYPES for p in parameters
+    )
+
+
 @dataclass
 class OptimizerConfig(Config):
     """A ``torch.optim`` optimizer by class name, with its keyword arguments.
+
+    Optimizers that have a fused implementation (``Adam``, ``AdamW``, ``SGD``, ``Adagrad``) get
+    ``fused=True`` when ``kwargs`` set neither ``fused`` nor ``foreach`` and every parameter is a
+    floating-point tensor on the CPU or a CUDA device: PyTorch's default on CPU is a for-loop of
+    small kernels per parameter, which costs 40-85% of a forward and backward pass of the
+    built-in MLPs and which the fused kernel cuts about 3.5x (``benchmarks/RESULTS.md``). The
+    update is the same algorithm; its float rounding differs from the for-loop's in the last
+    bits. ``kwargs: {fused: false}`` keeps PyTorch's default.
 
     Attributes:
         name: Class name in ``torch.optim``, e.g. ``Adam``, ``AdamW``, ``SGD``.
@@ -105,9 +130,11 @@ class OptimizerConfig(Config):
 
     def build(self, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """The optimizer over ``parameters``."""
-        optimizer: torch.optim.Optimizer = getattr(torch.optim, self.name)(
-            parameters, **self.kwargs
-        )
+        cls = getattr(torch.optim, self.name)
+        kwargs = dict(self.kwargs)
+        if _fuses_by_default(cls, kwargs, parameters):
+            kwargs["fused"] = True
+        optimizer: torch.optim.Optimizer = cls(parameters, **kwargs)
         return optimizer
 
 
@@ -181,10 +208,8 @@ class TrainingConfig(Config):
             pass) through ``torch.compile`` (TorchInductor; on CPU it needs a C++ compiler, on
             CUDA Triton). Opt-in: a run's first steps compile its graphs (tens of seconds on
             CPU), which later steps repay, 1.1-1.6x the training samples/s of the built-in MLP
-            models on CPU (``benchmarks/RESULTS.md``). The optimizer step is not compiled; on
-            CPU, Adam's default for-loop implementation costs about as much as the forward and
-            backward passes of these models, and ``optimizer.kwargs.fused: true`` makes it one
-            kernel per parameter (numerically the same update, rounded differently). Random
+            models on CPU (``benchmarks/RESULTS.md``). The optimizer step is not compiled (it is
+            fused by default, see :class:`OptimizerConfig`). Random
             draws match eager mode, so losses equal eager ones within float rounding and resume
             stays exact. A model whose forward pass needs a new graph at (nearly) every step,
             e.g. by making a tensor of a changing Python number with ``torch.tensor``, is
