@@ -202,7 +202,9 @@ def main() -> None:
         def train_step(self, epoch: int):  # type: ignore[no-untyped-def]
             began = time.perf_counter()
             result = super().train_step(epoch)
-            self.train_seconds = getattr(self, "train_seconds", 0.0) + time.perf_counter() - began
+            seconds = time.perf_counter() - began
+            self.train_seconds = getattr(self, "train_seconds", 0.0) + seconds
+            self.epoch_seconds = [*getattr(self, "epoch_seconds", []), seconds]
             return result
 
     name = job["model"]
@@ -280,6 +282,7 @@ def main() -> None:
     seconds = float(trainer.train_seconds)
     n_train = len(train_set)
     report["train_seconds"] = seconds
+    report["epoch_seconds"] = [float(t) for t in trainer.epoch_seconds]
     report["samples_per_s"] = n_train * int(job["epochs"]) / seconds
     model.eval()
     model = model.to(device)
