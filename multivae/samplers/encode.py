@@ -14,6 +14,7 @@ from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.io import staged_folder
 from multivae.models.base import MultimodalVAE
+from multivae.names import JOINT_SAMPLER_FILE, PRIVATE_SAMPLERS_FOLDER, SHARED_SAMPLER_FOLDER
 from multivae.samplers.base import CONFIG_FILE, LatentSampler, create_sampler
 
 
@@ -243,9 +244,9 @@ class JointSampler:
 
 
 JOINT_FORMAT_VERSION = 1
-JOINT_FILE = "joint.json"
-SHARED_FOLDER = "shared"
-PRIVATE_FOLDER = "private"
+JOINT_FILE = JOINT_SAMPLER_FILE
+SHARED_FOLDER = SHARED_SAMPLER_FOLDER
+PRIVATE_FOLDER = PRIVATE_SAMPLERS_FOLDER
 
 
 def _is_sampler_folder(folder: Path) -> bool:

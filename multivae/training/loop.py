@@ -40,6 +40,7 @@ from tqdm import tqdm
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.models.base import ModelOutput, MultimodalVAE
+from multivae.names import METRICS_FILE, MODEL_FOLDER
 from multivae.training.checkpoint import (
     CHECKPOINT_FILE,
     capture_rng_state,
@@ -55,8 +56,7 @@ EpochRecord = dict[str, float | int | str]
 model reports, ``val_loss`` and ``val_<metric>`` when there is validation data,
 ``epoch_time`` (seconds, training and validation) and ``samples_per_s`` (training)."""
 
-MODEL_FOLDER = "model"
-METRICS_FILE = "metrics.json"
+
 _POSTFIX_SECONDS = 1.0
 """How often the progress bar's loss is refreshed (reading it waits for the device)."""
 _GRAPHS_PER_STAGE = 4
