@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "multivae.integrations.mlflow_pyfunc",
             "multivae.integrations.ray_train",
             "multivae.integrations.kuberay",
+            "multivae.integrations.kuberay_crds",
         ),
     ),
     ("run orchestration", ("multivae.run",)),

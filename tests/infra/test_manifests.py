@@ -26,10 +26,10 @@ from kustomize_render import (
     render_overlay,
 )
 
+from multivae.integrations.kuberay_crds import crd_schema
+
 # The oldest Kubernetes minor that kubernetes-validate ships and docs/deploy.md supports.
 KUBERNETES_VERSION = "1.34"
-CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 SHARED_MOUNT = "/mnt/multivae"
 
 
@@ -75,9 +75,7 @@ def _strict(schema: Any) -> Any:
 
 @functools.cache
 def crd_validator(kind: str) -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load((CRD_DIR / CRD_FILES[kind]).read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return jsonschema.Draft7Validator(_strict(version["schema"]["openAPIV3Schema"]))
+    return jsonschema.Draft7Validator(_strict(crd_schema(kind)))
 
 
 def _version(text: str) -> tuple[int, ...]:

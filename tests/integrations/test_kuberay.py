@@ -1,22 +1,12 @@
 """RayJob manifests against the KubeRay CRD, and the wait loops of both remote modes."""
 
-from pathlib import Path
-
 import jsonschema
 import pytest
-import yaml
 
 from multivae.config import ConfigError
 from multivae.integrations.kuberay import rayjob_manifest, run_ray_job, run_rayjob
+from multivae.integrations.kuberay_crds import crd_schema
 from multivae.workflow import train_step
-
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "kuberay"
-
-
-def crd_schema(name):
-    document = yaml.safe_load((SCHEMAS / name).read_text())
-    (version,) = [v for v in document["spec"]["versions"] if v["name"] == "v1"]
-    return version["schema"]["openAPIV3Schema"]
 
 
 def test_the_rayjob_manifest_is_valid_against_the_kuberay_crd():
@@ -29,7 +19,7 @@ def test_the_rayjob_manifest_is_valid_against_the_kuberay_crd():
         auth_secret="multivae-ray-auth",
         active_deadline_s=3600,
     )
-    jsonschema.validate(manifest, crd_schema("ray.io_rayjobs.yaml"))
+    jsonschema.validate(manifest, crd_schema("RayJob"))
     assert manifest["spec"]["clusterSelector"] == {"ray.io/cluster": "multivae-ray"}
     (container,) = manifest["spec"]["submitterPodTemplate"]["spec"]["containers"]
     assert container["env"][0] == {"name": "RAY_AUTH_MODE", "value": "token"}
@@ -39,7 +29,7 @@ def test_the_rayjob_manifest_is_valid_against_the_kuberay_crd():
     }
     broken = {**manifest, "spec": {**manifest["spec"], "ttlSecondsAfterFinished": "soon"}}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, crd_schema("ray.io_rayjobs.yaml"))
+        jsonschema.validate(broken, crd_schema("RayJob"))
 
 
 class FakeCustomObjects:
