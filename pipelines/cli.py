@@ -113,13 +113,15 @@ def check_arguments(arguments: dict[str, Any]) -> None:
     )
 
 
-def compile_pipeline(path: str | os.PathLike[str], platform: str = "kubernetes") -> Path:
-    """Compile the pipeline to KFP IR YAML at ``path``."""
+def compile_pipeline(
+    path: str | os.PathLike[str], platform: str = "kubernetes", train_gpus: int = 0
+) -> Path:
+    """Compile the pipeline to KFP IR YAML at ``path`` (``train_gpus``: see build_pipeline)."""
     from kfp import compiler
 
     from pipelines.pipeline import build_pipeline
 
-    compiler.Compiler().compile(build_pipeline(platform), package_path=str(path))
+    compiler.Compiler().compile(build_pipeline(platform, train_gpus), package_path=str(path))
     path = Path(path)
     path.write_text(_stable_header(path.read_text()))
     return path
@@ -163,6 +165,7 @@ def submit(
     run_name: str | None = None,
     service_account: str | None = "multivae-pipeline",
     enable_caching: bool | None = None,
+    train_gpus: int = 0,
     client: Any = None,
 ) -> Any:
     """Compile the cluster pipeline and create a run of it on a KFP endpoint.
@@ -178,6 +181,7 @@ def submit(
         service_account: The steps' Kubernetes service account (the ``rayjob`` mode creates
             RayJobs with it; see ``infra/base/rbac.yaml``).
         enable_caching: Override the compiled caching settings for every step.
+        train_gpus: GPUs of the train step's pod (``train_mode=local``; see ``build_pipeline``).
         client: A ``kfp.Client`` (built from host and token by default).
 
     Returns:
@@ -201,7 +205,7 @@ def submit(
             )
     try:
         with tempfile.TemporaryDirectory() as scratch:
-            package = compile_pipeline(Path(scratch) / "pipeline.yaml")
+            package = compile_pipeline(Path(scratch) / "pipeline.yaml", train_gpus=train_gpus)
             return client.create_run_from_pipeline_package(
                 str(package),
                 arguments=arguments,
@@ -359,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument("--experiment", default="multivae")
     submit_cmd.add_argument("--run-name")
     submit_cmd.add_argument("--service-account", default="multivae-pipeline")
+    for command in (compile_cmd, submit_cmd):
+        command.add_argument(
+            "--train-gpus",
+            type=int,
+            default=0,
+            metavar="N",
+            help="GPUs (nvidia.com/gpu) for the train step's pod, when it trains in the step",
+        )
     local_cmd = commands.choices["run-local"]
     local_cmd.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (runs/pipeline)")
     local_cmd.add_argument("--no-cache", action="store_true", help="rerun every step")
@@ -370,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "compile":
-            path = compile_pipeline(args.out, args.platform)
+            path = compile_pipeline(args.out, args.platform, args.train_gpus)
             print(f"compiled {path}")
             return 0
         arguments = pipeline_arguments(args)
@@ -383,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 experiment=args.experiment,
                 run_name=args.run_name,
                 service_account=args.service_account,
+                train_gpus=args.train_gpus,
             )
             print(f"submitted run {result.run_id}")
             return 0

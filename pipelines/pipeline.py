@@ -15,6 +15,7 @@ and the components' image come from ``infra/base/settings.env`` (:mod:`pipelines
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from kfp import dsl
@@ -50,14 +51,58 @@ NO_SOURCE: dict[str, Any] = {}
 PLATFORMS = ("local", "kubernetes")
 
 
-def build_pipeline(platform: str = "kubernetes") -> Callable[..., Any]:
+@dataclass(frozen=True)
+class StepResources:
+    """What a step's pod requests and may use on a cluster, and how often a failure is retried.
+
+    CPU in cores (``"500m"`` is half a core), memory in bytes with a unit (``"4Gi"``).
+    ``retries`` is 0 for a step with effects outside its own outputs.
+    """
+
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    retries: int
+
+
+STEP_RESOURCES = {
+    # Generating or converting a dataset and training its judges (small CNNs).
+    "preprocess": StepResources("1", "2", "2Gi", "4Gi", retries=2),
+    # Training in the step (train_mode local); with a Ray mode the step only submits and waits.
+    # A retry trains again from the same seed into a fresh artifact.
+    "train": StepResources("2", "4", "8Gi", "16Gi", retries=1),
+    # The metrics (likelihoods, coherences, FID features) on the test split.
+    "evaluate": StepResources("1", "2", "4Gi", "8Gi", retries=2),
+    "sample-augmentation": StepResources("1", "2", "4Gi", "8Gi", retries=2),
+    # Pushes to the Hub and creates a registry version: not retried (a retry could publish twice).
+    "register": StepResources("500m", "1", "1Gi", "2Gi", retries=0),
+}
+"""Per step, on the ``kubernetes`` platform. KFP's local runner ignores them."""
+RETRY_BACKOFF = "30s"
+RETRY_BACKOFF_FACTOR = 2.0
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def build_pipeline(platform: str = "kubernetes", train_gpus: int = 0) -> Callable[..., Any]:
     """The pipeline function for ``platform`` (``local`` or ``kubernetes``).
 
+    Args:
+        platform: ``local`` (KFP's local runner) or ``kubernetes``.
+        train_gpus: GPUs (``nvidia.com/gpu``) the train step's pod requests on ``kubernetes``,
+            for ``train_mode=local`` (with a Ray mode the GPUs belong to the Ray workers).
+
     Raises:
-        ValueError: For another platform.
+        ValueError: For another platform, or a negative ``train_gpus``, or GPUs asked of the
+            local platform.
     """
     if platform not in PLATFORMS:
         raise ValueError(f"platform: expected one of {list(PLATFORMS)}, found {platform!r}")
+    if train_gpus < 0 or (train_gpus and platform != "kubernetes"):
+        raise ValueError(
+            f"train_gpus: expected 0, or a positive count on the kubernetes platform; found "
+            f"{train_gpus} on {platform!r}"
+        )
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -196,8 +241,35 @@ def build_pipeline(platform: str = "kubernetes") -> Callable[..., Any]:
         registered.set_caching_options(False)
         if platform == "kubernetes":
             _cluster_wiring(prepared, trained, evaluated, augmented, registered)
+            _resources(
+                {
+                    "preprocess": prepared,
+                    "train": trained,
+                    "evaluate": evaluated,
+                    "sample-augmentation": augmented,
+                    "register": registered,
+                },
+                train_gpus,
+            )
 
     return multivae_pipeline
+
+
+def _resources(tasks: dict[str, Any], train_gpus: int) -> None:
+    """Requests, limits and retries of :data:`STEP_RESOURCES`; GPUs for the train step."""
+    for step, task in tasks.items():
+        resources = STEP_RESOURCES[step]
+        task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
+        task.set_memory_request(resources.memory_request)
+        task.set_memory_limit(resources.memory_limit)
+        if resources.retries:
+            task.set_retry(
+                resources.retries,
+                backoff_duration=RETRY_BACKOFF,
+                backoff_factor=RETRY_BACKOFF_FACTOR,
+            )
+    if train_gpus:
+        tasks["train"].set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(train_gpus)
 
 
 def _cluster_wiring(*tasks: Any) -> None:

@@ -20,7 +20,7 @@ from multivae.data.summary import summarize
 from multivae.models.base import MultimodalVAE
 from multivae.samplers import load_sampler
 from pipelines.cli import compile_pipeline, main, run_local, submit
-from pipelines.pipeline import SHARED_MOUNT, SHARED_PVC, build_pipeline
+from pipelines.pipeline import SHARED_MOUNT, SHARED_PVC, STEP_RESOURCES, build_pipeline
 from pipelines.settings import SETTINGS, load_settings, read_env_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -382,6 +382,58 @@ def test_submit_refuses_bad_parameters_before_any_request(fake_kfp):
     with pytest.raises(ConfigError, match="missing_rate"):
         submit({"missing_rate": 2.0}, host=host)
     assert seen == []
+
+
+def _executor_resources(pipeline):
+    """Step name -> the resources of its executor, and step name -> its retry policy."""
+    tasks = pipeline["root"]["dag"]["tasks"]
+    executors = pipeline["deploymentSpec"]["executors"]
+    components = pipeline["components"]
+    resources = {
+        name: executors[components[task["componentRef"]["name"]]["executorLabel"]]["container"].get(
+            "resources"
+        )
+        for name, task in tasks.items()
+    }
+    return resources, {name: task.get("retryPolicy") for name, task in tasks.items()}
+
+
+def test_every_step_declares_requests_limits_and_retries_on_a_cluster(compiled, tmp_path):
+    pipeline, _ = _documents(compiled[0])
+    resources, retries = _executor_resources(pipeline)
+    assert set(resources) == set(STEPS) == set(STEP_RESOURCES)
+    for step, expected in STEP_RESOURCES.items():
+        declared = resources[step]
+        assert declared["resourceCpuRequest"] == expected.cpu_request, step
+        assert declared["resourceCpuLimit"] == expected.cpu_limit, step
+        assert declared["resourceMemoryRequest"] == expected.memory_request, step
+        assert declared["resourceMemoryLimit"] == expected.memory_limit, step
+        assert "accelerator" not in declared, step
+        if expected.retries:
+            assert retries[step]["maxRetryCount"] == expected.retries, step
+            assert retries[step]["backoffDuration"] == "30s", step
+        else:
+            assert retries[step] is None, step
+    # Publishing has effects outside the step: never retried.
+    assert retries["register"] is None and STEP_RESOURCES["register"].retries == 0
+
+    with_gpu, _ = _documents(compile_pipeline(tmp_path / "gpu.yaml", train_gpus=2).read_text())
+    gpu_resources, _ = _executor_resources(with_gpu)
+    assert gpu_resources["train"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert gpu_resources["train"]["accelerator"]["resourceCount"] == "2"
+    assert all("accelerator" not in r for step, r in gpu_resources.items() if step != "train")
+    assert main(["compile", "--out", str(tmp_path / "cli.yaml"), "--train-gpus", "1"]) == 0
+    cli_resources, _ = _executor_resources(_documents((tmp_path / "cli.yaml").read_text())[0])
+    assert cli_resources["train"]["accelerator"]["resourceCount"] == "1"
+
+    # The local runner gets plain components: no cluster resources, and no GPUs to ask for.
+    (local,) = yaml.safe_load_all(compile_pipeline(tmp_path / "local.yaml", "local").read_text())
+    local_resources, local_retries = _executor_resources(local)
+    assert not any(local_resources.values()) and not any(local_retries.values())
+    with pytest.raises(ValueError, match="train_gpus: expected 0, or a positive count"):
+        build_pipeline("local", train_gpus=1)
+    with pytest.raises(ValueError, match="found -1"):
+        build_pipeline("kubernetes", train_gpus=-1)
 
 
 def test_the_compiled_pipeline_runs_the_image_the_manifests_and_dockerfile_name(compiled):
