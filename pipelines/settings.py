@@ -13,7 +13,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-SETTINGS_FILE = Path(__file__).resolve().parent.parent / "infra" / "base" / "settings.env"
+HERE = Path(__file__).resolve().parent
+REPOSITORY_SETTINGS_FILE = HERE.parent / "infra" / "base" / "settings.env"
+PACKAGED_SETTINGS_FILE = HERE / "settings.env"
+"""The copy a built wheel carries (``setup.py`` copies the repository's file at build time)."""
+SETTINGS_FILE = (
+    REPOSITORY_SETTINGS_FILE if REPOSITORY_SETTINGS_FILE.is_file() else PACKAGED_SETTINGS_FILE
+)
+"""The repository's file in a checkout (editable install), else the wheel's copy."""
 KEYS = (
     "MULTIVAE_IMAGE",
     "MULTIVAE_NAMESPACE",

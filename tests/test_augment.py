@@ -151,7 +151,7 @@ def test_sampled_dataset_is_valid_seeded_and_records_provenance(tmp_path, views,
 def multivae_version():
     from importlib.metadata import version
 
-    return version("multivae")
+    return version("multivae-platform")
 
 
 def test_sampled_images_are_clamped_to_the_declared_range(tmp_path, digits):

@@ -9,7 +9,6 @@ provenance with the library's version and the time.
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from multivae.data.schema import SPLITS, DatasetSchema, ModalitySpec
+from multivae.distribution import installed_version
 from multivae.models.base import MultimodalVAE
 
 PROVENANCE_KEY = "provenance"
@@ -27,11 +27,8 @@ PROVENANCE_KEY = "provenance"
 
 
 def library_version() -> str:
-    """The installed version of multivae, recorded in the provenance."""
-    try:
-        return importlib.metadata.version("multivae")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - an uninstalled checkout
-        return "unknown"
+    """The installed version of this project, recorded in the provenance."""
+    return installed_version()
 
 
 def now() -> str:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 
 from multivae.data.errors import DataFormatError
 from multivae.data.reader import list_splits, split_files
+from multivae.distribution import DISTRIBUTION, installed_version
 from multivae.names import (
     FIGURES_FOLDER,
     METRICS_FILE,
@@ -161,11 +163,8 @@ def flatten_config(mapping: Mapping[str, Any], limit: int = MAX_PARAM_VAL_LENGTH
 
 
 def package_version() -> str:
-    """The installed version of multivae, or ``"unknown"``."""
-    try:
-        return metadata.version("multivae")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The installed version of this project's distribution, or ``"unknown"``."""
+    return installed_version()
 
 
 def git_commit() -> str | None:
@@ -271,11 +270,36 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
 
 
 def _requirements() -> list[str]:
-    version = package_version()
-    return [
-        f"mlflow=={mlflow.__version__}",
-        "multivae" if version == "unknown" else f"multivae=={version}",
-    ]
+    """What the pyfunc model's environment installs from an index.
+
+    MLflow and this project's own runtime dependencies (``torch``, ``safetensors``, ...), as the
+    installed distribution declares them. The project itself is never among them: its code
+    travels inside the model (:func:`_project_code`), because the index's ``multivae`` is
+    another project.
+    """
+    requirements = [f"mlflow=={mlflow.__version__}"]
+    try:
+        declared = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        declared = []
+    for requirement in declared:
+        if "extra ==" in requirement:  # optional dependencies (ray, kfp, dev, ...)
+            continue
+        requirements.append(requirement.split(";")[0].strip())
+    return requirements
+
+
+def _project_code(folder: Path) -> Path:
+    """A copy of the ``multivae`` package in ``folder``, for the pyfunc model's ``code_paths``.
+
+    MLflow puts it into the model's ``code/`` folder and that folder first on ``sys.path`` when
+    the model loads, so the model runs the code it was logged with, with or without this
+    project installed. Bytecode caches are left out.
+    """
+    source = Path(__file__).resolve().parents[1]
+    target = folder / "multivae"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
 
 
 def register_model(
@@ -335,6 +359,7 @@ def register_model(
                 signature=signature,
                 input_example=example,
                 pip_requirements=_requirements(),
+                code_paths=[str(_project_code(Path(temporary) / "code"))],
                 mlflow_model=Model(
                     artifact_path=logged.artifact_location,
                     run_id=run_id,

@@ -21,6 +21,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 import multivae
 from multivae.data import DataFormatError, MultimodalDataset, SplitArrays, write_split
 from multivae.data.datasets import prepare_builtin
+from multivae.distribution import DISTRIBUTION
 from multivae.integrations.mlflow import (
     TRUNCATED,
     MLflowCallback,
@@ -148,7 +149,7 @@ def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path, dataset, trackin
     tags = run.data.tags
     assert tags["multivae.model"] == "mopoe"
     assert tags["multivae.dataset_fingerprint"] == dataset_fingerprint(dataset)
-    assert tags["multivae.version"] == metadata.version("multivae")
+    assert tags["multivae.version"] == metadata.version(DISTRIBUTION)
     assert tags["team"] == "vae"
     assert "mlflow.parentRunId" not in tags
 
@@ -276,7 +277,7 @@ def test_an_interrupted_run_ends_killed(tmp_path, dataset, tracking_uri, client)
 
 
 def test_registered_model_loads_as_pyfunc_and_predicts(
-    tmp_path, dataset, tracking_uri, client, monkeypatch
+    tmp_path, dataset, tracking_uri, client, monkeypatch, fresh_python
 ):
     config = run_config(tmp_path / "run", dataset, epochs=2)
     callback = MLflowCallback(
@@ -328,6 +329,43 @@ def test_registered_model_loads_as_pyfunc_and_predicts(
     )
     assert only.keys() == {"view0"}
     assert only["view0"].shape == (10, 8)
+
+    # The model carries the project's code and asks the index only for dependencies: never
+    # for "multivae", which on the index is another project.
+    requirements = (Path(source.removeprefix("file://")) / "requirements.txt").read_text()
+    assert not [r for r in requirements.split() if r.split("=")[0].split(">")[0] == "multivae"]
+    assert "code/multivae/models/mopoe.py" in files
+    assert not [path for path in files if "__pycache__" in path]
+
+    # A fresh interpreter where multivae is not installed loads it from the model's own code.
+    fresh = fresh_python()
+    np.save(tmp_path / "view0.npy", np.asarray(test.data["view0"]))
+    script = f"""
+import importlib.util, json, sys
+assert importlib.util.find_spec("multivae") is None, "multivae is importable before loading"
+import mlflow.pyfunc, numpy as np, torch
+model = mlflow.pyfunc.load_model("models:/poly-model/1")
+import multivae
+torch.manual_seed(0)
+out = model.predict({{"view0": np.load({str(tmp_path / "view0.npy")!r})}})
+np.save({str(tmp_path / "fresh-view1.npy")!r}, out["view1"])
+print(json.dumps({{"multivae": multivae.__file__}}))
+"""
+    cwd = tmp_path / "fresh-cwd"
+    cwd.mkdir()
+    done = subprocess.run(
+        [str(fresh), "-I", "-c", script],
+        cwd=cwd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded_from = json.loads(done.stdout.strip().splitlines()[-1])["multivae"]
+    assert "/code/multivae/" in loaded_from, loaded_from
+    assert not loaded_from.startswith(str(Path(multivae.__file__).parent))
+    np.testing.assert_array_equal(np.load(tmp_path / "fresh-view1.npy"), expected["view1"].numpy())
 
 
 def test_fingerprint_follows_the_data_not_the_folder(tmp_path, dataset):
@@ -409,7 +447,7 @@ def test_flatten_config_gives_dotted_keys_and_compact_values(tracking_uri, clien
 def test_run_tags_name_the_git_commit_when_there_is_one(tmp_path, dataset, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the working_dir fixture's folder: git init writes there
     tags = run_tags("mvae")
-    assert tags == {"multivae.model": "mvae", "multivae.version": metadata.version("multivae")}
+    assert tags == {"multivae.model": "mvae", "multivae.version": metadata.version(DISTRIBUTION)}
     if shutil.which("git") is None:
         pytest.skip("no git executable")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
