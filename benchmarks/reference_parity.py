@@ -646,9 +646,41 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = _mean(row["ours"]["steady_samples_per_s"])
         ref = _mean(row["reference"]["steady_samples_per_s"])
         row["steady_speed_ratio"] = ours / ref if ours and ref else None
+        for size in ("1", "2"):
+            row[f"difference_{size}"] = paired_difference(group, size)
         row["note"] = group[0].get("note", "")
         rows.append(row)
     return rows
+
+
+def paired_difference(group: Sequence[Mapping[str, Any]], size: str) -> dict[str, Any] | None:
+    """Ours minus the reference's coherence from ``size`` modalities, paired by seed.
+
+    The mean over the seeds both sides ran, the half-width of its 95% confidence interval
+    (Student's t on the per-seed differences) and the verdict: ``above`` (mean >= 0),
+    ``tie`` (below 0 but the interval reaches 0: not distinguishable from seed noise) or
+    ``below`` (the whole interval under 0). ``None`` without two paired seeds.
+    """
+    from scipy import stats
+
+    differences = [
+        run["ours"]["per_size"][size] - run["reference"]["per_size"][size]
+        for run in group
+        if all(size in (run.get(side) or {}).get("per_size", {}) for side in ("ours", "reference"))
+    ]
+    if len(differences) < 2:
+        return None
+    mean = statistics.fmean(differences)
+    half = float(stats.t.ppf(0.975, len(differences) - 1)) * statistics.stdev(differences)
+    half /= len(differences) ** 0.5
+    verdict = "above" if mean >= 0 else ("tie" if mean + half >= 0 else "below")
+    return {"mean": mean, "ci95": half, "seeds": len(differences), "verdict": verdict}
+
+
+def _difference_cell(difference: Mapping[str, Any] | None) -> str:
+    if difference is None:
+        return "n/a"
+    return f"{difference['mean']:+.3f} ± {difference['ci95']:.3f} ({difference['verdict']})"
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -656,8 +688,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| dataset | setting | model | ref coh. 1 | ref coh. 2 | ours coh. 1 | ours coh. 2 "
         "| ref joint coh. | ours joint coh. | ref joint NLL | ours joint NLL | ref samples/s "
-        "| ours samples/s | ours/ref speed | ours/ref speed after epoch 1 | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ours samples/s | ours/ref speed | ours/ref speed after epoch 1 "
+        "| ours - ref coh. 1 (95% CI) | ours - ref coh. 2 (95% CI) | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ref, ours = row["reference"], row["ours"]
@@ -685,6 +718,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                     "n/a"
                     if row.get("steady_speed_ratio") is None
                     else f"{row['steady_speed_ratio']:.2f}",
+                    _difference_cell(row.get("difference_1")),
+                    _difference_cell(row.get("difference_2")),
                     "; ".join(n for n in notes if n),
                 ]
             )

@@ -65,3 +65,27 @@ def test_conditioning_subsets_of_three_modalities(parity):
         ("a", "c"),
         ("b", "c"),
     ]
+
+
+def _runs(pairs):
+    return [
+        {"ours": {"per_size": {"1": ours}}, "reference": {"per_size": {"1": ref}}}
+        for ours, ref in pairs
+    ]
+
+
+def test_paired_differences_give_a_t_interval_and_a_verdict(parity):
+    # Differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, t(0.975, 2) = 4.302653.
+    found = parity.paired_difference(_runs([(0.6, 0.5), (0.7, 0.5), (0.8, 0.5)]), "1")
+    assert found["mean"] == pytest.approx(0.2)
+    assert found["ci95"] == pytest.approx(4.302653 * 0.1 / 3**0.5, rel=1e-6)
+    assert (found["seeds"], found["verdict"]) == (3, "above")
+    # Mean -0.05 with an interval that reaches 0: seed noise, a tie.
+    tie = parity.paired_difference(_runs([(0.5, 0.6), (0.6, 0.6), (0.55, 0.6)]), "1")
+    assert tie["mean"] == pytest.approx(-0.05) and tie["verdict"] == "tie"
+    # Every seed lower by about 0.1: below.
+    below = parity.paired_difference(_runs([(0.4, 0.5), (0.41, 0.5), (0.39, 0.5)]), "1")
+    assert below["verdict"] == "below"
+    # Unpaired or single seeds give no interval; a side without the size is left out.
+    assert parity.paired_difference(_runs([(0.4, 0.5)]), "1") is None
+    assert parity.paired_difference([*_runs([(0.4, 0.5)]), {"ours": {"error": "x"}}], "1") is None
