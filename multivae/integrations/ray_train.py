@@ -134,6 +134,18 @@ class RayShardBatches:
             yield batch_from_columns(columns, self.modalities)
 
 
+FINAL_REPORT_KEY = "run_finished"
+"""Set in the last report of a run (with its outputs); a key Ray Tune does not reserve."""
+TUNE_RESERVED_KEYS = frozenset(
+    {"done", "should_checkpoint", "trial_id", "experiment_tag", "time_this_iter_s"}
+    | {"time_total_s", "training_iteration", "timesteps_this_iter", "episodes_this_iter"}
+    | {"timesteps_total", "episodes_total", "timestamp", "date", "config", "pid", "hostname"}
+    | {"node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name"}
+    | {"timesteps_since_restore"}
+)
+"""Result keys Ray Tune fills in or acts on (``ray.tune.result``); never reported by a run."""
+
+
 class RayReportCallback(Callback):
     """Reports every epoch to Ray Train, with the checkpoint when the epoch wrote one.
 
@@ -153,7 +165,9 @@ class RayReportCallback(Callback):
     def on_train_end(self, result: TrainingResult) -> None:
         """Report the final outputs (``checkpoint.pt``, ``model/``, ``metrics.json``)."""
         final = dict(result.history[-1]) if result.history else {}
-        final["done"] = True
+        # Not "done": Tune reserves it (a trial reporting done=True is stopped before it can
+        # copy its outputs), and every key here reaches Tune when the run is a sweep's trial.
+        final[FINAL_REPORT_KEY] = True
         _report(
             final,
             {
@@ -176,6 +190,12 @@ def _run_files(folder: Path) -> dict[str, Path]:
 
 
 def _report(metrics: dict[str, Any], files: Mapping[str, Path]) -> None:
+    reserved = sorted(TUNE_RESERVED_KEYS & set(metrics))
+    if reserved:
+        raise ValueError(
+            f"Ray Train report: keys {reserved} are reserved by Ray Tune (a sweep's trial that "
+            "reports them is stopped or misread); rename them"
+        )
     import ray.train
 
     if not files or distributed_rank() != 0:

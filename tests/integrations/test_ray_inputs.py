@@ -132,3 +132,62 @@ def test_the_example_sweeps_pass_the_checks(name, tmp_path, monkeypatch):
     sweep, base = load_sweep(Path(__file__).resolve().parents[2] / "examples" / f"{name}.yaml")
     check_sweep(sweep, base)
     assert sweep.num_samples > 1 and sweep.scheduler is not None
+
+
+def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
+    import ray.tune.result as tune_result
+
+    from multivae.integrations import ray_train
+    from multivae.training.loop import TrainingResult
+
+    # Every key Tune fills in or acts on is in the project's list (a Ray upgrade adding one
+    # fails here).
+    tune_keys = set(tune_result.AUTO_RESULT_KEYS) | {
+        tune_result.DONE,
+        tune_result.SHOULD_CHECKPOINT,
+        tune_result.TRIAL_ID,
+        tune_result.EXPERIMENT_TAG,
+        tune_result.TIMESTEPS_THIS_ITER,
+        tune_result.EPISODES_THIS_ITER,
+    }
+    assert tune_keys <= ray_train.TUNE_RESERVED_KEYS
+    assert ray_train.FINAL_REPORT_KEY not in tune_keys
+
+    # The final report of a run, as the worker's callback builds it, reaches ray.train.report
+    # without a reserved key; a reserved key is refused before Ray is called.
+    for name in ("checkpoint.pt", "metrics.json"):
+        (tmp_path / name).write_text("{}")
+    (tmp_path / "model").mkdir()
+    result = TrainingResult(
+        history=[{"epoch": 2, "stage": "main", "train_loss": 1.5, "epoch_time": 0.1}],
+        monitor="train_loss",
+        best_epoch=2,
+        best_loss=1.5,
+        epochs_run=2,
+        wall_time=0.2,
+        early_stopped=[],
+        stopped_by_callback=False,
+        output_dir=tmp_path,
+        checkpoint_path=tmp_path / "checkpoint.pt",
+        model_dir=tmp_path / "model",
+        metrics_path=tmp_path / "metrics.json",
+    )
+    reported = []
+    original = ray_train._report
+
+    def checked(metrics, files):
+        # The real check, then the capture instead of ray.train.report (no Train session).
+        if set(metrics) & ray_train.TUNE_RESERVED_KEYS:
+            original(metrics, files)
+        reported.append(dict(metrics))
+
+    ray_train._report = checked
+    try:
+        ray_train.RayReportCallback().on_train_end(result)
+    finally:
+        ray_train._report = original
+    (final,) = reported
+    assert final[ray_train.FINAL_REPORT_KEY] is True
+    assert not set(final) & ray_train.TUNE_RESERVED_KEYS
+    with pytest.raises(ValueError, match=r"keys \['done'\] are reserved by Ray Tune"):
+        ray_train._report({"train_loss": 1.0, "done": True}, {})
