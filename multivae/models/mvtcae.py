@@ -16,13 +16,20 @@ The reconstruction weight comes from the two parts of the bound: the VIB term re
 the other ``M - 1`` with weight ``alpha / M``, so ``(1 - alpha) + alpha (M - 1) / M =
 (M - alpha) / M``.
 
-Incomplete samples (restriction principle): a sample observed on ``O`` gets the objective of the
-sub-dataset ``X_O``: the product runs over ``O``, only the modalities of ``O`` are reconstructed
-and have a conditional KL, and every ``M`` above becomes ``|O|``
-(``incomplete_weights="observed"``, the default). With ``|O| = 1`` the conditional KL is exactly
-0 and the loss is ``(1 - alpha) * (-log p(x_m | z) + beta * KL(q_m || p))``.
-``incomplete_weights="reference"`` keeps the weights at the full ``M``, as the reference does. A
-sample with no observed modality contributes exactly 0. Everything is masked with
+Incomplete samples: a sample observed on ``O`` has its product run over ``O``, and only the
+modalities of ``O`` are reconstructed and have a conditional KL. Two rules weigh the terms:
+
+* ``incomplete_weights="reference"`` (the default, as in the reference code): the weights keep
+  the full ``M``.
+* ``incomplete_weights="observed"`` (the restriction principle): every ``M`` above becomes
+  ``|O|``, so the sample gets exactly the objective of the sub-dataset ``X_O``; with ``|O| = 1``
+  the conditional KL is 0 and the loss is ``(1 - alpha) * (-log p(x_m | z) + beta * KL(q_m ||
+  p))``.
+
+The default is the rule that scored higher on data: on gaussian-views with half of the views
+missing (10 seeds, ``benchmarks/RESULTS.md``), cross-modal coherence from 1 / 2 modalities was
+0.479 / 0.555 with the reference's weights and 0.474 / 0.548 with the observed ones. A sample
+with no observed modality contributes exactly 0 under both. Everything is masked with
 ``torch.where``: absent experts get zero precision and their encoders exactly zero gradient.
 
 Inference: the posterior given a subset ``S`` is the product of the observed experts of ``S``
@@ -34,8 +41,6 @@ Deliberate differences from the reference code (MultiVae):
 * The loss is a per-sample mean over the batch.
 * Absent experts are removed by masking precisions; the reference writes infinite log-variances
   into the encoder outputs in place and overwrites the KLs computed from them.
-* Incomplete samples use the weights of their observed modalities (see above); the reference's
-  fixed weights are the ``"reference"`` option.
 * The joint likelihood is computed for incomplete samples too, in one batched pass (the
   reference refuses masks and loops per sample).
 
@@ -71,13 +76,13 @@ class MVTCAEConfig(ModelConfig):
         alpha: The total-correlation ratio in ``[0, 1]``: the weight of the conditional KLs
             against the KL to the prior (``0`` gives a beta-ELBO of the product).
         beta: The weight of the whole KL part.
-        incomplete_weights: ``observed``: an incomplete sample's weights count its observed
-            modalities ``|O|``; ``reference``: they count all ``M`` modalities.
+        incomplete_weights: ``reference``: an incomplete sample's weights count all ``M``
+            modalities; ``observed``: they count its observed modalities ``|O|``.
     """
 
     alpha: float = 0.1
     beta: float = 2.5
-    incomplete_weights: Literal["observed", "reference"] = "observed"
+    incomplete_weights: Literal["observed", "reference"] = "reference"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -103,7 +108,7 @@ class MVTCAE(MultimodalVAE):
     config_class: ClassVar[type[ModelConfig]] = MVTCAEConfig
     declared_capabilities: ClassVar[Capabilities] = Capabilities()
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
-        "reference-weights": {"incomplete_weights": "reference", "alpha": 5 / 6, "beta": 1.0},
+        "observed-weights": {"incomplete_weights": "observed", "alpha": 5 / 6, "beta": 1.0},
     }
     config: MVTCAEConfig
 

@@ -21,8 +21,9 @@ from multivae.training.config import OptimizerConfig
 
 COHERENCE_FLOOR = 0.25
 """2.5 times chance. Measured on 2 CPU cores with these settings (torch 2.14): JMVAE 0.49,
-MVAE 0.33, MMVAE 0.39, MoPoE 0.47-0.57, MVTCAE 0.54 (with beta 1; at its default 2.5 it was
-still at 0.12 after 10 epochs), MMVAE+ 0.45, DMVAE 0.49. The models leave the mean-image
+MVAE 0.33, MMVAE 0.39, MoPoE 0.47-0.57, MVTCAE 0.54 (with beta 1 and the observed-modality
+weights it had by default then; at beta 2.5 it was still at 0.12 after 10 epochs), MMVAE+ 0.45,
+DMVAE 0.49. The models leave the mean-image
 plateau (coherence exactly 0.1) after 5-6 epochs of 63 steps; the learning rate of 3e-3 and
 batches of 32 make that happen within the time a test can take."""
 MODEL_OPTIONS = {
