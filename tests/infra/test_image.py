@@ -133,12 +133,20 @@ def test_lock_pins_every_dependency_of_the_image():
     wanted = list(project["dependencies"])
     for extra in ("ray", "mlflow", "kfp"):
         wanted += extras[extra]
-    assert extras["all"] == ["multivae[ray,mlflow,kfp]"]
+    assert project["name"] == "multivae-platform"  # the index's "multivae" is another project
+    assert extras["all"] == ["multivae-platform[ray,mlflow,kfp]"]
     server = (INFRA / "requirements-server.in").read_text().splitlines()
     wanted += [line for line in server if line.strip() and not line.startswith("#")]
     locked = locked_versions()
     missing = sorted({requirement_name(r) for r in wanted} - set(locked))
     assert not missing, f"not in {LOCK.name}: {missing}; run infra/lock.sh"
+    # The image's versions meet the floors pyproject.toml declares.
+    from packaging.requirements import Requirement
+
+    for text in wanted:
+        requirement = Requirement(text)
+        version = locked[requirement_name(text)]
+        assert requirement.specifier.contains(version, prereleases=True), (text, version)
     command = LOCK.read_text().splitlines()[1].lstrip("# ")
     assert command.startswith("uv pip compile pyproject.toml infra/requirements-server.in"), command
     assert "--constraint infra/lock-pins.txt" in command
