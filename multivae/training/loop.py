@@ -40,7 +40,8 @@ from tqdm import tqdm
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.models.base import ModelOutput, MultimodalVAE
-from multivae.names import METRICS_FILE, MODEL_FOLDER
+from multivae.names import METRICS_FILE as METRICS_FILE
+from multivae.names import MODEL_FOLDER as MODEL_FOLDER
 from multivae.training.checkpoint import (
     CHECKPOINT_FILE,
     capture_rng_state,
