@@ -38,7 +38,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -316,6 +316,76 @@ class SweepResult:
     parent_run_id: str | None
 
 
+DATA_HEADROOM_CPUS = 1.0
+"""CPUs left unreserved for each running trial whose training is a Ray Train run: Ray Data's
+read tasks of its dataset need them (with every CPU held by trial drivers and Train workers they
+get a budget of 0 and the trial waits forever)."""
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """The CPUs a sweep needs per running trial, and how many trials run at once.
+
+    Attributes:
+        driver_cpus: What each trial's Tune actor reserves (``trial_resources.cpu``).
+        workers: Ray Train workers per trial (``train_workers``; 0: the driver trains).
+        cpus_per_worker: CPUs of each worker (``run.ray.cpus_per_worker``).
+        headroom_cpus: Left free per trial for its dataset's read tasks (0 without workers).
+        cluster_cpus: The cluster's CPUs (``ray.cluster_resources()``, or those Ray is started
+            with).
+        concurrency: Trials run at once: ``max_concurrent_trials``, lowered to what fits.
+    """
+
+    driver_cpus: float
+    workers: int
+    cpus_per_worker: float
+    headroom_cpus: float
+    cluster_cpus: float
+    concurrency: int
+
+    @property
+    def trial_cpus(self) -> float:
+        """CPUs one running trial takes, headroom included."""
+        return self.driver_cpus + self.workers * self.cpus_per_worker + self.headroom_cpus
+
+    def describe(self) -> str:
+        """One line: what a trial needs and what runs at once."""
+        return (
+            f"{self.concurrency} trial(s) at once, each {self.trial_cpus:g} CPUs (driver "
+            f"{self.driver_cpus:g} + {self.workers} worker(s) x {self.cpus_per_worker:g} + "
+            f"headroom {self.headroom_cpus:g}), on {self.cluster_cpus:g} CPUs"
+        )
+
+
+def plan_sweep(sweep: SweepConfig, base: Mapping[str, Any], cluster_cpus: float) -> SweepPlan:
+    """Size the sweep's concurrency to ``cluster_cpus``, or refuse a sweep that cannot fit.
+
+    Raises:
+        ConfigError: When not even one trial fits, with what it needs and what there is.
+    """
+    ray_section = dict(with_params(base, {}).get("ray") or {})
+    workers = int(sweep.train_workers)
+    cpus_per_worker = float(ray_section.get("cpus_per_worker", 1.0)) if workers else 0.0
+    plan = SweepPlan(
+        driver_cpus=float(sweep.trial_resources.get("cpu", 1.0)),
+        workers=workers,
+        cpus_per_worker=cpus_per_worker,
+        headroom_cpus=DATA_HEADROOM_CPUS if workers else 0.0,
+        cluster_cpus=float(cluster_cpus),
+        concurrency=0,
+    )
+    fits = int((plan.cluster_cpus + 1e-9) // plan.trial_cpus) if plan.trial_cpus > 0 else 1
+    if fits < 1:
+        raise ConfigError(
+            f"sweep: a trial needs {plan.trial_cpus:g} CPUs (driver {plan.driver_cpus:g} + "
+            f"{workers} train_workers x {cpus_per_worker:g} cpus_per_worker + "
+            f"{plan.headroom_cpus:g} for its dataset's read tasks), the Ray cluster has "
+            f"{plan.cluster_cpus:g}; lower train_workers or ray.cpus_per_worker, or use a "
+            "larger cluster"
+        )
+    return replace(plan, concurrency=min(sweep.max_concurrent_trials, fits))
+
+
 def run_sweep(
     sweep: SweepConfig, base: Mapping[str, Any], *, tracking_uri: str | None = None
 ) -> SweepResult:
@@ -327,8 +397,14 @@ def run_sweep(
         tracking_uri: MLflow tracking URI; by default ``MLFLOW_TRACKING_URI``, else
             ``output_dir/mlflow.db``. MLflow is skipped when the base run disables it.
 
+    Concurrency follows :func:`plan_sweep`. When this function starts Ray itself, the local
+    instance gets at least the CPUs one trial needs (its logical CPUs may then exceed the
+    machine's cores); a sweep that cannot fit a given cluster is refused before any trial
+    starts.
+
     Raises:
-        ConfigError: From :func:`check_sweep`, before Ray starts.
+        ConfigError: From :func:`check_sweep` or :func:`plan_sweep`, before any trial starts
+            (before Ray starts, when it is started here).
         RuntimeError: When no trial finishes.
     """
     import ray
@@ -337,6 +413,25 @@ def run_sweep(
     from ray.tune.search.optuna import OptunaSearch
 
     check_sweep(sweep, base)
+    address = sweep.address or os.environ.get("RAY_ADDRESS")
+    started_ray = not ray.is_initialized()
+    local_cpus = None
+    if started_ray and not address:
+        # A local instance: planned before it starts, with the headroom of one trial at least.
+        local_cpus = max(float(os.cpu_count() or 1), plan_sweep(sweep, base, 1e9).trial_cpus)
+        plan = plan_sweep(sweep, base, local_cpus)
+    # A Ray instance started here is shut down at the end; one the caller started stays.
+    if started_ray:
+        ray.init(address=address) if address else ray.init(num_cpus=math.ceil(local_cpus or 1))
+    if local_cpus is None:
+        try:
+            cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            plan = plan_sweep(sweep, base, float(cluster.get("CPU", 0.0)))
+        except ConfigError:
+            if started_ray:
+                ray.shutdown()
+            raise
+    print(f"sweep: {plan.describe()}", flush=True)
     output_dir = Path(sweep.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(with_params(base, {}).get("training", {}).get("epochs", 10))
@@ -367,11 +462,6 @@ def run_sweep(
         )
     else:
         tracking_uri = None
-    # A Ray instance started here is shut down at the end; one the caller started stays.
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        address = sweep.address or os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init()
     scheduler = (
         None
         if sweep.scheduler is None
@@ -402,7 +492,7 @@ def run_sweep(
             metric=sweep.metric,
             mode=sweep.mode,
             num_samples=sweep.num_samples,
-            max_concurrent_trials=sweep.max_concurrent_trials,
+            max_concurrent_trials=plan.concurrency,
             search_alg=OptunaSearch(seed=sweep.seed),
             scheduler=scheduler,
         ),

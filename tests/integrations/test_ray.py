@@ -14,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import multivae
+from multivae.config import ConfigError
 from multivae.data import MultimodalDataset
 from multivae.data.datasets import prepare_builtin
 from multivae.integrations.tune import load_sweep, run_sweep
@@ -212,3 +213,16 @@ def test_optuna_sweep_with_asha_reports_the_best_trial_and_nests_mlflow_runs(ray
         history = client.get_metric_history(child.info.run_id, "val_loss")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert history
+
+
+def test_a_sweep_that_cannot_fit_the_cluster_is_refused_before_any_trial(ray_cluster, tmp_path):
+    path = tmp_path / "sweep.yaml"
+    # Each trial: its driver (1 CPU), 2 Train workers of 1 CPU and 1 CPU of headroom for its
+    # dataset's reads: 4 CPUs, on a cluster of 3.
+    path.write_text(SWEEP.format(output_dir=tmp_path / "sweep") + "train_workers: 2\n")
+    sweep, base = load_sweep(path)
+    with pytest.raises(ConfigError, match=r"a trial needs 4 CPUs .* the Ray cluster has 3"):
+        run_sweep(sweep, base)
+    assert not (tmp_path / "sweep").exists()  # no output folder, no MLflow run, no trial
+    assert ray_cluster.is_initialized()  # the caller's cluster is left as it was
+    assert ray_cluster.available_resources().get("CPU") == 3.0

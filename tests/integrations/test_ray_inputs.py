@@ -191,3 +191,27 @@ def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
     assert not set(final) & ray_train.TUNE_RESERVED_KEYS
     with pytest.raises(ValueError, match=r"keys \['done'\] are reserved by Ray Tune"):
         ray_train._report({"train_loss": 1.0, "done": True}, {})
+
+
+def test_the_sweep_plan_sizes_concurrency_from_the_cluster(views, tmp_path):
+    from multivae.integrations.tune import plan_sweep
+
+    path = write_sweep(
+        tmp_path,
+        views,
+        ["model_config.latent_dim: {choice: [2, 4]}"],
+        train_workers=2,
+        max_concurrent_trials=3,
+    )
+    sweep, base = load_sweep(path)
+    # 1 (driver) + 2 x 1 (workers) + 1 (headroom) = 4 CPUs a trial.
+    plan = plan_sweep(sweep, base, 9)
+    assert plan.trial_cpus == 4 and plan.concurrency == 2
+    assert plan_sweep(sweep, base, 100).concurrency == 3  # max_concurrent_trials caps it
+    assert "2 trial(s) at once, each 4 CPUs" in plan.describe()
+    with pytest.raises(ConfigError, match=r"a trial needs 4 CPUs .* the Ray cluster has 3;"):
+        plan_sweep(sweep, base, 3)
+    # Without Train workers the driver trains: no headroom, 1 CPU a trial.
+    single = load_sweep(write_sweep(tmp_path, views, ["model_config.latent_dim: {choice: [2]}"]))
+    assert plan_sweep(*single, 3).trial_cpus == 1
+    assert plan_sweep(*single, 3).concurrency == min(3, single[0].max_concurrent_trials)
