@@ -357,6 +357,11 @@ class SweepPlan:
         )
 
 
+def trial_cpus(sweep: SweepConfig, base: Mapping[str, Any]) -> float:
+    """CPUs one running trial of the sweep takes (see :class:`SweepPlan`)."""
+    return plan_sweep(sweep, base, math.inf).trial_cpus
+
+
 def plan_sweep(sweep: SweepConfig, base: Mapping[str, Any], cluster_cpus: float) -> SweepPlan:
     """Size the sweep's concurrency to ``cluster_cpus``, or refuse a sweep that cannot fit.
 
@@ -365,20 +370,21 @@ def plan_sweep(sweep: SweepConfig, base: Mapping[str, Any], cluster_cpus: float)
     """
     ray_section = dict(with_params(base, {}).get("ray") or {})
     workers = int(sweep.train_workers)
-    cpus_per_worker = float(ray_section.get("cpus_per_worker", 1.0)) if workers else 0.0
     plan = SweepPlan(
         driver_cpus=float(sweep.trial_resources.get("cpu", 1.0)),
         workers=workers,
-        cpus_per_worker=cpus_per_worker,
+        cpus_per_worker=float(ray_section.get("cpus_per_worker", 1.0)) if workers else 0.0,
         headroom_cpus=DATA_HEADROOM_CPUS if workers else 0.0,
         cluster_cpus=float(cluster_cpus),
         concurrency=0,
     )
-    fits = int((plan.cluster_cpus + 1e-9) // plan.trial_cpus) if plan.trial_cpus > 0 else 1
+    if plan.trial_cpus <= 0 or math.isinf(plan.cluster_cpus):
+        return replace(plan, concurrency=sweep.max_concurrent_trials)
+    fits = int((plan.cluster_cpus + 1e-9) // plan.trial_cpus)
     if fits < 1:
         raise ConfigError(
             f"sweep: a trial needs {plan.trial_cpus:g} CPUs (driver {plan.driver_cpus:g} + "
-            f"{workers} train_workers x {cpus_per_worker:g} cpus_per_worker + "
+            f"{workers} train_workers x {plan.cpus_per_worker:g} cpus_per_worker + "
             f"{plan.headroom_cpus:g} for its dataset's read tasks), the Ray cluster has "
             f"{plan.cluster_cpus:g}; lower train_workers or ray.cpus_per_worker, or use a "
             "larger cluster"
@@ -418,7 +424,7 @@ def run_sweep(
     local_cpus = None
     if started_ray and not address:
         # A local instance: planned before it starts, with the headroom of one trial at least.
-        local_cpus = max(float(os.cpu_count() or 1), plan_sweep(sweep, base, 1e9).trial_cpus)
+        local_cpus = max(float(os.cpu_count() or 1), trial_cpus(sweep, base))
         plan = plan_sweep(sweep, base, local_cpus)
     # A Ray instance started here is shut down at the end; one the caller started stays.
     if started_ray:
