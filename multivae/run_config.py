@@ -64,7 +64,15 @@ class RayConfig(Config):
         cpus_per_worker: CPUs reserved per worker.
         gpus_per_worker: GPUs per worker; more than 0 trains on CUDA with NCCL.
         resources_per_worker: Extra custom Ray resources per worker, e.g. ``{"a100": 1}``.
-        max_failures: Worker-group restarts (from the last checkpoint) before the run fails.
+        max_failures: Worker-group restarts after a worker or its node dies (from the last
+            checkpoint) before the run fails; node preemptions have the same budget.
+        controller_failure_limit: Further attempts after the worker group could not start
+            (no room for its workers within ``worker_start_timeout_s``) before the run fails.
+        worker_start_timeout_s: Seconds one attempt waits for the workers' resources.
+        deterministic: Read the Parquet files in their stored order, split them in that order
+            (Ray Data's ``preserve_order``) and shuffle only in each worker's seeded local
+            buffer: a run restarted after a failure then ends with the weights the uninterrupted
+            run would have had. Costs the file-level shuffle.
         address: Ray cluster to connect to (``ray://...``, ``auto``); else ``RAY_ADDRESS``, else
             a local Ray instance.
         storage_path: Ray Train's storage for reported checkpoints (a folder every node sees,
@@ -78,17 +86,36 @@ class RayConfig(Config):
     gpus_per_worker: float = 0.0
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     max_failures: int = 3
+    controller_failure_limit: int = 2
+    worker_start_timeout_s: float = 120.0
     address: str | None = None
     storage_path: str | None = None
     name: str = "train"
     shuffle_buffer_size: int = 1024
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ConfigError(f"ray.num_workers: expected at least 1, found {self.num_workers}")
-        for option in ("cpus_per_worker", "gpus_per_worker", "shuffle_buffer_size"):
+        for option in (
+            "cpus_per_worker",
+            "gpus_per_worker",
+            "shuffle_buffer_size",
+            "max_failures",
+            "controller_failure_limit",
+        ):
             if getattr(self, option) < 0:
-                raise ConfigError(f"ray.{option}: expected >= 0, found {getattr(self, option)}")
+                raise ConfigError(
+                    f"ray.{option}: expected >= 0 (a bounded number), found {getattr(self, option)}"
+                )
+        if not self.worker_start_timeout_s > 0:
+            raise ConfigError(
+                f"ray.worker_start_timeout_s: expected > 0 seconds, found "
+                f"{self.worker_start_timeout_s}"
+            )
+        for name, amount in self.resources_per_worker.items():
+            if not amount >= 0:
+                raise ConfigError(f"ray.resources_per_worker.{name}: expected >= 0, found {amount}")
 
 
 @dataclass

@@ -362,7 +362,7 @@ def test_pyarrow_reads_the_imputation_columns(imputed, views, mopoe):
 @pytest.mark.integration
 def test_ray_data_reads_the_imputed_dataset(imputed, mopoe):
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         rows = ray.data.read_parquet(str(imputed / "val")).take_all()
     finally:

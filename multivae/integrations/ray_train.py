@@ -13,7 +13,12 @@ worker reports it with ``ray.train.report``, and at the end it reports the run's
 (``checkpoint.pt``, ``model/``, ``metrics.json``) as the final checkpoint, which the driver copies
 into ``output_dir``. When a worker dies, Ray Train (``FailureConfig(max_failures)``) restarts the
 worker group; each worker then restores the last reported checkpoint and the loop resumes
-exactly where it was (weights, optimizer, random generators, epoch, history).
+exactly where it was (weights, optimizer, random generators, epoch, history); with
+``ray.deterministic`` the data order is reproduced too, so the final weights are those of the
+uninterrupted run. Every failure is bounded: ``ray.max_failures`` worker-group restarts,
+``ray.controller_failure_limit`` further attempts when the workers cannot start, each waiting at
+most ``ray.worker_start_timeout_s``; past them the run fails with what it asked and what the
+cluster had.
 
 Data must be readable from every node: on a multi-node cluster, ``data`` is a folder on storage
 that all nodes mount (NFS, a persistent volume) and ``ray.storage_path`` likewise (or a
@@ -22,6 +27,7 @@ that all nodes mount (NFS, a persistent volume) and ``ray.storage_path`` likewis
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -29,7 +35,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -310,8 +316,11 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
 
     if config.ray is None:
         raise ConfigError("expected a 'ray' section (or --ray) to train on Ray")
+    import ray
+
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if not address:
+    # Inside a running Ray (a sweep's trial) the cluster is checked once the run starts.
+    if not address and not ray.is_initialized():
         _check_resources(config.ray, {"CPU": float(os.cpu_count() or 1)}, "this machine")
     folder = resolve_dataset(config)
     train = MultimodalDataset(folder, "train")
@@ -388,7 +397,7 @@ def train_with_ray(
             # A local instance: the workers' CPUs plus at least one for Ray Data's read tasks,
             # which would otherwise wait forever for a CPU the workers hold.
             needed = math.ceil(run.ray.num_workers * run.ray.cpus_per_worker) + 1
-            ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed))
     ray.data.DataContext.get_current().enable_progress_bars = False
     cluster: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     _check_resources(run.ray, cluster, "the Ray cluster")
@@ -400,6 +409,13 @@ def train_with_ray(
     resources = {"CPU": run.ray.cpus_per_worker, **run.ray.resources_per_worker}
     if run.ray.gpus_per_worker:
         resources["GPU"] = run.ray.gpus_per_worker
+    # Files in their stored order when deterministic, else a new file order every epoch.
+    file_order: Literal["files"] | None = None if run.ray.deterministic else "files"
+    dataset_config = ray.train.DataConfig(
+        execution_options=ray.data.ExecutionOptions(preserve_order=True)
+        if run.ray.deterministic
+        else None
+    )
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -416,20 +432,31 @@ def train_with_ray(
         run_config=ray.train.RunConfig(
             name=run.ray.name,
             storage_path=setup.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=run.ray.max_failures),
+            # Statically ray.train.FailureConfig is Train V1's class; at run time it is Train
+            # V2's (Ray 2.60's default), which has these bounds.
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]
+                max_failures=run.ray.max_failures,
+                controller_failure_limit=run.ray.controller_failure_limit,
+                max_preemption_failures=run.ray.max_failures,
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=list(ray_callbacks),
         ),
         datasets={
-            "train": ray.data.read_parquet(str(setup.folder / "train"), shuffle="files"),
-            "val": ray.data.read_parquet(str(setup.folder / "val")),
+            "train": ray.data.read_parquet(str(setup.folder / "train"), shuffle=file_order),
+            # Read once and kept in the object store: every epoch's validation then only
+            # splits blocks, instead of starting read tasks again.
+            "val": ray.data.read_parquet(str(setup.folder / "val")).materialize(),
         },
+        dataset_config=dataset_config,
     )
-    result = trainer.fit()
+    try:
+        with _environment({WORKER_START_TIMEOUT_ENV: f"{run.ray.worker_start_timeout_s:g}"}):
+            result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise RuntimeError(_failure_message(run.ray, resources, error)) from error
     if result.error is not None:
-        raise RuntimeError(f"Ray Train run {run.ray.name!r} failed: {result.error}") from (
-            result.error
-        )
+        raise RuntimeError(_failure_message(run.ray, resources, result.error)) from result.error
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {run.ray.name!r} reported no final checkpoint")
     with result.checkpoint.as_directory() as folder:
@@ -440,6 +467,52 @@ def train_with_ray(
             shutil.copy2(final / name, staging)
             os.replace(staging, output_dir / name)
     return result_from_outputs(output_dir)
+
+
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+"""Ray Train's bound on one attempt to start a worker group (read by the run's controller,
+to which Ray Train propagates it from the process that calls ``fit``)."""
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _failure_message(config: RayConfig, resources: Mapping[str, float], error: Exception) -> str:
+    """What failed, said in the run's terms (the worker group that never started, above all)."""
+    text = str(error)
+    if "worker group startup timed out" in text.lower() or "WorkerGroupStartupTimeout" in text:
+        import ray
+
+        available = {
+            name: amount
+            for name, amount in ray.available_resources().items()  # type: ignore[no-untyped-call]
+            if name in resources
+        }
+        attempts = config.controller_failure_limit + 1
+        return (
+            f"Ray Train run {config.name!r}: its {config.num_workers} workers (each "
+            f"{dict(resources)}) could not start: {attempts} attempt(s) of "
+            f"{config.worker_start_timeout_s:g} s (ray.worker_start_timeout_s) each found no "
+            f"room; the cluster has {available} free now. Free the resources other jobs hold, "
+            f"lower ray.num_workers or the per-worker resources, or raise "
+            f"ray.worker_start_timeout_s. Ray Train said: {text}"
+        )
+    return (
+        f"Ray Train run {config.name!r} failed (after at most {config.max_failures} "
+        f"worker-group restarts, ray.max_failures): {text}"
+    )
 
 
 def result_from_outputs(output_dir: Path) -> TrainingResult:

@@ -15,8 +15,9 @@ A sweep file (YAML) names a base run config and a search space over dotted keys 
       model_config.latent_dim: {choice: [8, 16, 32]}
       model_config.beta: {loguniform: [0.25, 4.0]}
       training.optimizer.kwargs.lr: {loguniform: [1.0e-4, 3.0e-3]}
-    trial_resources: {cpu: 1, gpu: 0}
+    trial_resources: {cpu: 1}       # the trial's driver; default 1 CPU, 0.25 with train_workers
     train_workers: 0                # > 0: each trial is a Ray Train run with that many workers
+    verbose: 1                      # Tune's status on the terminal: trials running/finished, best
 
 Every key of ``space`` is checked against the run config, and against the options of every model
 the sweep may pick, before Ray starts: a misspelled key is an error with a suggestion.
@@ -28,6 +29,12 @@ and Ray Train's ``TuneReportCallback`` forwards the workers' reports to Tune (th
 pattern of Ray Train V2). MLflow: the sweep is one parent run, each trial a nested run. At the
 end the best finished trial is exported to ``output_dir/best/`` (``model/``, ``run.yaml``,
 ``metrics.json``) and described in ``output_dir/best.json``.
+
+Before any trial starts the sweep is sized to the cluster (:func:`plan_sweep`): a running trial
+takes its driver's resources, its Train workers' and one CPU of headroom for its dataset's read
+tasks; concurrency is lowered to what fits and a sweep that cannot fit is refused. A trial that
+fails (an error in its run, a Train run out of restarts) is recorded as failed and the sweep
+goes on; the best of the finished trials is exported.
 """
 
 from __future__ import annotations
@@ -88,10 +95,14 @@ class SweepConfig(Config):
         max_concurrent_trials: Trials running at once.
         seed: Seed of Optuna's TPE sampler.
         scheduler: ASHA settings; ``None`` runs every trial to its last epoch.
-        trial_resources: Ray resources of each trial (``cpu``, ``gpu``).
+        trial_resources: Ray resources of each trial's driver (``cpu``, ``gpu``, custom names);
+            by default 1 CPU, or ``TRAIN_DRIVER_CPUS`` when ``train_workers`` > 0 (the driver
+            then only waits on its Train run).
         train_workers: 0 trains each trial in its own Tune process; more makes each trial a Ray
             Train run with that many workers (``run.ray`` sets their resources).
         address: Ray cluster to connect to; else ``RAY_ADDRESS``, else a local instance.
+        verbose: Ray Tune's terminal output: 0 silent, 1 the status of the sweep (trials
+            pending, running, finished, failed; the best so far), 2 also every reported result.
     """
 
     run: str | dict[str, Any]
@@ -103,9 +114,10 @@ class SweepConfig(Config):
     max_concurrent_trials: int = 2
     seed: int = 0
     scheduler: ASHAConfig | None = field(default_factory=ASHAConfig)
-    trial_resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1.0})
+    trial_resources: dict[str, float] | None = None
     train_workers: int = 0
     address: str | None = None
+    verbose: int = 1
 
     def __post_init__(self) -> None:
         if not self.space:
@@ -133,6 +145,21 @@ class SweepConfig(Config):
         for option in ("num_samples", "max_concurrent_trials"):
             if getattr(self, option) < 1:
                 raise ConfigError(f"{option}: expected at least 1, found {getattr(self, option)}")
+        if self.train_workers < 0:
+            raise ConfigError(f"train_workers: expected >= 0, found {self.train_workers}")
+        if self.verbose not in (0, 1, 2):
+            raise ConfigError(f"verbose: expected 0, 1 or 2, found {self.verbose}")
+        for name, amount in (self.trial_resources or {}).items():
+            if not isinstance(amount, int | float) or amount < 0:
+                raise ConfigError(
+                    f"trial_resources.{name}: expected a number >= 0, found {amount!r}"
+                )
+
+    def driver_resources(self) -> dict[str, float]:
+        """What each trial's driver (its Tune actor) reserves, in Tune's names (``cpu``, ...)."""
+        if self.trial_resources is not None:
+            return {name: float(amount) for name, amount in self.trial_resources.items()}
+        return {"cpu": TRAIN_DRIVER_CPUS if self.train_workers else 1.0}
 
     def candidates(self, key: str) -> list[Any]:
         """Representative values of a parameter: every choice, or the bounds of a range."""
@@ -321,73 +348,141 @@ DATA_HEADROOM_CPUS = 1.0
 read tasks of its dataset need them (with every CPU held by trial drivers and Train workers they
 get a budget of 0 and the trial waits forever)."""
 
+TRAIN_DRIVER_CPUS = 0.25
+"""CPUs a trial's driver reserves by default when the trial is a Ray Train run: it builds the
+run and waits on Ray Train's controller, the workers do the work (the Tune-over-Train pattern of
+the Ray Train guide)."""
+
+_RAY_NAMES = {"cpu": "CPU", "gpu": "GPU"}
+
+
+def _ray_resources(resources: Mapping[str, float]) -> dict[str, float]:
+    """Tune's resource names (``cpu``, ``gpu``) as the cluster reports them (``CPU``, ``GPU``)."""
+    return {_RAY_NAMES.get(name, name): float(amount) for name, amount in resources.items()}
+
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """The CPUs a sweep needs per running trial, and how many trials run at once.
+    """The resources a sweep needs per running trial, and how many trials run at once.
 
     Attributes:
-        driver_cpus: What each trial's Tune actor reserves (``trial_resources.cpu``).
+        driver: What each trial's Tune actor reserves (Ray's names: ``CPU``, ``GPU``, custom).
         workers: Ray Train workers per trial (``train_workers``; 0: the driver trains).
-        cpus_per_worker: CPUs of each worker (``run.ray.cpus_per_worker``).
+        per_worker: What each worker reserves (``run.ray``: CPUs, GPUs, custom resources).
         headroom_cpus: Left free per trial for its dataset's read tasks (0 without workers).
-        cluster_cpus: The cluster's CPUs (``ray.cluster_resources()``, or those Ray is started
+        cluster: The cluster's resources (``ray.cluster_resources()``, or those Ray is started
             with).
         concurrency: Trials run at once: ``max_concurrent_trials``, lowered to what fits.
     """
 
-    driver_cpus: float
+    driver: dict[str, float]
     workers: int
-    cpus_per_worker: float
+    per_worker: dict[str, float]
     headroom_cpus: float
-    cluster_cpus: float
+    cluster: dict[str, float]
     concurrency: int
+
+    @property
+    def trial(self) -> dict[str, float]:
+        """Everything one running trial takes, headroom included (resources it needs > 0)."""
+        needs: dict[str, float] = {"CPU": self.headroom_cpus}
+        for name, amount in self.driver.items():
+            needs[name] = needs.get(name, 0.0) + amount
+        for name, amount in self.per_worker.items():
+            needs[name] = needs.get(name, 0.0) + self.workers * amount
+        return {name: amount for name, amount in needs.items() if amount > 0}
 
     @property
     def trial_cpus(self) -> float:
         """CPUs one running trial takes, headroom included."""
-        return self.driver_cpus + self.workers * self.cpus_per_worker + self.headroom_cpus
+        return self.trial.get("CPU", 0.0)
+
+    def fits(self) -> int:
+        """How many trials the cluster holds at once (by its totals of each resource)."""
+        counts = [
+            int((float(self.cluster.get(name, 0.0)) + 1e-9) // amount)
+            for name, amount in self.trial.items()
+        ]
+        return min(counts) if counts else self.concurrency
 
     def describe(self) -> str:
         """One line: what a trial needs and what runs at once."""
-        return (
-            f"{self.concurrency} trial(s) at once, each {self.trial_cpus:g} CPUs (driver "
-            f"{self.driver_cpus:g} + {self.workers} worker(s) x {self.cpus_per_worker:g} + "
-            f"headroom {self.headroom_cpus:g}), on {self.cluster_cpus:g} CPUs"
+        cpus = (
+            f"driver {self.driver.get('CPU', 0.0):g} + {self.workers} worker(s) x "
+            f"{self.per_worker.get('CPU', 0.0):g} + headroom {self.headroom_cpus:g}"
         )
+        others = ", ".join(
+            f"{amount:g} {name}" for name, amount in self.trial.items() if name != "CPU"
+        )
+        return (
+            f"{self.concurrency} trial(s) at once, each {self.trial_cpus:g} CPUs ({cpus})"
+            + (f" and {others}" if others else "")
+            + f", on a cluster of {self.cluster.get('CPU', 0.0):g} CPUs"
+        )
+
+
+def trial_needs(sweep: SweepConfig, base: Mapping[str, Any]) -> dict[str, float]:
+    """What one running trial of the sweep takes (see :class:`SweepPlan`)."""
+    return _plan(sweep, base, {}).trial
 
 
 def trial_cpus(sweep: SweepConfig, base: Mapping[str, Any]) -> float:
     """CPUs one running trial of the sweep takes (see :class:`SweepPlan`)."""
-    return plan_sweep(sweep, base, math.inf).trial_cpus
+    return trial_needs(sweep, base).get("CPU", 0.0)
 
 
-def plan_sweep(sweep: SweepConfig, base: Mapping[str, Any], cluster_cpus: float) -> SweepPlan:
-    """Size the sweep's concurrency to ``cluster_cpus``, or refuse a sweep that cannot fit.
+def _plan(sweep: SweepConfig, base: Mapping[str, Any], cluster: Mapping[str, float]) -> SweepPlan:
+    from multivae.run_config import RayConfig
+
+    workers = int(sweep.train_workers)
+    per_worker: dict[str, float] = {}
+    if workers:
+        ray_config = RayConfig.from_dict(dict(with_params(base, {}).get("ray") or {}))
+        per_worker = {"CPU": ray_config.cpus_per_worker, **ray_config.resources_per_worker}
+        if ray_config.gpus_per_worker:
+            per_worker["GPU"] = ray_config.gpus_per_worker
+    return SweepPlan(
+        driver=_ray_resources(sweep.driver_resources()),
+        workers=workers,
+        per_worker=per_worker,
+        headroom_cpus=DATA_HEADROOM_CPUS if workers else 0.0,
+        cluster={name: float(amount) for name, amount in cluster.items()},
+        concurrency=sweep.max_concurrent_trials,
+    )
+
+
+def plan_sweep(
+    sweep: SweepConfig, base: Mapping[str, Any], cluster: Mapping[str, float]
+) -> SweepPlan:
+    """Size the sweep's concurrency to the cluster's resources, or refuse a sweep that cannot fit.
+
+    Args:
+        sweep: The sweep.
+        base: The base run config (plain data); its ``ray`` section sizes the Train workers.
+        cluster: The cluster's resources in Ray's names (``ray.cluster_resources()``).
 
     Raises:
         ConfigError: When not even one trial fits, with what it needs and what there is.
     """
-    ray_section = dict(with_params(base, {}).get("ray") or {})
-    workers = int(sweep.train_workers)
-    plan = SweepPlan(
-        driver_cpus=float(sweep.trial_resources.get("cpu", 1.0)),
-        workers=workers,
-        cpus_per_worker=float(ray_section.get("cpus_per_worker", 1.0)) if workers else 0.0,
-        headroom_cpus=DATA_HEADROOM_CPUS if workers else 0.0,
-        cluster_cpus=float(cluster_cpus),
-        concurrency=0,
-    )
-    if plan.trial_cpus <= 0 or math.isinf(plan.cluster_cpus):
-        return replace(plan, concurrency=sweep.max_concurrent_trials)
-    fits = int((plan.cluster_cpus + 1e-9) // plan.trial_cpus)
+    plan = _plan(sweep, base, cluster)
+    fits = plan.fits()
     if fits < 1:
+        shortages = []
+        for name, amount in plan.trial.items():
+            have = plan.cluster.get(name, 0.0)
+            if have + 1e-9 >= amount:
+                continue
+            why = ""
+            if name == "CPU":
+                why = (
+                    f" (driver {plan.driver.get('CPU', 0.0):g} + {plan.workers} train_workers x "
+                    f"{plan.per_worker.get('CPU', 0.0):g} cpus_per_worker + "
+                    f"{plan.headroom_cpus:g} for its dataset's read tasks)"
+                )
+            shortages.append(f"{amount:g} {name}{why}, the Ray cluster has {have:g}")
         raise ConfigError(
-            f"sweep: a trial needs {plan.trial_cpus:g} CPUs (driver {plan.driver_cpus:g} + "
-            f"{workers} train_workers x {plan.cpus_per_worker:g} cpus_per_worker + "
-            f"{plan.headroom_cpus:g} for its dataset's read tasks), the Ray cluster has "
-            f"{plan.cluster_cpus:g}; lower train_workers or ray.cpus_per_worker, or use a "
-            "larger cluster"
+            f"sweep: a trial needs {'; '.join(shortages)}. Lower train_workers, the per-worker "
+            "resources (run.ray) or trial_resources, or use a larger cluster"
         )
     return replace(plan, concurrency=min(sweep.max_concurrent_trials, fits))
 
@@ -425,14 +520,15 @@ def run_sweep(
     if started_ray and not address:
         # A local instance: planned before it starts, with the headroom of one trial at least.
         local_cpus = max(float(os.cpu_count() or 1), trial_cpus(sweep, base))
-        plan = plan_sweep(sweep, base, local_cpus)
+        plan = plan_sweep(sweep, base, {"CPU": local_cpus, "GPU": float(_local_gpus())})
     # A Ray instance started here is shut down at the end; one the caller started stays.
     if started_ray:
-        ray.init(address=address) if address else ray.init(num_cpus=math.ceil(local_cpus or 1))
+        ray.init(address=address) if address else ray.init(
+            address="local", num_cpus=math.ceil(local_cpus or 1)
+        )
     if local_cpus is None:
         try:
-            cluster = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            plan = plan_sweep(sweep, base, float(cluster.get("CPU", 0.0)))
+            plan = plan_sweep(sweep, base, ray.cluster_resources())  # type: ignore[no-untyped-call]
         except ConfigError:
             if started_ray:
                 ray.shutdown()
@@ -489,7 +585,7 @@ def run_sweep(
         "train_workers": sweep.train_workers,
     }
     trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, context=context), dict(sweep.trial_resources)
+        tune.with_parameters(_run_trial, context=context), sweep.driver_resources()
     )
     tuner = tune.Tuner(
         trainable,
@@ -502,7 +598,14 @@ def run_sweep(
             search_alg=OptunaSearch(seed=sweep.seed),
             scheduler=scheduler,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(output_dir), verbose=0),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(output_dir),
+            verbose=sweep.verbose,
+            # A failed trial is recorded and the others go on; it is not retried (a Train
+            # trial already had its restarts, ray.max_failures, and a retry would start over).
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
     )
     status = "FAILED"
     try:
@@ -522,6 +625,20 @@ def run_sweep(
     return result
 
 
+def _local_gpus() -> int:
+    """GPUs a local Ray instance started here would detect (those torch sees)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _error_text(error: BaseException) -> str:
+    """The trial's own exception, ``Type: message`` (not Ray's wrapper with its traceback)."""
+    cause = getattr(error, "cause", None)
+    root = cause if isinstance(cause, BaseException) else error
+    return f"{type(root).__name__}: {root}"
+
+
 def _trial_table(sweep: SweepConfig, grid: Any, output_dir: Path) -> list[dict[str, Any]]:
     """One entry per trial: id, whether it finished (wrote its model), error, params, metric."""
     trials = []
@@ -534,7 +651,7 @@ def _trial_table(sweep: SweepConfig, grid: Any, output_dir: Path) -> list[dict[s
                 "trial_id": trial_id,
                 "finished": (trial_dir / METRICS_FILE).exists()
                 and (trial_dir / MODEL_FOLDER).exists(),
-                "error": None if result.error is None else str(result.error),
+                "error": None if result.error is None else _error_text(result.error),
                 "params": dict(result.config),
                 sweep.metric: metrics.get(sweep.metric),
                 "epochs": metrics.get("epoch"),

@@ -1,28 +1,23 @@
-"""Ray Train and Ray Tune on a real local Ray cluster, tracked in a real MLflow store."""
+"""Ray Tune (and Ray Train's failure bounds) on a real local Ray instance, tracked in MLflow.
+
+Training on several nodes, and a node killed mid-run, are in ``test_ray_cluster.py``.
+"""
 
 import json
-import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 import multivae
 from multivae.config import ConfigError
-from multivae.data import MultimodalDataset
 from multivae.data.datasets import prepare_builtin
 from multivae.integrations.tune import load_sweep, run_sweep
-from multivae.models.base import MultimodalVAE
 from multivae.names import MLFLOW_RUN_FILE
 from multivae.run import run_training
 from multivae.run_config import RunConfig
-from multivae.training.loop import Callback
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +27,7 @@ def ray_cluster():
     import ray
 
     # Three logical CPUs on two cores: two training workers and one for Ray Data's reads.
-    ray.init(num_cpus=3, include_dashboard=False)
+    ray.init(address="local", num_cpus=3, include_dashboard=False)
     # Workers cannot import this test module: ship its callback class by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
@@ -75,88 +70,6 @@ def mlflow_history(output_dir, metric):
         runs,
         [(m.step, m.value) for m in client.get_metric_history(stored["run_id"], metric)],
     )
-
-
-def test_two_workers_train_mopoe_on_incomplete_data(ray_cluster, poly, tmp_path):
-    out = tmp_path / "run"
-    result = run_training(ray_run(poly, out, epochs=3))
-
-    losses = [record["train_loss"] for record in result.history]
-    assert [record["epoch"] for record in result.history] == [1, 2, 3]
-    assert losses[-1] < losses[0]
-    model = MultimodalVAE.from_pretrained(out / "model")
-    assert model.name == "mopoe"
-    # The saved weights are the rank-0 replica's, which DDP keeps equal to every other rank's.
-    test = MultimodalDataset(poly, "test").read_all()
-    torch.manual_seed(0)
-    assert model.predict(test, cond=["m0"], gen=["m1"])["m1"].shape == (64, 3, 28, 28)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 3
-    # Rank 0 alone logs: one MLflow run, one value per epoch.
-    _, runs, history = mlflow_history(out, "train_loss")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert [step for step, _ in history] == [1, 2, 3]
-    assert [value for _, value in history] == pytest.approx(losses)
-
-
-class EpochLog(Callback):
-    """Appends ``<pid> <epoch>`` per epoch to a file (runs on the rank-0 worker)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def on_epoch_end(self, epoch, metrics):
-        with open(self.path, "a") as log:
-            log.write(f"{os.getpid()} {epoch}\n")
-        return False
-
-
-def read_log(path):
-    if not path.exists():
-        return []
-    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()]
-
-
-def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
-    ray_cluster, poly, tmp_path
-):
-    out, log = tmp_path / "run", tmp_path / "epochs.log"
-    killed = []
-
-    def kill_rank_zero_after_epoch_two():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            entries = read_log(log)
-            if any(epoch >= 2 for _, epoch in entries):
-                pid = entries[-1][0]
-                assert "RayTrainWorker" in " ".join(psutil.Process(pid).cmdline())
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-                return
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_rank_zero_after_epoch_two, daemon=True)
-    killer.start()
-    result = run_training(ray_run(poly, out, epochs=6), callbacks=[EpochLog(log)])
-    killer.join()
-
-    assert killed, "the worker was never killed"
-    entries = read_log(log)
-    first = [epoch for pid, epoch in entries if pid == killed[0]]
-    later = [epoch for pid, epoch in entries if pid != killed[0]]
-    assert first[0] == 1 and later, entries
-    # The replacement resumed from the last checkpoint (every epoch writes one), not from the
-    # start: it begins right after an epoch the killed worker finished.
-    assert 2 <= later[0] <= first[-1] + 1, entries
-    assert later == list(range(later[0], 7)), entries
-    # Nothing lost, nothing counted twice: one history entry per epoch, six epochs in all.
-    assert result.epochs_run == 6
-    assert [record["epoch"] for record in result.history] == [1, 2, 3, 4, 5, 6]
-    multivae.load_model(out / "model")
-    # The replacement worker continued the same MLflow run, each epoch logged once.
-    _, runs, history = mlflow_history(out, "train_loss")
-    assert len(runs) == 1
-    assert [step for step, _ in history] == [1, 2, 3, 4, 5, 6]
 
 
 SWEEP = """
@@ -221,8 +134,99 @@ def test_a_sweep_that_cannot_fit_the_cluster_is_refused_before_any_trial(ray_clu
     # dataset's reads: 4 CPUs, on a cluster of 3.
     path.write_text(SWEEP.format(output_dir=tmp_path / "sweep") + "train_workers: 2\n")
     sweep, base = load_sweep(path)
-    with pytest.raises(ConfigError, match=r"a trial needs 4 CPUs .* the Ray cluster has 3"):
+    with pytest.raises(ConfigError, match=r"a trial needs 3.25 CPU .* the Ray cluster has 3\."):
         run_sweep(sweep, base)
     assert not (tmp_path / "sweep").exists()  # no output folder, no MLflow run, no trial
     assert ray_cluster.is_initialized()  # the caller's cluster is left as it was
     assert ray_cluster.available_resources().get("CPU") == 3.0
+
+
+FAILING_SWEEP = """
+run:
+  model: mvae
+  builtin: {{name: gaussian-views, missing_rate: 0.3, seed: 0,
+            params: {{n_train: 200, n_val: 50, n_test: 50}}}}
+  model_config: {{latent_dim: 2}}
+  training: {{epochs: 2, batch_size: 50, progress_bar: false}}
+  output_dir: unused
+output_dir: {output_dir}
+num_samples: 4
+max_concurrent_trials: 2
+seed: 1
+scheduler: null
+space:
+  # A learning rate of 1e12 sends the weights to infinity: that trial's loss is NaN and its run
+  # fails (FloatingPointError) in its first epoch.
+  training.optimizer.kwargs.lr: {{choice: [1.0e-3, 1.0e+12]}}
+"""
+
+
+def test_a_failed_trial_does_not_end_the_sweep_and_the_best_finished_one_is_exported(
+    ray_cluster, tmp_path
+):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(FAILING_SWEEP.format(output_dir=tmp_path / "sweep"))
+    sweep, base = load_sweep(path)
+    result = run_sweep(sweep, base)
+
+    failed = [t for t in result.trials if t["error"] is not None]
+    finished = [t for t in result.trials if t["finished"]]
+    assert len(result.trials) == 4 and failed and finished, result.trials
+    assert len(failed) + len(finished) == 4
+    assert all(t["params"]["training.optimizer.kwargs.lr"] == 1e12 for t in failed)
+    assert all(
+        t["error"].startswith("FloatingPointError: mvae: training loss is nan in epoch 1")
+        for t in failed
+    ), failed
+    assert all(t["params"]["training.optimizer.kwargs.lr"] == 1e-3 for t in finished)
+    assert result.best_trial == min(finished, key=lambda t: t["val_loss"])["trial_id"]
+    assert multivae.load_model(result.best_dir / "model").name == "mvae"
+    best = json.loads((tmp_path / "sweep" / "best.json").read_text())
+    assert best["trial_id"] == result.best_trial
+    # The failed trials' MLflow runs say so; the sweep's parent run finished.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}")
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    children = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'",
+    )
+    assert sorted(run.info.status for run in children) == sorted(
+        ["FAILED"] * len(failed) + ["FINISHED"] * len(finished)
+    )
+
+
+def test_a_run_whose_workers_find_no_room_fails_in_bounded_time_with_what_it_needed(
+    ray_cluster, tmp_path
+):
+    data = prepare_builtin(
+        "gaussian-views", tmp_path / "data", missing_rate=0.3, n_train=100, n_val=20, n_test=20
+    )
+
+    @ray_cluster.remote(num_cpus=2)
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.remote()  # another job's actor holds 2 of the cluster's 3 CPUs
+    ray_cluster.get(holder.ready.remote())
+    config = RunConfig.from_dict(
+        {
+            "model": "mvae",
+            "data": str(data),
+            "output_dir": str(tmp_path / "run"),
+            "model_config": {"latent_dim": 2},
+            "training": {"epochs": 1, "progress_bar": False},
+            "mlflow": {"enabled": False},
+            "ray": {"num_workers": 2, "worker_start_timeout_s": 2, "controller_failure_limit": 1},
+        }
+    )
+    began = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            run_training(config)
+    finally:
+        ray_cluster.kill(holder)
+    assert time.monotonic() - began < 120
+    message = str(raised.value)
+    assert "its 2 workers (each {'CPU': 1.0}) could not start: 2 attempt(s) of 2 s" in message
+    assert "ray.worker_start_timeout_s" in message

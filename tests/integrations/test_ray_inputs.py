@@ -194,7 +194,7 @@ def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
 
 
 def test_the_sweep_plan_sizes_concurrency_from_the_cluster(views, tmp_path):
-    from multivae.integrations.tune import plan_sweep
+    from multivae.integrations.tune import TRAIN_DRIVER_CPUS, plan_sweep
 
     path = write_sweep(
         tmp_path,
@@ -204,14 +204,87 @@ def test_the_sweep_plan_sizes_concurrency_from_the_cluster(views, tmp_path):
         max_concurrent_trials=3,
     )
     sweep, base = load_sweep(path)
-    # 1 (driver) + 2 x 1 (workers) + 1 (headroom) = 4 CPUs a trial.
-    plan = plan_sweep(sweep, base, 9)
-    assert plan.trial_cpus == 4 and plan.concurrency == 2
-    assert plan_sweep(sweep, base, 100).concurrency == 3  # max_concurrent_trials caps it
-    assert "2 trial(s) at once, each 4 CPUs" in plan.describe()
-    with pytest.raises(ConfigError, match=r"a trial needs 4 CPUs .* the Ray cluster has 3;"):
-        plan_sweep(sweep, base, 3)
+    # A Train trial's driver reserves little: 0.25 (driver) + 2 x 1 (workers) + 1 (headroom).
+    assert TRAIN_DRIVER_CPUS == 0.25
+    plan = plan_sweep(sweep, base, {"CPU": 9.0})
+    assert plan.trial == {"CPU": 3.25} and plan.concurrency == 2
+    assert plan_sweep(sweep, base, {"CPU": 100.0}).concurrency == 3  # max_concurrent_trials
+    assert "2 trial(s) at once, each 3.25 CPUs" in plan.describe()
+    with pytest.raises(
+        ConfigError,
+        match=r"a trial needs 3.25 CPU \(driver 0.25 \+ 2 train_workers x 1 cpus_per_worker "
+        r"\+ 1 for its dataset's read tasks\), the Ray cluster has 3\.",
+    ):
+        plan_sweep(sweep, base, {"CPU": 3.0})
     # Without Train workers the driver trains: no headroom, 1 CPU a trial.
     single = load_sweep(write_sweep(tmp_path, views, ["model_config.latent_dim: {choice: [2]}"]))
-    assert plan_sweep(*single, 3).trial_cpus == 1
-    assert plan_sweep(*single, 3).concurrency == min(3, single[0].max_concurrent_trials)
+    assert plan_sweep(*single, {"CPU": 3.0}).trial == {"CPU": 1.0}
+    assert plan_sweep(*single, {"CPU": 3.0}).concurrency == min(3, single[0].max_concurrent_trials)
+
+
+def test_the_sweep_plan_counts_gpus_and_custom_resources_of_the_workers(views, tmp_path):
+    from multivae.integrations.tune import plan_sweep
+
+    path = write_sweep(
+        tmp_path,
+        views,
+        ["model_config.latent_dim: {choice: [2, 4]}"],
+        train_workers=2,
+        max_concurrent_trials=4,
+        trial_resources="{cpu: 0.5}",
+    )
+    text = path.read_text().replace(
+        "  output_dir: unused\n",
+        "  output_dir: unused\n  ray: {cpus_per_worker: 2, gpus_per_worker: 0.5, "
+        "resources_per_worker: {trainer: 1}}\n",
+    )
+    path.write_text(text)
+    sweep, base = load_sweep(path)
+    # 0.5 + 2 x 2 + 1 CPUs, 2 x 0.5 GPUs and 2 x 1 trainer per trial.
+    cluster = {"CPU": 100.0, "GPU": 2.0, "trainer": 3.0}
+    plan = plan_sweep(sweep, base, cluster)
+    assert plan.trial == {"CPU": 5.5, "GPU": 1.0, "trainer": 2.0}
+    assert plan.concurrency == 1  # the custom resource holds one trial, the GPUs two
+    assert plan_sweep(sweep, base, {**cluster, "trainer": 8.0}).concurrency == 2
+    with pytest.raises(
+        ConfigError,
+        match=r"a trial needs 2 trainer, the Ray cluster has 0; 1 GPU, the Ray cluster has 0\.",
+    ):
+        plan_sweep(sweep, base, {"CPU": 100.0})
+
+
+@pytest.mark.parametrize(
+    ("ray_section", "message"),
+    [
+        ({"max_failures": -1}, r"ray\.max_failures: expected >= 0 \(a bounded number\), found -1"),
+        ({"controller_failure_limit": -1}, r"ray\.controller_failure_limit: expected >= 0"),
+        ({"worker_start_timeout_s": 0}, r"ray\.worker_start_timeout_s: expected > 0 seconds"),
+        (
+            {"resources_per_worker": {"trainer": -1}},
+            r"resources_per_worker\.trainer: expected >= 0",
+        ),
+    ],
+)
+def test_unbounded_or_negative_failure_settings_are_refused(ray_section, message):
+    from multivae.run_config import RayConfig
+
+    with pytest.raises(ConfigError, match=message):
+        RayConfig.from_dict(ray_section)
+
+
+def test_sweep_settings_are_checked(views, tmp_path):
+    for settings, message in [
+        ({"train_workers": -1}, r"train_workers: expected >= 0, found -1"),
+        ({"verbose": 3}, r"verbose: expected 0, 1 or 2, found 3"),
+        ({"trial_resources": "{cpu: -1}"}, r"trial_resources\.cpu: expected a number >= 0"),
+    ]:
+        path = write_sweep(tmp_path, views, ["model_config.latent_dim: {choice: [2]}"], **settings)
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(path)
+    # The driver's default: 1 CPU when it trains, little when Train workers do.
+    sweep, _ = load_sweep(write_sweep(tmp_path, views, ["model_config.latent_dim: {choice: [2]}"]))
+    assert sweep.driver_resources() == {"cpu": 1.0}
+    trains = write_sweep(
+        tmp_path, views, ["model_config.latent_dim: {choice: [2]}"], train_workers=2
+    )
+    assert load_sweep(trains)[0].driver_resources() == {"cpu": 0.25}

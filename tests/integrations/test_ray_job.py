@@ -1,10 +1,17 @@
-"""``ray job submit`` of a sweep to a ``ray start --head`` cluster with token authentication."""
+"""``ray job submit`` to clusters started with ``ray start``, with token authentication.
+
+The sweep is submitted to a three-node cluster on this machine (a head and two worker nodes,
+each its own raylet, the workers with a custom ``trainer`` resource): two trials at once, each a
+Ray Train run of two workers on the worker nodes.
+"""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,12 +26,14 @@ run:
   builtin: {{name: gaussian-views, missing_rate: 0.3, seed: 0,
             params: {{n_train: 200, n_val: 50, n_test: 50}}}}
   model_config: {{latent_dim: 2}}
-  training: {{epochs: 2, batch_size: 64, progress_bar: false}}
+  training: {{epochs: 2, batch_size: 50, progress_bar: false}}
+  ray: {{resources_per_worker: {{trainer: 1}}}}
   output_dir: unused
 output_dir: {output_dir}
 num_samples: 2
 max_concurrent_trials: 2
 scheduler: null
+train_workers: 2
 space:
   model_config.beta: {{uniform: [0.5, 1.5]}}
 """
@@ -47,8 +56,11 @@ def ray(*args, env, timeout=300, check=True):
     )
 
 
-@pytest.fixture
-def head_node(tmp_path):
+def start_cluster(tmp_path, worker_nodes, node_root=None):
+    """A token-authenticated head (1 CPU) and ``worker_nodes`` nodes of 3 CPUs and 2 trainer.
+
+    Each worker node keeps its session under ``node_root`` (short: Unix socket paths are).
+    """
     env = {
         **os.environ,
         # The token lands in ~/.ray/auth_token: keep it inside the test's folder.
@@ -59,25 +71,56 @@ def head_node(tmp_path):
     }
     env.pop("RAY_ADDRESS", None)
     ray("get-auth-token", "--generate", env=env)
-    dashboard = free_port()
+    dashboard, port = free_port(), free_port()
     ray(
         "start",
         "--head",
-        f"--port={free_port()}",
+        f"--port={port}",
         f"--dashboard-port={dashboard}",
         "--dashboard-host=127.0.0.1",
-        "--num-cpus=3",
+        f"--num-cpus={1 if worker_nodes else 3}",
         "--disable-usage-stats",
         env=env,
     )
+    for _ in range(worker_nodes):
+        ray(
+            "start",
+            f"--address=127.0.0.1:{port}",
+            "--num-cpus=3",
+            '--resources={"trainer": 2}',
+            # Each node its own session folder, as on separate machines: nodes sharing one
+            # would garbage-collect each other's copies of the job's working directory.
+            f"--temp-dir={tempfile.mkdtemp(prefix='node-', dir=node_root)}",
+            "--disable-usage-stats",
+            env=env,
+        )
+    return env, f"http://127.0.0.1:{dashboard}"
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    env, address = start_cluster(tmp_path, worker_nodes=0)
     try:
-        yield env, f"http://127.0.0.1:{dashboard}"
+        yield env, address
     finally:
         ray("stop", "--force", env=env, check=False)
 
 
-def test_a_sweep_submitted_as_a_ray_job_succeeds_and_lands_in_mlflow(head_node, tmp_path):
-    env, address = head_node
+@pytest.fixture
+def three_nodes(tmp_path):
+    node_root = tempfile.mkdtemp(prefix="ray-nodes-", dir="/tmp")
+    env, address = start_cluster(tmp_path, worker_nodes=2, node_root=node_root)
+    try:
+        yield env, address
+    finally:
+        ray("stop", "--force", env=env, check=False)
+        shutil.rmtree(node_root, ignore_errors=True)
+
+
+def test_a_sweep_of_train_trials_submitted_to_three_nodes_succeeds_and_lands_in_mlflow(
+    three_nodes, tmp_path
+):
+    env, address = three_nodes
     workdir = tmp_path / "job"
     workdir.mkdir()
     output_dir = tmp_path / "sweep"
@@ -107,6 +150,11 @@ def test_a_sweep_submitted_as_a_ray_job_succeeds_and_lands_in_mlflow(head_node, 
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout.lower()
     assert "best trial:" in submitted.stdout
+    # 7 CPUs and 4 trainer; a trial takes 0.25 + 2 x 1 + 1 CPUs and 2 trainer: both at once.
+    assert "2 trial(s) at once, each 3.25 CPUs" in submitted.stdout
+    # Tune's status on the terminal: how many trials in which state, and the best so far.
+    assert "Trial status: 2 TERMINATED" in submitted.stdout
+    assert "Current best trial:" in submitted.stdout
 
     best = json.loads((output_dir / "best.json").read_text())
     client = MlflowClient(f"sqlite:///{output_dir / 'mlflow.db'}")
@@ -119,6 +167,12 @@ def test_a_sweep_submitted_as_a_ray_job_succeeds_and_lands_in_mlflow(head_node, 
     assert len(children) == 2
     assert all(child.info.status == "FINISHED" for child in children)
     assert all("val_loss" in child.data.metrics for child in children)
+    first, second = sorted(children, key=lambda run: run.info.start_time)
+    assert second.info.start_time < first.info.end_time  # the two trials ran at once
+    # Each trial was a Ray Train run: its outputs came back from the workers' final checkpoint.
+    for trial in best["trials"]:
+        assert trial["finished"] and trial["epochs"] == 2
+        assert (output_dir / "trials" / trial["trial_id"] / "ray").is_dir()
 
 
 def test_the_pipeline_train_step_client_submits_with_the_token_and_waits(head_node, tmp_path):
