@@ -374,6 +374,8 @@ class RunSettings:
     our_keep: str
     our_compile: bool = False
     """``--our-compile``: our side trains with ``TrainingConfig(compile=True)``."""
+    our_precision: str = "fp32"
+    """``--our-precision``: our side's ``TrainingConfig.precision`` (``bf16``: autocast)."""
     ours_set: dict[str, Any] = dataclasses.field(default_factory=dict)
     """``--ours-set`` overrides of our model config (experiments; named in the table's notes)."""
 
@@ -527,6 +529,7 @@ def run_ours(
             "progress_bar": False,
             "device": settings.device,
             "compile": settings.our_compile,
+            "precision": settings.our_precision,
         }
     )
     train = MultimodalDataset(data.folder, "train")
@@ -794,6 +797,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="our side trains with TrainingConfig(compile=True) (see the steady samples/s)",
     )
     parser.add_argument(
+        "--our-precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="our side's training precision (bf16: autocast to bfloat16; for the GPU benchmark)",
+    )
+    parser.add_argument(
         "--ours-set",
         nargs="+",
         type=ours_override,
@@ -875,6 +884,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         threads=args.threads,
         our_keep=args.our_keep,
         our_compile=args.our_compile,
+        our_precision=args.our_precision,
         ours_set=dict(args.ours_set),
     )
     runs: list[dict[str, Any]] = []
@@ -897,6 +907,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     note += f"; ours keep={args.our_keep}"
                 if settings.our_compile:
                     note += "; ours compile=true"
+                if settings.our_precision != "fp32":
+                    note += f"; ours precision={settings.our_precision}"
                 for key, value in settings.ours_set.items():
                     note += f"; ours {key}={value}"
                 run: dict[str, Any] = {
