@@ -10,7 +10,9 @@ reference run:
 * ``fp32``: the eager step;
 * ``bf16``: ``training.precision: bf16`` (autocast to bfloat16);
 * ``compile``: ``training.compile: true`` (``torch.compile``: Inductor + Triton; its steady rate,
-  after the compiling epoch, is the figure that counts).
+  after the compiling epoch, is the figure that counts);
+* ``cudagraphs``: ``compile`` + ``training.cuda_graphs: true`` (the compiled step replayed as
+  CUDA graphs).
 
 Then, on a machine with 2 GPUs or more, ``multivae train --ray --num-workers 2
 --gpus-per-worker 1`` (NCCL DDP) against 1 worker on the same run, as samples/s.
@@ -39,6 +41,7 @@ VARIANTS = {
     "fp32": [],
     "bf16": ["--our-precision", "bf16"],
     "compile": ["--our-compile"],
+    "cudagraphs": ["--our-compile", "--our-cuda-graphs"],
 }
 
 
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             rows[model] = {"reference_samples_per_s": ref_rate}
             ours = float(row["ours"]["steady_samples_per_s"][0])
             rows[model]["fp32"] = {"samples_per_s": ours, "ratio": ours / ref_rate}
-        for variant in ("bf16", "compile"):
+        for variant in ("bf16", "compile", "cudagraphs"):
             for model, row in parity(args, variant, ["ours"], work / f"{variant}.json").items():
                 ours = float(row["ours"]["steady_samples_per_s"][0])
                 ref_rate = rows[model]["reference_samples_per_s"]

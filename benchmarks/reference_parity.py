@@ -374,6 +374,8 @@ class RunSettings:
     our_keep: str
     our_compile: bool = False
     """``--our-compile``: our side trains with ``TrainingConfig(compile=True)``."""
+    our_cuda_graphs: bool = False
+    """``--our-cuda-graphs``: with ``--our-compile`` on CUDA, ``cuda_graphs=True``."""
     our_precision: str = "fp32"
     """``--our-precision``: our side's ``TrainingConfig.precision`` (``bf16``: autocast)."""
     ours_set: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -530,6 +532,7 @@ def run_ours(
             "device": settings.device,
             "compile": settings.our_compile,
             "precision": settings.our_precision,
+            "cuda_graphs": settings.our_cuda_graphs,
         }
     )
     train = MultimodalDataset(data.folder, "train")
@@ -797,6 +800,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="our side trains with TrainingConfig(compile=True) (see the steady samples/s)",
     )
     parser.add_argument(
+        "--our-cuda-graphs",
+        action="store_true",
+        help="with --our-compile on CUDA: replay our compiled step as CUDA graphs",
+    )
+    parser.add_argument(
         "--our-precision",
         default="fp32",
         choices=["fp32", "bf16"],
@@ -885,6 +893,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         our_keep=args.our_keep,
         our_compile=args.our_compile,
         our_precision=args.our_precision,
+        our_cuda_graphs=args.our_cuda_graphs,
         ours_set=dict(args.ours_set),
     )
     runs: list[dict[str, Any]] = []
@@ -907,6 +916,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     note += f"; ours keep={args.our_keep}"
                 if settings.our_compile:
                     note += "; ours compile=true"
+                if settings.our_cuda_graphs:
+                    note += "; ours cuda_graphs=true"
                 if settings.our_precision != "fp32":
                     note += f"; ours precision={settings.our_precision}"
                 for key, value in settings.ours_set.items():

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import MultimodalDataset, make_dataloader
 from multivae.factory import create_model
 from multivae.integrations.tracking import tracking_callbacks
@@ -60,6 +61,11 @@ def run_training(
         DataFormatError: For a dataset folder without ``train/`` or ``val/``, or bad files.
         FileExistsError: When starting afresh in a folder that holds a checkpoint.
         FileNotFoundError: When resuming without a checkpoint.
+
+    A resume keeps the run's identity: a changed model config, optimizer, seed, batch size or
+    dataset (by fingerprint) is a ``ConfigError`` listing the changed keys; only the settings of
+    :data:`~multivae.training.loop.RESUME_SAFE_KEYS` (``epochs``, ``progress_bar``, ...) may
+    change.
     """
     if config.ray is not None:
         from multivae.integrations.ray_train import train_with_ray
@@ -80,6 +86,8 @@ def run_training(
         # Tracking first: a callback after it (a Tune report) may end the process.
         callbacks=[_SaveRunConfig(resolved), *tracking_callbacks(resolved, folder), *callbacks],
         device=device,
+        # A resume on other data is refused (the checkpoint records the data's fingerprint).
+        identity={"data": dataset_fingerprint(folder)},
     )
     loader_options: dict[str, Any] = {
         "batch_size": training.batch_size,

@@ -42,6 +42,7 @@ import torch
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.schema import PRESENCE_SUFFIX
 from multivae.io import atomic_copy_tree
 from multivae.names import (
@@ -58,7 +59,9 @@ from multivae.training.loop import (
     EpochRecord,
     Trainer,
     TrainingResult,
+    check_resume_identity,
     distributed_rank,
+    run_identity,
 )
 
 if TYPE_CHECKING:
@@ -271,7 +274,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     callbacks: list[Callback] = [RayReportCallback()]
     if context.get_world_rank() == 0:
         callbacks += list(loop_config.get("callbacks") or [])
-    trainer = Trainer(prepared, training, local_dir, callbacks=callbacks, device=device)
+    trainer = Trainer(
+        prepared,
+        training,
+        local_dir,
+        callbacks=callbacks,
+        device=device,
+        identity=loop_config.get("identity"),
+    )
     trainer.fit(train, val, resume=resume)
 
 
@@ -299,6 +309,7 @@ class RayTrainingSetup:
     folder: Path
     train_rows: int
     storage_path: str
+    identity: dict[str, Any]
 
 
 def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSetup:
@@ -344,11 +355,19 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
     # Building the model here catches refused options before any worker starts.
     from multivae.factory import create_model
 
-    create_model(resolved.model, resolved.model_config)
+    model = create_model(resolved.model, resolved.model_config)
+    identity = {"data": dataset_fingerprint(folder)}
+    if resume:
+        # Refused here, before any worker starts, as the workers' own check would.
+        check_resume_identity(
+            checkpoint,
+            load_checkpoint(checkpoint),
+            run_identity(model, resolved.training, identity),
+        )
     storage = config.ray.storage_path or str(
         (Path(config.output_dir) / RAY_STORAGE_FOLDER).resolve()
     )
-    return RayTrainingSetup(resolved, folder, len(train), storage)
+    return RayTrainingSetup(resolved, folder, len(train), storage, identity)
 
 
 def train_with_ray(
@@ -421,6 +440,7 @@ def train_with_ray(
         train_loop_config={
             "run": run.to_dict(),
             "train_rows": setup.train_rows,
+            "identity": setup.identity,
             "initial_checkpoint": initial,
             "callbacks": list(callbacks),
         },

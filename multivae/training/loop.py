@@ -166,15 +166,19 @@ class CompiledForward:
     Args:
         name: Name of the compiled function in Dynamo's logs (e.g. ``train_forward``).
         recompile_limit: Graphs allowed for one model before the call fails.
+        cuda_graphs: Replay the compiled graphs as CUDA graphs (``triton.cudagraphs``).
     """
 
-    def __init__(self, name: str, recompile_limit: int) -> None:
+    def __init__(self, name: str, recompile_limit: int, cuda_graphs: bool = False) -> None:
         code = _call_model.__code__.replace(co_name=name, co_qualname=name)
         function = types.FunctionType(code, _call_model.__globals__, name)
         self.name = name
         self.recompile_limit = recompile_limit
+        options: dict[str, Any] = {"fallback_random": True}
+        if cuda_graphs:
+            options["triton.cudagraphs"] = True
         self._compiled: Callable[[nn.Module, Batch], ModelOutput] = torch.compile(
-            function, options={"fallback_random": True}
+            function, options=options
         )
 
     def settings(self) -> AbstractContextManager[Any]:
@@ -302,6 +306,92 @@ class _LoopState:
         self.bad_epochs = 0
 
 
+RESUME_SAFE_KEYS = (
+    "epochs",
+    "stage_epochs",
+    "progress_bar",
+    "num_workers",
+    "checkpoint_every",
+    "device",
+    "compile",
+    "cuda_graphs",
+    "early_stopping_patience",
+    "early_stopping_min_delta",
+)
+"""Training settings a resume may change: how long, how often to save, on what hardware, how
+fast; none of them changes what the epochs already trained mean. Everything else of the run's
+identity (:meth:`Trainer.identity`) is checked against the checkpoint."""
+
+
+def flatten_mapping(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Nested mappings as dotted keys (``training.optimizer.kwargs.lr``); values as they are."""
+    flat: dict[str, Any] = {}
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_mapping(value, f"{key}."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (or that one side lacks)."""
+    missing = object()
+
+    def show(value: Any) -> str:
+        return "(absent)" if value is missing else repr(value)
+
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, missing), after.get(key, missing)
+        if old != new:
+            changes.append(f"{key}: {show(old)} -> {show(new)}")
+    return changes
+
+
+def run_identity(
+    model: MultimodalVAE, config: TrainingConfig, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """What makes a run this run, as dotted keys: what a resume must not change.
+
+    The model's name and config, the training settings but :data:`RESUME_SAFE_KEYS`, and
+    ``extra`` (the caller's: the data's fingerprint).
+    """
+    training = {
+        f"training.{key}": value
+        for key, value in flatten_mapping(config.to_dict(), "").items()
+        if not any(key == safe or key.startswith(f"{safe}.") for safe in RESUME_SAFE_KEYS)
+    }
+    return {
+        "model": model.name,
+        **flatten_mapping(model.config.to_dict(), "model_config."),
+        **training,
+        **flatten_mapping(dict(extra or {}), ""),
+    }
+
+
+def check_resume_identity(
+    path: Path, checkpoint: Mapping[str, Any], identity: Mapping[str, Any]
+) -> None:
+    """Refuse to resume ``checkpoint`` (read from ``path``) as a run of another ``identity``.
+
+    Raises:
+        ConfigError: Listing every changed key with its old and new value.
+    """
+    if "identity" not in checkpoint:  # written before checkpoints kept their run's identity
+        return
+    changed = changed_keys(checkpoint["identity"], identity)
+    if changed:
+        raise ConfigError(
+            f"{path}: resuming would change the run: "
+            + "; ".join(changed)
+            + ". A resumed run keeps what it started with, except "
+            + ", ".join(f"training.{key}" for key in RESUME_SAFE_KEYS)
+            + "; start a new run in another output_dir to change the rest"
+        )
+
+
 class Trainer:
     """Trains a model by a :class:`TrainingConfig` and writes its outputs to ``output_dir``.
 
@@ -317,6 +407,8 @@ class Trainer:
         callbacks: Called at the start, after every epoch and at the end.
         device: Device to train on; overrides ``config.device`` (data-parallel workers pass
             their own).
+        identity: More of what makes the run this run (e.g. ``{"data": fingerprint}``), added
+            to its :meth:`identity`.
 
     Raises:
         ConfigError: For ``stage_epochs`` naming a stage the model does not have, or a device,
@@ -331,10 +423,12 @@ class Trainer:
         *,
         callbacks: Sequence[Callback] = (),
         device: torch.device | None = None,
+        identity: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.module = unwrap_model(model)
         self.config = config
+        self.extra_identity = dict(identity or {})
         self.output_dir = Path(output_dir)
         self.callbacks = list(callbacks)
         self.device = resolve_device(config.device) if device is None else device
@@ -367,8 +461,18 @@ class Trainer:
                 torch._dynamo.config.recompile_limit,
                 _GRAPHS_PER_STAGE * len(self.module.stages),
             )
-            self._train_forward = CompiledForward("train_forward", limit)
-            self._eval_forward = CompiledForward("validation_forward", limit)
+            if config.cuda_graphs and self.device.type != "cuda":
+                raise ConfigError(
+                    f"training.cuda_graphs: needs a CUDA device, the run trains on "
+                    f"{self.device.type!r}; set training.cuda_graphs to false"
+                )
+            graphs = config.cuda_graphs
+            self._train_forward = CompiledForward("train_forward", limit, cuda_graphs=graphs)
+            self._eval_forward = CompiledForward("validation_forward", limit, cuda_graphs=graphs)
+
+    def identity(self) -> dict[str, Any]:
+        """What a resume must not change (see :func:`run_identity`)."""
+        return run_identity(self.module, self.config, self.extra_identity)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -403,6 +507,8 @@ class Trainer:
             TypeError: For ``train_data`` without a length and no ``steps_per_epoch``.
             FileExistsError: When starting afresh in a folder that holds a checkpoint.
             FileNotFoundError: When resuming without a checkpoint.
+            ConfigError: When resuming would change the run's :meth:`identity` (the error
+                lists each changed key with its old and new value).
             ValueError: When the checkpoint is unreadable or belongs to another model, or an
                 epoch yields no batches.
             FloatingPointError: When an epoch's training loss is not finite.
@@ -742,6 +848,7 @@ class Trainer:
         state = self._state
         save_checkpoint(
             {
+                "identity": self.identity(),
                 "stages": list(self.module.stages),
                 "model": _cpu_copy(self.module.state_dict()),
                 "optimizer": optimizer.state_dict(),
@@ -767,6 +874,7 @@ class Trainer:
     def _load_checkpoint(self, stages: tuple[str, ...]) -> dict[str, Any]:
         """Restore the model, random generators and loop state; return the optimizer's states."""
         checkpoint = load_checkpoint(self.checkpoint_path)
+        check_resume_identity(self.checkpoint_path, checkpoint, self.identity())
         if tuple(checkpoint["stages"]) != stages:
             raise ValueError(
                 f"{self.checkpoint_path}: expected a checkpoint of a model with stages "

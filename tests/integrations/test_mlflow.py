@@ -21,11 +21,11 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 import multivae
 from multivae.data import DataFormatError, MultimodalDataset, SplitArrays, write_split
 from multivae.data.datasets import prepare_builtin
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.distribution import DISTRIBUTION
 from multivae.integrations.mlflow import (
     TRUNCATED,
     MLflowCallback,
-    dataset_fingerprint,
     default_tracking_uri,
     finish_run,
     flatten_config,

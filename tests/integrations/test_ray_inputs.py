@@ -288,3 +288,23 @@ def test_sweep_settings_are_checked(views, tmp_path):
         tmp_path, views, ["model_config.latent_dim: {choice: [2]}"], train_workers=2
     )
     assert load_sweep(trains)[0].driver_resources() == {"cpu": 0.25}
+
+
+def test_a_ray_resume_that_would_change_the_run_is_refused_before_any_worker(views, tmp_path):
+    from multivae.integrations.ray_train import prepare_ray_run
+
+    run = {
+        "model": "mvae",
+        "data": str(views),
+        "output_dir": str(tmp_path / "run"),
+        "model_config": {"latent_dim": 2},
+        "training": {"epochs": 1, "progress_bar": False},
+        "mlflow": {"enabled": False},
+    }
+    run_training(RunConfig.from_dict(run))  # a local run's checkpoint, continued on Ray
+    on_ray = {**run, "ray": {"num_workers": 1}, "training": {"epochs": 2, "progress_bar": False}}
+    assert prepare_ray_run(RunConfig.from_dict(on_ray), resume=True).identity["data"]
+    changed = {**on_ray, "training": {"epochs": 2, "progress_bar": False, "batch_size": 8}}
+    with pytest.raises(ConfigError, match=r"resuming would change the run: training\.batch_size"):
+        prepare_ray_run(RunConfig.from_dict(changed), resume=True)
+    assert not ray.is_initialized()

@@ -199,3 +199,30 @@ def test_compile_must_be_a_boolean(value):
         TrainingConfig.from_dict({"compile": value}, where="training")
     with pytest.raises(ConfigError, match=r"training\.compile: expected true or false"):
         TrainingConfig(compile=value)
+
+
+def test_cuda_graphs_need_compile_and_a_cuda_device(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"training.cuda_graphs: .* set training.compile: true"):
+        TrainingConfig(cuda_graphs=True)
+    with pytest.raises(ConfigError, match=r"needs a CUDA device, found device 'cpu'"):
+        TrainingConfig(compile=True, cuda_graphs=True, device="cpu")
+    # "auto" on a machine without CUDA: refused when the trainer picks the device.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"the run trains on 'cpu'; set training.cuda_graphs"):
+        Trainer(build(), quiet(compile=True, cuda_graphs=True, device="auto"), tmp_path)
+
+
+def test_cuda_graphs_reach_inductor_as_its_cudagraphs_option(monkeypatch):
+    seen = []
+
+    def record(function, options):
+        seen.append(options)
+        return function
+
+    monkeypatch.setattr(torch, "compile", record)
+    training_loop.CompiledForward("plain", 8)
+    training_loop.CompiledForward("graphs", 8, cuda_graphs=True)
+    assert seen == [
+        {"fallback_random": True},
+        {"fallback_random": True, "triton.cudagraphs": True},
+    ]

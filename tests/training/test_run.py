@@ -1,7 +1,9 @@
 import json
 import re
+import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -154,3 +156,37 @@ def test_there_is_one_example_per_model_and_each_builds(tmp_path_factory):
         assert (config.builtin.name, config.builtin.missing_rate) == ("poly-digits", 0.5)
         model = multivae.create_model(config.model, resolve_model_config(config, schema))
         assert model.config.latent_dim == config.model_config["latent_dim"]
+
+
+def test_a_resume_that_would_change_the_run_is_refused_with_the_changed_keys(toy_dataset, tmp_path):
+    out = tmp_path / "run"
+    options = {"mlflow.enabled": "false"}
+    run_training(run_config(out, toy_dataset, **options))
+    before = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+
+    changes = [
+        ({"training.optimizer.kwargs.lr": 0.5}, r"training\.optimizer\.kwargs\.lr: 0\.001 -> 0\.5"),
+        ({"training.seed": 7}, r"training\.seed: 0 -> 7"),
+        ({"training.batch_size": 16}, r"training\.batch_size: 32 -> 16"),
+        ({"model_config.latent_dim": 3}, r"model_config\.latent_dim: 2 -> 3"),
+        ({"training.precision": "bf16"}, r"training\.precision: 'fp32' -> 'bf16'"),
+    ]
+    for change, message in changes:
+        with pytest.raises(ConfigError, match=rf"resuming would change the run: {message}"):
+            run_training(run_config(out, toy_dataset, **options, **change), resume=True)
+    # Nothing was written by the refused resumes: run.yaml still says what the run is.
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()} == before
+
+    # Other data (a copy with one split rewritten) is another run.
+    other = tmp_path / "other"
+    shutil.copytree(toy_dataset, other)
+    (train_file,) = (other / "train").glob("*.parquet")
+    table = pq.read_table(train_file)
+    pq.write_table(table.slice(0, table.num_rows - 1), train_file)
+    with pytest.raises(ConfigError, match=r"data: '[0-9a-f]{16}' -> '[0-9a-f]{16}'"):
+        run_training(run_config(out, other, **options), resume=True)
+
+    # What the run does not depend on may change: more epochs, no progress bar, another device.
+    safe = {"training.epochs": 3, "training.progress_bar": "true", "training.checkpoint_every": 2}
+    resumed = run_training(run_config(out, toy_dataset, **options, **safe), resume=True)
+    assert resumed.epochs_run == 3
