@@ -189,9 +189,19 @@ class Config:
         return cls.from_dict(yaml.safe_load(text))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write JSON or YAML by the file's suffix, atomically."""
+        """Write JSON or YAML by the file's suffix, atomically, credentials redacted.
+
+        A URI's password or token (``http://user:password@host``) is written as ``***``
+        (:func:`multivae.redact.redact`): pass credentials by environment variables instead.
+        """
+        from multivae.redact import redact_values
+
         path = Path(path)
-        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
+        plain = redact_values(self.to_dict())
+        if path.suffix in (".yaml", ".yml"):
+            text = yaml.safe_dump(plain, sort_keys=False)
+        else:
+            text = json.dumps(plain, indent=2)
         temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
         temporary.write_text(text)
         os.replace(temporary, path)

@@ -403,8 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report(outcome))
         return 0
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        from multivae.redact import redact
+
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     except RuntimeError as error:
-        print(f"error: the pipeline failed: {error}", file=sys.stderr)
+        from multivae.redact import redact
+
+        print(f"error: the pipeline failed: {redact(str(error))}", file=sys.stderr)
         return 1

@@ -22,7 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "multivae"
 
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("multivae.config", "multivae.distribution", "multivae.io", "multivae.names")),
+    (
+        "foundations",
+        (
+            "multivae.config",
+            "multivae.distribution",
+            "multivae.io",
+            "multivae.names",
+            "multivae.redact",
+        ),
+    ),
     ("data and shared math", ("multivae.data", "multivae.nn", "multivae.objectives")),
     ("registry", ("multivae.registry",)),
     ("model folder and Hub publishing", ("multivae.model_folder", "multivae.hub")),

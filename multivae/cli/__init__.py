@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from multivae.cli import data, evaluation, generation, models, training
 from multivae.data.errors import DataFormatError
+from multivae.redact import redact
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         FloatingPointError,
         RuntimeError,
     ) as error:
-        print(f"multivae {args.command}: error: {error}", file=sys.stderr)
+        print(f"multivae {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
     return 0

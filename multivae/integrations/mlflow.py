@@ -52,6 +52,7 @@ from multivae.names import (
     PYFUNC_MODEL_ARTIFACT,
     RUN_CONFIG_FILE,
 )
+from multivae.redact import redact
 from multivae.training.loop import (
     Callback,
     Trainer,
@@ -90,7 +91,8 @@ def flatten_config(mapping: Mapping[str, Any], limit: int = MAX_PARAM_VAL_LENGTH
 
     Nested mappings become dotted keys (``training.optimizer.kwargs.lr``); an empty mapping
     stays as ``{}``. Strings are kept as they are and every other value is written as compact
-    JSON (``0.001``, ``true``, ``null``, ``[64,32]``). A value longer than ``limit`` (MLflow's
+    JSON (``0.001``, ``true``, ``null``, ``[64,32]``); credentials in URIs are redacted
+    (:func:`multivae.redact.redact`). A value longer than ``limit`` (MLflow's
     limit on param values) is cut to ``limit`` characters ending with :data:`TRUNCATED`, so
     logging never fails; the full config is logged as the ``run.yaml`` artifact.
     """
@@ -102,7 +104,7 @@ def flatten_config(mapping: Mapping[str, Any], limit: int = MAX_PARAM_VAL_LENGTH
             if isinstance(value, Mapping) and value:
                 visit(value, f"{key}.")
                 continue
-            text = _param_value(value)
+            text = redact(_param_value(value))
             flat[key] = text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
 
     visit(mapping, "")
@@ -424,7 +426,7 @@ class MLflowCallback(Callback):
             _write_json(
                 run_file,
                 {
-                    "tracking_uri": self.tracking_uri,
+                    "tracking_uri": redact(self.tracking_uri),
                     "experiment_id": experiment_id,
                     "run_id": run_id,
                 },
@@ -440,7 +442,8 @@ class MLflowCallback(Callback):
         except MlflowException as error:
             raise ValueError(
                 f"{run_file}: expected run {stored['run_id']} (logged to "
-                f"{stored['tracking_uri']}) at {self.tracking_uri}, found none ({error})"
+                f"{stored['tracking_uri']}) at {redact(self.tracking_uri)}, found none "
+                f"({redact(str(error))})"
             ) from None
         self.run_id = str(run.info.run_id)
         self.client.update_run(self.run_id, status="RUNNING")
