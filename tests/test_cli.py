@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from multivae.cli import main
 from multivae.data import MultimodalDataset
@@ -179,3 +180,17 @@ def test_train_help_describes_the_run_config():
     )
     for text in ("--config", "--resume", "--set", "training.epochs=3", "model_config", "builtin"):
         assert text in result.stdout
+
+
+def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    def broken(args):
+        raise KeyError("the registry lost a model")
+
+    # The parser is built at each call of main, from the command modules' functions.
+    monkeypatch.setattr("multivae.cli.models.list_models", broken)
+    assert main(["list-models"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("multivae list-models: error: KeyError: 'the registry lost a model'")
+    assert "--debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError, match="the registry lost a model"):
+        main(["--debug", "list-models"])

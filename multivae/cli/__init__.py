@@ -2,7 +2,9 @@
 
 Each group module adds its sub-commands with :func:`argparse.ArgumentParser.set_defaults`
 naming the function that runs it; :func:`main` parses the arguments, calls that function and
-turns the errors a user can cause into exit status 2 with a one-line message.
+turns every error into exit status 2 with a one-line message (credentials redacted); ``multivae
+--debug COMMAND ...`` lets the exception through, with its traceback. An interrupt (Ctrl-C)
+exits with 130.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="multivae",
         description="Multimodal VAEs for partially observed data.",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of its one-line message",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (data, models, training, evaluation, generation):
         group.add_commands(commands)
@@ -33,6 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"multivae {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (
         DataFormatError,
         ValueError,
@@ -41,6 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         FloatingPointError,
         RuntimeError,
     ) as error:
+        if args.debug:
+            raise
         print(f"multivae {args.command}: error: {redact(str(error))}", file=sys.stderr)
+        return 2
+    except Exception as error:  # an error no check foresaw: still one line, and how to see more
+        if args.debug:
+            raise
+        print(
+            f"multivae {args.command}: error: {type(error).__name__}: {redact(str(error))} "
+            "(run `multivae --debug ...` for the traceback)",
+            file=sys.stderr,
+        )
         return 2
     return 0
