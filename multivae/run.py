@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from multivae.data.consistency import check_dataset
 from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import MultimodalDataset, make_dataloader
 from multivae.factory import create_model
@@ -73,6 +74,7 @@ def run_training(
         return train_with_ray(config, resume=resume, callbacks=callbacks)
     training = config.training
     folder = resolve_dataset(config)
+    check_dataset(folder)
     train = MultimodalDataset(folder, "train")
     val = MultimodalDataset(folder, "val")
     torch.manual_seed(training.seed)

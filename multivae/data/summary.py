@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from multivae.data.consistency import check_dataset
+from multivae.data.errors import DataFormatError
 from multivae.data.reader import MultimodalDataset, list_splits, read_file_schema, split_files
 from multivae.data.schema import LABEL_COLUMN, presence_column
 
@@ -31,6 +33,9 @@ def summarize(root: str | os.PathLike[str], *, validate: bool = False) -> dict[s
     if not splits:
         raise FileNotFoundError(f"{root}: expected split folders train/, val/ or test/, found none")
     schema = read_file_schema(split_files(root, splits[0])[0])
+    if validate:
+        # What no file alone can tell: one schema for all splits, unique sample ids, labels.
+        check_dataset(root)
     summary: dict[str, Any] = {
         "path": str(root),
         "name": schema.name,
@@ -59,10 +64,16 @@ def summarize(root: str | os.PathLike[str], *, validate: bool = False) -> dict[s
             },
         }
         if schema.num_classes is not None:
-            counts = np.bincount(
-                table.column(LABEL_COLUMN).to_numpy(), minlength=schema.num_classes
-            )
-            info["label_counts"] = counts.tolist()
+            labels = table.column(LABEL_COLUMN).to_numpy()
+            outside = (labels < 0) | (labels >= schema.num_classes)
+            if outside.any():
+                raise DataFormatError(
+                    f"expected labels in [0, {schema.num_classes - 1}], found "
+                    f"{int(labels[np.argmax(outside)])}",
+                    where=f"{root / split}",
+                    column=LABEL_COLUMN,
+                )
+            info["label_counts"] = np.bincount(labels, minlength=schema.num_classes).tolist()
         if validate:
             dataset = MultimodalDataset(root, split, cache_size=1)
             for start, _ in tqdm(dataset.row_group_spans, desc=f"validating {split}", unit="group"):

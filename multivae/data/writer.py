@@ -81,6 +81,9 @@ class SplitWriter:
         row_group_bytes: Target size of a Parquet row group (the unit the reader decodes).
         file_bytes: Target size of a file; a split larger than this spans several files.
         compression: Parquet compression codec, or ``"none"``.
+        first_sample_id: The id of the first row written without explicit ``sample_ids``
+            (later rows count up from it); :func:`write_dataset` continues the ids of the
+            previous split so that ids are unique across the dataset.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class SplitWriter:
         row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
         file_bytes: int = DEFAULT_FILE_BYTES,
         compression: str = "none",
+        first_sample_id: int = 0,
     ) -> None:
         check_split_name(split, where=root)
         self.root = Path(root)
@@ -112,7 +116,7 @@ class SplitWriter:
         self._file_index = 0
         self._file_rows = 0
         self._writer: pq.ParquetWriter | None = None
-        self._next_sample_id = 0
+        self._next_sample_id = int(first_sample_id)
         self.rows_written = 0
 
     def __enter__(self) -> SplitWriter:
@@ -268,7 +272,9 @@ def write_dataset(
 
     Each split is given whole (a :class:`SplitArrays`) or as an iterable of chunks, which are
     streamed to disk one at a time. Every split is written completely before any is moved into
-    place, so bad data or an exception anywhere leaves ``root`` as it was.
+    place, so bad data or an exception anywhere leaves ``root`` as it was. Rows without explicit
+    ``sample_ids`` are numbered across splits (train ``0..n-1``, then val, then test), so that
+    every id is unique in the dataset.
 
     Args:
         root: Dataset folder.
@@ -282,14 +288,16 @@ def write_dataset(
     writers: list[SplitWriter] = []
     bar = tqdm(desc=progress, unit="sample", disable=progress is None)
     try:
+        next_id = 0
         for split, rows in splits.items():
-            writer = SplitWriter(root, split, schema, **writer_options)
+            writer = SplitWriter(root, split, schema, first_sample_id=next_id, **writer_options)
             writers.append(writer)
             for chunk in [rows] if isinstance(rows, SplitArrays) else rows:
                 writer.write(
                     chunk.data, chunk.present, chunk.labels, chunk.sample_ids, chunk.imputed
                 )
                 bar.update(len(chunk))
+            next_id = writer._next_sample_id
     except BaseException:
         for writer in writers:
             writer.abort()

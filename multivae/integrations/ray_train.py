@@ -42,8 +42,18 @@ import torch
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
+from multivae.data.errors import DataFormatError
 from multivae.data.fingerprint import dataset_fingerprint
-from multivae.data.schema import PRESENCE_SUFFIX
+from multivae.data.reader import read_schema
+from multivae.data.schema import (
+    LABEL_COLUMN,
+    PRESENCE_SUFFIX,
+    SAMPLE_ID_COLUMN,
+    DatasetSchema,
+    imputed_column,
+    presence_column,
+)
+from multivae.data.validation import check_chunk
 from multivae.io import atomic_copy_tree
 from multivae.names import (
     CHECKPOINT_FILE,
@@ -93,6 +103,34 @@ def batch_from_columns(
     )
 
 
+def check_columns(schema: DatasetSchema, columns: Mapping[str, Any], where: str) -> None:
+    """The local reader's row checks on one Ray Data batch.
+
+    The checks and messages are :func:`~multivae.data.validation.check_chunk`'s; a bad row is
+    named by its ``sample_id`` (Ray Data keeps no file rows).
+
+    Raises:
+        DataFormatError: The local reader's message, located at ``where`` and the sample id.
+    """
+    data = {spec.name: np.asarray(columns[spec.name]) for spec in schema.modalities}
+    present = {
+        spec.name: np.asarray(columns[presence_column(spec.name)]) for spec in schema.modalities
+    }
+    labels = None if schema.num_classes is None else np.asarray(columns[LABEL_COLUMN])
+    imputed = None
+    if schema.imputed:
+        imputed = {
+            spec.name: np.asarray(columns[imputed_column(spec.name)]) for spec in schema.modalities
+        }
+    try:
+        check_chunk(schema, data, present, labels, imputed=imputed)
+    except DataFormatError as error:
+        sample = ""
+        if error.row is not None and SAMPLE_ID_COLUMN in columns:
+            sample = f", sample_id {int(np.asarray(columns[SAMPLE_ID_COLUMN])[error.row])}"
+        raise DataFormatError(error.problem, f"{where}{sample}", column=error.column) from None
+
+
 class RayShardBatches:
     """A worker's shard of a Ray Dataset as an epoch-by-epoch iterable of :class:`Batch`.
 
@@ -104,6 +142,9 @@ class RayShardBatches:
             Train makes are equal in size, so every worker takes the same number of steps).
         seed: Seed of the local shuffle; epoch ``e`` uses ``seed + e``.
         shuffle_buffer_size: Rows in the local shuffle buffer; 0 keeps the read order.
+        schema: Check every batch's rows as the local reader does (:func:`check_columns`);
+            ``None`` skips the checks.
+        where: Where the rows come from, for the messages (the split's folder).
     """
 
     def __init__(
@@ -114,8 +155,12 @@ class RayShardBatches:
         steps: int,
         seed: int = 0,
         shuffle_buffer_size: int = 0,
+        schema: DatasetSchema | None = None,
+        where: str = "",
     ) -> None:
         self.shard = shard
+        self.schema = schema
+        self.where = where
         self.modalities = tuple(modalities)
         self.batch_size = batch_size
         self.steps = steps
@@ -140,6 +185,8 @@ class RayShardBatches:
         for columns in self.shard.iter_batches(
             batch_size=self.batch_size, batch_format="numpy", prefetch_batches=2, **options
         ):
+            if self.schema is not None:
+                check_columns(self.schema, columns, self.where)
             yield batch_from_columns(columns, self.modalities)
 
 
@@ -260,6 +307,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     rows_per_worker = loop_config["train_rows"] // world_size
     steps = max(1, math.ceil(rows_per_worker / training.batch_size))
     assert run.ray is not None
+    assert run.data is not None
+    schema = read_schema(run.data)
     train = RayShardBatches(
         ray.train.get_dataset_shard("train"),
         modalities,
@@ -267,9 +316,16 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         steps,
         seed=training.seed,
         shuffle_buffer_size=run.ray.shuffle_buffer_size,
+        schema=schema,
+        where=str(Path(run.data) / "train"),
     )
     val = RayShardBatches(
-        ray.train.get_dataset_shard("val"), modalities, training.batch_size, steps=1
+        ray.train.get_dataset_shard("val"),
+        modalities,
+        training.batch_size,
+        steps=1,
+        schema=schema,
+        where=str(Path(run.data) / "val"),
     )
     callbacks: list[Callback] = [RayReportCallback()]
     if context.get_world_rank() == 0:
@@ -322,6 +378,7 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
         FileExistsError: When starting afresh in a folder that holds a checkpoint.
         FileNotFoundError: When resuming without a checkpoint.
     """
+    from multivae.data.consistency import check_dataset
     from multivae.data.reader import MultimodalDataset
     from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
 
@@ -334,6 +391,7 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
     if not address and not ray.is_initialized():
         _check_resources(config.ray, {"CPU": float(os.cpu_count() or 1)}, "this machine")
     folder = resolve_dataset(config)
+    check_dataset(folder)
     train = MultimodalDataset(folder, "train")
     MultimodalDataset(folder, "val")
     checkpoint = Path(config.output_dir) / CHECKPOINT_FILE

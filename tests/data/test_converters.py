@@ -15,6 +15,7 @@ import scipy.io
 from PIL import Image
 
 from multivae.data import DataFormatError, MultimodalDataset, list_splits, read_schema
+from multivae.data.consistency import check_dataset
 from multivae.data.datasets.converters import convert_mnist_svhn, convert_polymnist
 
 # ----------------------------------------------------------------------------------------------
@@ -84,8 +85,11 @@ def poly_zip(tmp_path: Path, poly_folder: Path) -> Path:
 def check_polymnist_split(out: Path, split: str) -> Any:
     batch = MultimodalDataset(out, split).read_all()
     release_split = "test" if split == "test" else "train"
+    # Test ids follow the release train split's (ids are unique in the dataset).
+    offset = POLY_TRAIN if split == "test" else 0
     assert batch.label is not None and batch.sample_id is not None
-    for row, index in enumerate(batch.sample_id.tolist()):
+    for row, sample_id in enumerate(batch.sample_id.tolist()):
+        index = sample_id - offset
         assert batch.label[row].item() == poly_label(index)
         for modality in range(POLY_MODALITIES):
             name = f"m{modality}"
@@ -133,7 +137,8 @@ def test_polymnist_round_trip(tmp_path: Path, kind: str, poly_folder: Path, poly
     train_ids, val_ids = set(train.sample_id.tolist()), set(val.sample_id.tolist())
     assert not train_ids & val_ids
     assert train_ids | val_ids == set(range(POLY_TRAIN))
-    assert sorted(test.sample_id.tolist()) == list(range(POLY_TEST))
+    assert sorted(test.sample_id.tolist()) == list(range(POLY_TRAIN, POLY_TRAIN + POLY_TEST))
+    check_dataset(out)  # one schema, unique ids across the three splits
     for batch in (train, val, test):
         assert all(mask.all() for mask in batch.mask.values())
 
@@ -374,8 +379,10 @@ def read_pairs(out: Path, split: str) -> tuple[Any, list[int], list[int]]:
     mnist_expected = mnist_images(source, MNIST_TEST if split == "test" else MNIST_TRAIN)
     svhn_labels = svhn_digits(SVHN_TEST if split == "test" else SVHN_TRAIN)
     mnist_ids, svhn_ids = [], []
+    # Test ids follow the train ids (unique in the dataset): MNIST train's pairs come first.
+    offset = MNIST_TRAIN * PAIRS if split == "test" else 0
     for row in range(len(batch)):
-        mnist_index = int(batch.sample_id[row].item()) // PAIRS
+        mnist_index = (int(batch.sample_id[row].item()) - offset) // PAIRS
         label = batch.label[row].item()
         assert label == mnist_index % CLASSES
         mnist_cell = batch.data["mnist"][row].numpy()

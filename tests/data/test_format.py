@@ -56,7 +56,7 @@ ROWS_PER_FILE = 21
 OPTIONS = {"row_group_bytes": ROWS_PER_GROUP * ROW_BYTES, "file_bytes": ROWS_PER_FILE * ROW_BYTES}
 
 
-def make_split(rows: int, seed: int, *, ids: bool = True) -> SplitArrays:
+def make_split(rows: int, seed: int, *, ids: bool = True, first: int = 1000) -> SplitArrays:
     """Random rows of every modality with about 30% missing cells (zeroed)."""
     rng = np.random.default_rng(seed)
     data = {
@@ -71,7 +71,7 @@ def make_split(rows: int, seed: int, *, ids: bool = True) -> SplitArrays:
         present=masks.present,
         labels=rng.integers(0, 3, size=rows, dtype=np.int64),
         # Stable ids that are neither 0..n-1 nor sorted.
-        sample_ids=(1000 + 3 * rng.permutation(rows)).astype(np.int64) if ids else None,
+        sample_ids=(first + 3 * rng.permutation(rows)).astype(np.int64) if ids else None,
     )
 
 
@@ -101,10 +101,13 @@ def dataset_root(tmp_path: Path) -> tuple[Path, dict[str, SplitArrays]]:
     splits = {
         "train": make_split(50, seed=1),
         "val": make_split(17, seed=2, ids=False),
-        "test": make_split(5, seed=3),
+        "test": make_split(5, seed=3, first=5000),
     }
     root = tmp_path / "toy"
     write_dataset(root, SCHEMA, splits, **OPTIONS)
+    # Rows written without ids are numbered after the previous split's largest id.
+    after_train = int(splits["train"].sample_ids.max()) + 1
+    splits["val"].sample_ids = np.arange(after_train, after_train + 17)
     return root, splits
 
 
@@ -267,10 +270,11 @@ def test_make_dataloader_batches_have_fixed_shapes_and_dtypes(dataset_root):
 
 
 def test_make_dataloader_without_shuffle_is_file_order(dataset_root):
-    root, _ = dataset_root
+    root, splits = dataset_root
     dataset = MultimodalDataset(root, "val")
     ids = [i for batch in make_dataloader(dataset, batch_size=4) for i in batch.sample_id.tolist()]
-    assert ids == list(range(17))
+    assert ids == splits["val"].sample_ids.tolist()  # consecutive, in file order
+    assert ids == list(range(ids[0], ids[0] + 17))
 
 
 def test_reading_many_row_groups_keeps_at_most_cache_size_decoded(tmp_path):

@@ -230,3 +230,48 @@ def test_a_run_whose_workers_find_no_room_fails_in_bounded_time_with_what_it_nee
     message = str(raised.value)
     assert "its 2 workers (each {'CPU': 1.0}) could not start: 2 attempt(s) of 2 s" in message
     assert "ray.worker_start_timeout_s" in message
+
+
+def test_ray_training_refuses_the_rows_the_local_reader_refuses_with_the_same_message(
+    ray_cluster, tmp_path
+):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from multivae.data import DataFormatError
+
+    data = prepare_builtin(
+        "gaussian-views", tmp_path / "data", missing_rate=0.0, n_train=64, n_val=16, n_test=16
+    )
+    # A NaN written behind the writer's back (it refuses them), schema metadata kept.
+    (train,) = (data / "train").glob("*.parquet")
+    table = pq.read_table(train)
+    index = table.schema.get_field_index("view0")
+    values = table.column("view0").combine_chunks().to_numpy_ndarray().copy()
+    values[5, 2] = np.nan
+    column = pa.FixedShapeTensorArray.from_numpy_ndarray(values)
+    pq.write_table(table.set_column(index, table.schema.field(index), column), train)
+
+    def config(ray_section):
+        return RunConfig.from_dict(
+            {
+                "model": "mvae",
+                "data": str(data),
+                "output_dir": str(tmp_path / ("ray" if ray_section else "local")),
+                "model_config": {"latent_dim": 2},
+                "training": {"epochs": 1, "progress_bar": False},
+                "mlflow": {"enabled": False},
+                **({"ray": ray_section} if ray_section else {}),
+            }
+        )
+
+    with pytest.raises(DataFormatError) as local:
+        run_training(config(None))
+    assert "column 'view0'" in str(local.value)
+    problem = local.value.problem
+    with pytest.raises(RuntimeError) as on_ray:
+        run_training(config({"num_workers": 1, "max_failures": 0}))
+    message = str(on_ray.value)
+    assert problem in message and "column 'view0'" in message
+    assert f"{data / 'train'}, sample_id 5" in message

@@ -392,6 +392,7 @@ def _polymnist_chunks(
     positions: _Int64Array,
     present: dict[str, NDArray[np.bool_]] | None,
     chunk_rows: int,
+    id_offset: int = 0,
 ) -> Iterator[SplitArrays]:
     modalities = list(listing.paths)
     for start in range(0, positions.size, chunk_rows):
@@ -413,7 +414,7 @@ def _polymnist_chunks(
             data=data,
             present=flags,
             labels=listing.labels[rows],
-            sample_ids=listing.indices[rows],
+            sample_ids=listing.indices[rows] + id_offset,
         )
 
 
@@ -522,17 +523,22 @@ def convert_polymnist(
                 "paper": POLYMNIST_PAPER,
                 "seed": seed,
                 "val_fraction": val_fraction,
-                "sample_id": "index of the sample in the release split",
+                "sample_id": "index of the sample in the release train split; for the test "
+                "split, that index plus the release train split's largest index + 1 (ids are "
+                "unique in the dataset)",
                 "val_split": "stratified by digit, from the release train split",
             },
         )
         all_test_rows = np.arange(len(test_listing), dtype=np.int64)
+        test_offset = int(train_listing.indices.max()) + 1 if len(train_listing) else 0
         producers = {
             "train": _polymnist_chunks(
                 release, train_listing, train_rows, masks["train"], chunk_rows
             ),
             "val": _polymnist_chunks(release, train_listing, val_rows, masks["val"], chunk_rows),
-            "test": _polymnist_chunks(release, test_listing, all_test_rows, None, chunk_rows),
+            "test": _polymnist_chunks(
+                release, test_listing, all_test_rows, None, chunk_rows, id_offset=test_offset
+            ),
         }
         write_dataset(out, schema, producers, progress="PolyMNIST" if progress else None)
     return out
@@ -722,6 +728,7 @@ def _mnist_svhn_chunks(
     pairs_per_image: int,
     present: dict[str, NDArray[np.bool_]] | None,
     chunk_rows: int,
+    id_offset: int = 0,
 ) -> Iterator[SplitArrays]:
     mnist_rows, svhn_rows, numbers = pairs
     for start in range(0, mnist_rows.size, chunk_rows):
@@ -740,7 +747,7 @@ def _mnist_svhn_chunks(
             data=data,
             present=flags,
             labels=mnist_labels[chosen_mnist],
-            sample_ids=chosen_mnist * pairs_per_image + numbers[start:stop],
+            sample_ids=chosen_mnist * pairs_per_image + numbers[start:stop] + id_offset,
         )
 
 
@@ -889,7 +896,8 @@ def convert_mnist_svhn(
             "pairs_per_image": pairs_per_image,
             "seed": seed,
             "val_fraction": val_fraction,
-            "sample_id": "mnist_index * pairs_per_image + pair_number",
+            "sample_id": "mnist_index * pairs_per_image + pair_number; for the test split, plus "
+            "len(MNIST train) * pairs_per_image (ids are unique in the dataset)",
             "val_split": "MNIST train and SVHN train each stratified by digit before pairing",
         },
     )
@@ -898,9 +906,15 @@ def convert_mnist_svhn(
         "val": (mnist_train, mnist_train_labels, svhn_train),
         "test": (mnist_test, mnist_test_labels, svhn_test),
     }
+    offsets = {"train": 0, "val": 0, "test": len(mnist_train) * pairs_per_image}
     producers = {
         split: _mnist_svhn_chunks(
-            *sources[split], pairs[split], pairs_per_image, masks[split], chunk_rows
+            *sources[split],
+            pairs[split],
+            pairs_per_image,
+            masks[split],
+            chunk_rows,
+            id_offset=offsets[split],
         )
         for split in SPLITS
     }

@@ -88,7 +88,8 @@ def build_gaussian_views(
                 size, names, missing_rate, seed * 10 + split_number
             )
             present, records[split] = drawn.present, drawn.record
-        splits[split] = SplitArrays(apply_presence(data, present), present, labels, np.arange(size))
+        # Ids are numbered by write_dataset, across splits (unique in the dataset).
+        splits[split] = SplitArrays(apply_presence(data, present), present, labels)
     schema = DatasetSchema(
         modalities=tuple(
             ModalitySpec(name, (view_dim,), "float32", "tabular", None, "normal") for name in names

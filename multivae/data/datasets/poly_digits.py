@@ -176,12 +176,8 @@ def build_poly_digits(
                 for m, name in enumerate(names)
             }
             chunk_present = {n: present[n][start : start + _CHUNK] for n in names}
-            yield SplitArrays(
-                apply_presence(data, chunk_present),
-                chunk_present,
-                chunk_labels,
-                np.arange(start, start + len(chunk_labels)),
-            )
+            # Ids are numbered by write_dataset, across splits (unique in the dataset).
+            yield SplitArrays(apply_presence(data, chunk_present), chunk_present, chunk_labels)
 
     splits = {split: chunks(i, split, size) for i, (split, size) in enumerate(sizes.items())}
     write_dataset(out, schema, splits, progress="poly-digits")
