@@ -78,6 +78,16 @@ if TYPE_CHECKING:
     from multivae.run_config import RayConfig, RunConfig
 
 
+def _writable(values: Any) -> np.ndarray[Any, Any]:
+    """A contiguous array torch may wrap, copied when read-only.
+
+    Ray Data's zero-copy batches are read-only views: ``torch.from_numpy`` warns on them and an
+    in-place op on the tensor would be undefined.
+    """
+    array = np.ascontiguousarray(values)
+    return array if array.flags.writeable else array.copy()
+
+
 def batch_from_columns(
     columns: Mapping[str, np.ndarray[Any, Any]], modalities: Sequence[str]
 ) -> Batch:
@@ -86,9 +96,9 @@ def batch_from_columns(
     Modality columns become ``(N, *shape)`` tensors (zero-copy where NumPy allows), the
     ``<name>__present`` columns the masks, ``label`` and ``sample_id`` the long tensors.
     """
-    data = {name: torch.from_numpy(np.ascontiguousarray(columns[name])) for name in modalities}
+    data = {name: torch.from_numpy(_writable(columns[name])) for name in modalities}
     mask = {
-        name: torch.from_numpy(np.asarray(columns[f"{name}{PRESENCE_SUFFIX}"], dtype=bool))
+        name: torch.from_numpy(_writable(np.asarray(columns[f"{name}{PRESENCE_SUFFIX}"], bool)))
         for name in modalities
     }
     label = columns.get("label")
@@ -96,10 +106,10 @@ def batch_from_columns(
     return Batch(
         data=data,
         mask=mask,
-        label=None if label is None else torch.from_numpy(np.asarray(label, dtype=np.int64)),
+        label=None if label is None else torch.from_numpy(_writable(label.astype(np.int64))),
         sample_id=None
         if sample_id is None
-        else torch.from_numpy(np.asarray(sample_id, dtype=np.int64)),
+        else torch.from_numpy(_writable(sample_id.astype(np.int64))),
     )
 
 

@@ -308,3 +308,63 @@ def test_a_ray_resume_that_would_change_the_run_is_refused_before_any_worker(vie
     with pytest.raises(ConfigError, match=r"resuming would change the run: training\.batch_size"):
         prepare_ray_run(RunConfig.from_dict(changed), resume=True)
     assert not ray.is_initialized()
+
+
+class ParquetShard:
+    """A worker's dataset shard as Ray Data hands it over: NumPy batches of the Parquet columns
+    (read here with pyarrow, as Ray Data's Parquet reader does), so no Ray is needed."""
+
+    def __init__(self, folder):
+        import pyarrow.parquet as pq
+
+        self.table = pq.read_table(folder)
+
+    def iter_batches(self, batch_size, batch_format, prefetch_batches, **options):
+        assert batch_format == "numpy"
+        for batch in self.table.to_batches(max_chunksize=batch_size):
+            columns = {}
+            for name in batch.schema.names:
+                column = batch.column(name)
+                if hasattr(column, "to_numpy_ndarray"):
+                    columns[name] = column.to_numpy_ndarray()
+                else:
+                    columns[name] = column.to_numpy(zero_copy_only=False)
+            yield columns
+
+
+def test_the_ray_data_path_refuses_the_rows_the_local_reader_refuses_with_its_message(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from multivae.data import MultimodalDataset, read_schema
+    from multivae.integrations.ray_train import RayShardBatches
+
+    data = prepare_builtin("gaussian-views", tmp_path / "data", n_train=64, n_val=16, n_test=16)
+    # A NaN written behind the writer's back (it refuses them), schema metadata kept.
+    (train,) = (data / "train").glob("*.parquet")
+    table = pq.read_table(train)
+    index = table.schema.get_field_index("view0")
+    values = table.column("view0").combine_chunks().to_numpy_ndarray().copy()
+    values[37, 2] = np.nan
+    column = pa.FixedShapeTensorArray.from_numpy_ndarray(values)
+    pq.write_table(table.set_column(index, table.schema.field(index), column), train)
+
+    with pytest.raises(DataFormatError) as local:
+        MultimodalDataset(data, "train").read_all()
+    schema = read_schema(data)
+    good = RayShardBatches(ParquetShard(data / "val"), schema.modality_names, 16, 1, schema=schema)
+    assert [len(batch) for batch in good] == [16]  # good rows pass, as batches
+    shard = RayShardBatches(
+        ParquetShard(data / "train"),
+        schema.modality_names,
+        16,
+        4,
+        schema=schema,
+        where=str(data / "train"),
+    )
+    with pytest.raises(DataFormatError) as on_ray:
+        list(shard)
+    assert on_ray.value.problem == local.value.problem == "expected finite values, found NaN"
+    assert on_ray.value.column == local.value.column == "view0"
+    assert str(on_ray.value).startswith(f"{data / 'train'}, sample_id 37, column 'view0'")
