@@ -64,7 +64,9 @@ def start_cluster(
         "--head",
         f"--port={port}",
         f"--num-cpus={head_cpus}",
-        "--include-dashboard=false",
+        # The dashboard serves the state API, which Ray Train's placement group cleaner needs.
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={free_port()}",
         "--disable-usage-stats",
         env=env,
     )

@@ -526,13 +526,22 @@ def run_sweep(
         ray.init(address=address) if address else ray.init(
             address="local", num_cpus=math.ceil(local_cpus or 1)
         )
-    if local_cpus is None:
-        try:
+    try:
+        if local_cpus is None:
             plan = plan_sweep(sweep, base, ray.cluster_resources())  # type: ignore[no-untyped-call]
-        except ConfigError:
-            if started_ray:
-                ray.shutdown()
-            raise
+        if sweep.train_workers and sweep.scheduler is not None and not _state_api_available():
+            raise ConfigError(
+                "sweep: ASHA stops Train trials early, and Ray Train (2.60) frees a stopped "
+                "trial's worker group only through Ray's state API, which this cluster does not "
+                "serve (it runs without the dashboard): the freed CPUs would never come back and "
+                "later trials would wait forever. Start the cluster with the dashboard (ray start "
+                "--head without --include-dashboard=false; ray.init(include_dashboard=True)), or "
+                "set scheduler: null"
+            )
+    except ConfigError:
+        if started_ray:
+            ray.shutdown()
+        raise
     print(f"sweep: {plan.describe()}", flush=True)
     output_dir = Path(sweep.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -623,6 +632,20 @@ def run_sweep(
         if started_ray:
             ray.shutdown()
     return result
+
+
+def _state_api_available() -> bool:
+    """Whether the connected cluster answers Ray's state API (its dashboard runs)."""
+    import ray
+    from ray.util.state import list_nodes
+
+    try:
+        # The connected cluster's own address: another local cluster must not answer for it.
+        address = ray.get_runtime_context().gcs_address
+        list_nodes(address=address, limit=1, timeout=15, raise_on_missing_output=False)
+    except Exception:  # RayStateApiException, or a connection error without a dashboard
+        return False
+    return True
 
 
 def _local_gpus() -> int:

@@ -230,3 +230,16 @@ def test_a_run_whose_workers_find_no_room_fails_in_bounded_time_with_what_it_nee
     message = str(raised.value)
     assert "its 2 workers (each {'CPU': 1.0}) could not start: 2 attempt(s) of 2 s" in message
     assert "ray.worker_start_timeout_s" in message
+
+
+def test_asha_over_train_trials_without_the_state_api_is_refused_rather_than_left_to_hang(
+    ray_cluster, tmp_path
+):
+    # This cluster runs without the dashboard, so without Ray's state API, through which Ray
+    # Train frees the workers of a trial that ASHA stops.
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.format(output_dir=tmp_path / "sweep") + "train_workers: 1\n")
+    sweep, base = load_sweep(path)
+    with pytest.raises(ConfigError, match=r"state API.*dashboard.*or set scheduler: null"):
+        run_sweep(sweep, base)
+    assert not (tmp_path / "sweep").exists()
