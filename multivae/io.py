@@ -3,16 +3,26 @@
 Every writer in the project (model folders, datasets, samplers, classifiers, run outputs) goes
 through :func:`staged_folder` or :func:`atomic_write_text`, so a crash or a full disk leaves the
 previous version in place and no partial file under the final name.
+
+The commands that write a dataset follow one rule on their output folder (:func:`claim_output`):
+they write a new or empty folder; they replace a folder only when it holds their own earlier
+output of the same kind (the marker file they wrote, ``.multivae-output.json``) and the user
+asked (``--overwrite``); they never write into another folder, nor inside a dataset. Staging
+folders of a killed command are removed by the next one that writes beside them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from multivae.names import OUTPUT_MARKER_FILE
 
 
 @contextmanager
@@ -29,7 +39,9 @@ def staged_folder(directory: str | os.PathLike[str], *, create: bool = True) -> 
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
+    remove_stale_staging(directory)
+    # The process id lets a later writer tell a killed writer's leftovers from a live one's.
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
     staging = directory.parent / f".{directory.name}.tmp-{tag}"
     if create:
         staging.mkdir()
@@ -64,3 +76,108 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging folders that killed writers of ``directory`` left beside it.
+
+    Only ``.<name>.tmp-<pid>-*`` and ``.<name>.old-<pid>-*`` folders whose process is gone on
+    this machine are removed; a live writer's are kept. Returns what was removed.
+    """
+    directory = Path(directory)
+    removed: list[Path] = []
+    if not directory.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for path in directory.parent.glob(f".{directory.name}.{kind}-*"):
+            pid = path.name.rsplit(f".{kind}-", 1)[1].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def read_output_marker(directory: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The marker a command wrote into its output folder, or ``None``."""
+    path = Path(directory) / OUTPUT_MARKER_FILE
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and "kind" in marker else None
+
+
+def write_output_marker(folder: str | os.PathLike[str], kind: str, command: str) -> None:
+    """Mark ``folder`` as the output of ``command``, of ``kind`` (e.g. ``dataset``)."""
+    marker = {"kind": kind, "command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    atomic_write_text(Path(folder) / OUTPUT_MARKER_FILE, json.dumps(marker, indent=2) + "\n")
+
+
+def _dataset_root(path: Path) -> Path | None:
+    """The dataset folder ``path`` lies in (a marked dataset, or a folder with split folders)."""
+    for parent in path.resolve().parents:
+        marker = read_output_marker(parent)
+        if marker is not None and marker["kind"] == "dataset":
+            return parent
+        if any(
+            (parent / split).is_dir() and any((parent / split).glob("*.parquet"))
+            for split in ("train", "val", "test")
+        ):
+            return parent
+    return None
+
+
+def claim_output(
+    directory: str | os.PathLike[str], kind: str, command: str, *, overwrite: bool = False
+) -> Path:
+    """Check that ``command`` may write its ``kind`` of output at ``directory``.
+
+    Allowed: a folder that does not exist, an empty folder, and, with ``overwrite``, a folder
+    holding this command kind's own earlier output (its marker). Stale staging folders of
+    killed writers beside ``directory`` are removed.
+
+    Raises:
+        FileExistsError: For a file, a folder of other content (no marker, or another kind),
+            an earlier output without ``overwrite``, or a folder inside a dataset.
+    """
+    directory = Path(directory)
+    inside = _dataset_root(directory)
+    if inside is not None:
+        raise FileExistsError(
+            f"{directory}: inside the dataset {inside}; outputs never land inside a dataset's "
+            "folder, give a folder outside it"
+        )
+    if directory.exists():
+        if not directory.is_dir():
+            raise FileExistsError(f"{directory} is a file; expected a new or empty folder")
+        if any(directory.iterdir()):
+            marker = read_output_marker(directory)
+            if marker is None:
+                found = sorted(p.name for p in directory.iterdir())[:5]
+                raise FileExistsError(
+                    f"{directory} holds files {command} did not write ({found}); give a new or "
+                    "empty folder (nothing there is replaced, even with --overwrite)"
+                )
+            if marker["kind"] != kind:
+                raise FileExistsError(
+                    f"{directory} holds a {marker['kind']} written by {marker.get('command')}, "
+                    f"not a {kind}; give another folder"
+                )
+            if not overwrite:
+                raise FileExistsError(
+                    f"{directory} holds an earlier {kind} ({marker.get('command')}, "
+                    f"{marker.get('created')}); pass --overwrite to replace it, or give another "
+                    "folder"
+                )
+    remove_stale_staging(directory)
+    return directory

@@ -70,3 +70,6 @@ SYNTHETIC_SUMMARY_ARTIFACT = "synthetic_summary.json"
 REGISTER_RECORD_ARTIFACT = "register.json"
 STAGING_FOLDER = "pipeline-runs"
 """Inside the shared folder of ``ray-job`` and ``rayjob`` training: one folder per run."""
+
+# What a command writes into each output folder it creates (multivae.io.claim_output).
+OUTPUT_MARKER_FILE = ".multivae-output.json"

@@ -175,7 +175,7 @@ def test_sampled_images_are_clamped_to_the_declared_range(tmp_path, digits):
 
 def test_sampling_without_the_training_data_builds_the_schema_from_the_model(tmp_path, mopoe):
     out = sample_dataset(mopoe, 5, tmp_path / "s", split="val", progress=True)
-    assert [p.name for p in out.iterdir()] == ["val"]
+    assert sorted(p.name for p in out.iterdir()) == [".multivae-output.json", "val"]
     schema = read_schema(out)
     assert schema.modalities == schema_from_model(mopoe).modalities
     assert schema.extra[PROVENANCE_KEY]["model_path"] is None
@@ -256,7 +256,12 @@ def imputed(tmp_path_factory, views, mopoe):
 
 
 def test_imputation_keeps_observed_cells_and_marks_the_rest(views, imputed, mopoe):
-    assert sorted(p.name for p in imputed.iterdir()) == ["test", "train", "val"]
+    assert sorted(p.name for p in imputed.iterdir()) == [
+        ".multivae-output.json",
+        "test",
+        "train",
+        "val",
+    ]
     summary = summarize(imputed, validate=True)
     for split in ("train", "val", "test"):
         assert summary["splits"][split]["validated"]
@@ -332,7 +337,7 @@ def test_sampled_imputation_is_seeded(tmp_path, views, mopoe):
         return read(tmp_path / out, "val")[1]
 
     first, again, other = impute("a", 1), impute("b", 1), impute("c", 2)
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["val"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".multivae-output.json", "val"]
     assert same_data(first, again)
     _, source = read(views, "val")
     differs = False
@@ -500,8 +505,9 @@ def test_bad_destinations_and_splits_are_refused(tmp_path, views, mopoe):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=r"not a multivae dataset \(found \['notes.txt'\]\)"):
-        sample_dataset(mopoe, 5, occupied, progress=False)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"holds files multivae sample did not write"):
+            sample_dataset(mopoe, 5, occupied, progress=False, overwrite=overwrite)
     assert (occupied / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="unknown imputation method 'median'"):
         impute_dataset(mopoe, views, tmp_path / "o", method="median", progress=False)
@@ -509,6 +515,13 @@ def test_bad_destinations_and_splits_are_refused(tmp_path, views, mopoe):
         impute_dataset(mopoe, views, tmp_path / "o", splits="train", progress=False)
     only_train = tmp_path / "only-train"
     sample_dataset(mopoe, 5, only_train, progress=False)
+    # An earlier output of the same command: replaced only with overwrite, never by another kind.
+    with pytest.raises(FileExistsError, match=r"holds an earlier dataset \(multivae sample"):
+        sample_dataset(mopoe, 5, only_train, progress=False)
+    sample_dataset(mopoe, 6, only_train, progress=False, overwrite=True)
+    assert len(MultimodalDataset(only_train, "train")) == 6
+    with pytest.raises(FileExistsError, match=r"inside the dataset"):
+        sample_dataset(mopoe, 5, only_train / "train" / "more", progress=False)
     with pytest.raises(ValueError, match=r"no splits \['val'\]; the dataset has \['train'\]"):
         impute_dataset(mopoe, only_train, tmp_path / "o", splits=["val"], progress=False)
     assert not (tmp_path / "o").exists()

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from multivae.data.schema import SPLITS, DatasetSchema, ModalitySpec
+from multivae.data.schema import DatasetSchema, ModalitySpec
 from multivae.distribution import installed_version
+from multivae.io import claim_output
 from multivae.models.base import MultimodalVAE
 
 PROVENANCE_KEY = "provenance"
@@ -86,24 +87,20 @@ def as_stored(spec: ModalitySpec, values: torch.Tensor) -> np.ndarray[Any, Any]:
     return np.ascontiguousarray(array.astype(dtype, copy=False))
 
 
-def check_destination(out_dir: Path, *sources: Path | None) -> None:
-    """Refuse an ``out_dir`` that is a source of the data or holds something else than splits."""
+def check_destination(
+    out_dir: Path, *sources: Path | None, command: str, overwrite: bool = False
+) -> None:
+    """Refuse an ``out_dir`` that is a source of the data, or that the one output rule refuses.
+
+    See :func:`multivae.io.claim_output`: a new or empty folder, or with ``overwrite`` this
+    command's own earlier dataset; never another folder, never inside a dataset.
+    """
     for source in sources:
         if source is not None and out_dir.resolve() == source.resolve():
             raise ValueError(
                 f"{out_dir}: the output folder is the source dataset; give another folder"
             )
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise ValueError(f"{out_dir} exists and is a file; give a folder for the dataset")
-        foreign = sorted(
-            p.name for p in out_dir.iterdir() if p.name not in SPLITS and not p.name.startswith(".")
-        )
-        if foreign:
-            raise ValueError(
-                f"{out_dir} exists and is not a multivae dataset (found {foreign}); give a new "
-                "or empty folder, or a dataset folder to replace"
-            )
+    claim_output(out_dir, "dataset", command, overwrite=overwrite)
 
 
 def schema_from_model(model: MultimodalVAE, name: str | None = None) -> DatasetSchema:

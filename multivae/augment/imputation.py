@@ -28,7 +28,7 @@ from multivae.data.reader import MultimodalDataset, list_splits, read_schema
 from multivae.data.schema import SPLITS
 from multivae.data.writer import SplitWriter, check_split_name
 from multivae.factory import load_model
-from multivae.io import staged_folder
+from multivae.io import staged_folder, write_output_marker
 from multivae.models.base import MultimodalVAE
 
 IMPUTATION_METHODS = ("mean", "sample")
@@ -59,6 +59,7 @@ def impute_dataset(
     progress: bool = True,
     method: str = "mean",
     model_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Copy a dataset with every missing modality generated from each sample's observed ones.
 
@@ -72,8 +73,9 @@ def impute_dataset(
     Args:
         model: The model that generates the missing cells.
         data_dir: The source dataset folder.
-        out_dir: The dataset folder to write (not ``data_dir``); an existing dataset there is
-            replaced when every split is complete, anything else there is refused.
+        out_dir: The dataset folder to write (not ``data_dir``): new or empty, or
+            (``overwrite``) an earlier output of this command, replaced when every split is
+            complete; anything else is refused (:func:`multivae.io.claim_output`).
         splits: The splits to impute; every split of the source by default.
         batch_size: Rows read, imputed and written at a time.
         seed: Seed of the random draws of ``method="sample"`` (each split starts from it).
@@ -84,6 +86,7 @@ def impute_dataset(
             draw (and private latents from the prior); the same seed and ``batch_size`` give
             the same data.
         model_path: The model's folder, recorded in the provenance.
+        overwrite: Replace ``out_dir`` when it holds an earlier output of this command.
 
     Returns:
         ``out_dir``.
@@ -114,7 +117,7 @@ def impute_dataset(
             raise ValueError(f"{source}: no splits {absent}; the dataset has {available}")
     if not chosen:
         raise ValueError(f"{source}: expected split folders {list(SPLITS)}, found none")
-    check_destination(out, source)
+    check_destination(out, source, command="multivae impute", overwrite=overwrite)
     datasets = {split: MultimodalDataset(source, split) for split in chosen}
     for split, dataset in datasets.items():
         check_model_matches(model, dataset.schema, source / split, model_path)
@@ -123,6 +126,7 @@ def impute_dataset(
     bar = tqdm(total=total, desc="imputing", unit="sample", disable=not progress)
     try:
         with staged_folder(out) as staging:
+            write_output_marker(staging, "dataset", "multivae impute")
             for split, dataset in datasets.items():
                 schema = dataset.schema
                 provenance: dict[str, Any] = {
@@ -186,6 +190,7 @@ def impute_command(
     splits: Sequence[str] | None = None,
     batch_size: int = 512,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """``multivae impute``: fill a dataset's missing modalities with a saved model.
 
@@ -198,6 +203,7 @@ def impute_command(
         splits: The splits to impute; all by default.
         batch_size: Rows imputed at a time.
         progress: Show a progress bar.
+        overwrite: Replace ``out`` when it holds an earlier output of this command.
 
     Returns:
         The dataset folder.
@@ -214,4 +220,5 @@ def impute_command(
         progress=progress,
         method=method,
         model_path=model_dir,
+        overwrite=overwrite,
     )

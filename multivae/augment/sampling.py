@@ -28,7 +28,7 @@ from multivae.data.reader import MultimodalDataset, make_dataloader, read_schema
 from multivae.data.schema import DatasetSchema
 from multivae.data.writer import SplitWriter, check_split_name
 from multivae.factory import load_model
-from multivae.io import staged_folder
+from multivae.io import staged_folder, write_output_marker
 from multivae.models.base import MultimodalVAE
 from multivae.samplers import (
     JointSampler,
@@ -127,6 +127,7 @@ def sample_dataset(
     model_path: str | os.PathLike[str] | None = None,
     label_with: ClassifierSet | None = None,
     save_sampler: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Generate a synthetic dataset of ``n`` samples, every modality present.
 
@@ -141,8 +142,9 @@ def sample_dataset(
     Args:
         model: The generating model.
         n: Number of samples (``>= 1``).
-        out_dir: The dataset folder to write; an existing dataset there is replaced when the new
-            one is complete, anything else there is refused.
+        out_dir: The dataset folder to write: new or empty, or (``overwrite``) an earlier
+            output of this command, replaced when the new one is complete; anything else is
+            refused (:func:`multivae.io.claim_output`).
         sampler: ``"prior"``, a sampler kind to fit on ``fit_data`` (``gmm``, ``maf``, ``iaf``),
             or a :class:`~multivae.samplers.LatentSampler` (fitted, or fitted on ``fit_data``).
         fit_data: A dataset folder (its train split is encoded) or a batch; its schema also
@@ -161,6 +163,7 @@ def sample_dataset(
             (the output has no label without them).
         save_sampler: A folder to save the sampler in (not for the prior), so the same
             latents can be drawn again with :func:`~multivae.samplers.load_sampler`.
+        overwrite: Replace ``out_dir`` when it holds an earlier output of this command.
 
     Returns:
         ``out_dir``.
@@ -176,7 +179,7 @@ def sample_dataset(
     check_split_name(split, where=out_dir)
     out = Path(out_dir)
     fit_folder = None if fit_data is None or isinstance(fit_data, Batch) else Path(fit_data)
-    check_destination(out, fit_folder)
+    check_destination(out, fit_folder, command="multivae sample", overwrite=overwrite)
     if schema is None:
         schema = (
             schema_from_model(model) if fit_folder is None else read_schema(fit_folder, "train")
@@ -232,6 +235,7 @@ def sample_dataset(
         bar = tqdm(total=n, desc=f"sampling {split}", unit="sample", disable=not progress)
         try:
             with staged_folder(out) as staging, SplitWriter(staging, split, out_schema) as writer:
+                write_output_marker(staging, "dataset", "multivae sample")
                 for start in range(0, n, batch_size):
                     count = min(batch_size, n - start)
                     generated = model.sample(count, sampler=fitted)
@@ -262,6 +266,7 @@ def sample_command(
     split: str = "train",
     progress: bool = True,
     save_sampler: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """``multivae sample``: generate a synthetic dataset with a saved model.
 
@@ -281,6 +286,7 @@ def sample_command(
         split: The split written.
         progress: Show a progress bar.
         save_sampler: Where to save the fitted sampler (see :func:`sample_dataset`).
+        overwrite: Replace ``out`` when it holds an earlier output of this command.
 
     Returns:
         The dataset folder.
@@ -310,4 +316,5 @@ def sample_command(
         progress=progress,
         model_path=model_dir,
         save_sampler=save_sampler,
+        overwrite=overwrite,
     )

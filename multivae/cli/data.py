@@ -50,6 +50,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     prepare.add_argument("name", metavar="NAME", help="built-in dataset (listed below)")
     prepare.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR when it holds an earlier output of this command (never other files)",
+    )
+    prepare.add_argument(
         "--missing-rate",
         type=float,
         default=0.0,
@@ -97,6 +102,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     mnist_svhn.add_argument("--pairs-per-image", type=int, default=5, metavar="K")
     for source in (polymnist, mnist_svhn):
         source.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+        source.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace DIR when it holds an earlier output of this command (never other files)",
+        )
         source.add_argument(
             "--missing-rate",
             type=float,
@@ -146,6 +156,7 @@ def prepare_data(args: argparse.Namespace) -> None:
         args.out,
         missing_rate=args.missing_rate,
         seed=args.seed,
+        overwrite=args.overwrite,
         **dict(args.param),
     )
     print(format_summary(summarize(path)))
@@ -160,6 +171,7 @@ def convert(args: argparse.Namespace) -> None:
         "missing_rate": args.missing_rate,
         "val_fraction": args.val_fraction,
         "seed": args.seed,
+        "overwrite": args.overwrite,
     }
     if args.source == "polymnist":
         path = convert_polymnist(args.source_path, args.out, **options)

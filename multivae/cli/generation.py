@@ -25,6 +25,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--out", required=True, metavar="DIR", help="dataset folder to write"
     )
     sample_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR when it holds an earlier output of this command (never other files)",
+    )
+    sample_parser.add_argument(
         "--sampler", default="prior", help="prior, gmm, maf or iaf (default: prior)"
     )
     sample_parser.add_argument(
@@ -56,6 +61,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--out", required=True, metavar="DIR", help="dataset folder to write"
     )
     impute_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR when it holds an earlier output of this command (never other files)",
+    )
+    impute_parser.add_argument(
         "--method",
         default="mean",
         choices=["mean", "sample"],
@@ -79,6 +89,7 @@ def sample(args: argparse.Namespace) -> None:
         args.seed,
         args.sampler_dir,
         save_sampler=args.save_sampler,
+        overwrite=args.overwrite,
     )
     print(format_summary(summarize(path)))
 
@@ -88,5 +99,7 @@ def impute(args: argparse.Namespace) -> None:
     from multivae.augment import impute_command
     from multivae.data.summary import format_summary, summarize
 
-    path = impute_command(args.model, args.data, args.out, args.seed, method=args.method)
+    path = impute_command(
+        args.model, args.data, args.out, args.seed, method=args.method, overwrite=args.overwrite
+    )
     print(format_summary(summarize(path)))

@@ -162,15 +162,33 @@ def test_unknown_names_get_a_suggestion(tmp_path):
 
 def test_prepare_refuses_a_folder_that_is_not_a_dataset(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not a multivae dataset"):
-        prepare_builtin("gaussian-views", tmp_path, n_train=5, n_val=5, n_test=5)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=r"holds files multivae prepare-data did not"):
+            prepare_builtin(
+                "gaussian-views", tmp_path, n_train=5, n_val=5, n_test=5, overwrite=overwrite
+            )
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    # Nor inside a dataset.
+    prepare_builtin("gaussian-views", tmp_path / "gv", n_train=5, n_val=5, n_test=5)
+    with pytest.raises(FileExistsError, match=r"inside the dataset .*gv; outputs never land"):
+        prepare_builtin(
+            "gaussian-views", tmp_path / "gv" / "train" / "x", n_train=5, n_val=5, n_test=5
+        )
 
 
 def test_prepare_replaces_an_existing_dataset_and_leaves_no_temporary_folder(tmp_path):
     out = tmp_path / "gv"
     prepare_builtin("gaussian-views", out, seed=0, n_train=5, n_val=5, n_test=5)
-    prepare_builtin("gaussian-views", out, seed=1, n_train=7, n_val=5, n_test=5)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # Its own earlier output is replaced only when asked.
+    with pytest.raises(FileExistsError, match=r"holds an earlier dataset .*pass --overwrite"):
+        prepare_builtin("gaussian-views", out, seed=1, n_train=7, n_val=5, n_test=5)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # A killed writer's staging folder (a process that no longer exists) is cleaned up.
+    stale = tmp_path / ".gv.tmp-999999999-0123456789ab"
+    (stale / "train").mkdir(parents=True)
+    prepare_builtin("gaussian-views", out, seed=1, n_train=7, n_val=5, n_test=5, overwrite=True)
     assert len(MultimodalDataset(out, "train")) == 7
     assert (
         json.loads(pq.read_schema(next((out / "train").glob("*.parquet"))).metadata[b"multivae"])[

@@ -22,9 +22,9 @@ from multivae.data.datasets.converters import convert_mnist_svhn, convert_polymn
 from multivae.data.datasets.digits_label import build_digits_label
 from multivae.data.datasets.gaussian_views import build_gaussian_views
 from multivae.data.datasets.poly_digits import build_poly_digits
-from multivae.data.schema import SPLITS
-from multivae.io import staged_folder
+from multivae.io import claim_output, staged_folder, write_output_marker
 
+PREPARE_COMMAND = "multivae prepare-data"
 GENERATOR_VERSION = 2
 """Part of each cached dataset's key: 2 numbers sample ids across splits (unique in the dataset)."""
 
@@ -109,32 +109,25 @@ def prepare_builtin(
     *,
     missing_rate: float = 0.0,
     seed: int = 0,
+    overwrite: bool = False,
     **parameters: Any,
 ) -> Path:
     """Generate built-in dataset ``name`` into ``out``.
 
     The dataset is built in a temporary folder next to ``out`` and moved into place when
-    complete; an existing dataset at ``out`` is replaced only then. A folder that holds anything
-    but a dataset is refused rather than overwritten.
+    complete. ``out`` must be new or empty, or (with ``overwrite``) hold an earlier dataset of
+    this command, replaced only when the new one is complete (:func:`multivae.io.claim_output`).
 
     Raises:
-        ValueError: For an unknown dataset or parameter, or an ``out`` that is not a dataset.
+        ValueError: For an unknown dataset or parameter.
+        FileExistsError: For an ``out`` that the output rule refuses.
     """
     dataset = get_builtin(name)
     _check_parameters(dataset, parameters)
-    out = Path(out)
-    if out.exists():
-        # Hidden staging folders left by a killed writer are not foreign content.
-        foreign = [
-            p.name for p in out.iterdir() if p.name not in SPLITS and not p.name.startswith(".")
-        ]
-        if not out.is_dir() or foreign:
-            raise ValueError(
-                f"{out} exists and is not a multivae dataset (found {foreign or 'a file'}); "
-                "give a new or empty folder"
-            )
+    out = claim_output(Path(out), "dataset", PREPARE_COMMAND, overwrite=overwrite)
     with staged_folder(out, create=False) as staging:
         dataset.build(staging, missing_rate=missing_rate, seed=seed, **parameters)
+        write_output_marker(staging, "dataset", PREPARE_COMMAND)
     return out
 
 

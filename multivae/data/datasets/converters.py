@@ -42,6 +42,7 @@ from multivae.data.missingness import (
 )
 from multivae.data.schema import SPLITS, DatasetSchema, ModalitySpec
 from multivae.data.writer import SplitArrays, write_dataset
+from multivae.io import claim_output, write_output_marker
 
 __all__ = ["convert_mnist_svhn", "convert_polymnist"]
 
@@ -427,6 +428,7 @@ def convert_polymnist(
     missing_rate: float = 0.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Convert the PolyMNIST release (Sutter et al. 2021) into a multimodal Parquet dataset.
 
@@ -444,7 +446,9 @@ def convert_polymnist(
 
     Args:
         source: The release zip file, or the folder it was extracted into.
-        out: Dataset folder to write; existing splits of the same name are replaced atomically.
+        out: Dataset folder to write: new or empty, or (``overwrite``) an earlier output of this
+            command (:func:`multivae.io.claim_output`); written all or nothing.
+        overwrite: Replace ``out`` when it holds an earlier output of this command.
         val_fraction: Fraction of each digit class of the release ``train`` split moved to
             ``val``.
         seed: Seed of the train/val split and of the presence masks.
@@ -464,7 +468,8 @@ def convert_polymnist(
         ValueError: On an argument out of range.
     """
     _check_arguments(val_fraction, seed, missing_rate, chunk_rows)
-    source, out = Path(source), Path(out)
+    source = Path(source)
+    out = claim_output(Path(out), "dataset", "multivae convert polymnist", overwrite=overwrite)
     with _open_release(source) as release:
         root = _find_release_root(release, source)
         modalities = _modality_folders(release, root / "train")
@@ -541,6 +546,7 @@ def convert_polymnist(
             ),
         }
         write_dataset(out, schema, producers, progress="PolyMNIST" if progress else None)
+        write_output_marker(out, "dataset", "multivae convert polymnist")
     return out
 
 
@@ -762,6 +768,7 @@ def convert_mnist_svhn(
     missing_rate: float = 0.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Build the bimodal MNIST-SVHN dataset (Shi et al. 2019) from torchvision's downloads.
 
@@ -782,7 +789,9 @@ def convert_mnist_svhn(
     Args:
         mnist_root: The ``root`` given to ``torchvision.datasets.MNIST``.
         svhn_root: The ``root`` given to ``torchvision.datasets.SVHN``.
-        out: Dataset folder to write; existing splits of the same name are replaced atomically.
+        out: Dataset folder to write: new or empty, or (``overwrite``) an earlier output of this
+            command (:func:`multivae.io.claim_output`); written all or nothing.
+        overwrite: Replace ``out`` when it holds an earlier output of this command.
         pairs_per_image: SVHN partners of each MNIST image.
         val_fraction: Fraction of each digit class moved from the train files to ``val``.
         seed: Seed of the train/val split, the pairing and the presence masks.
@@ -805,7 +814,8 @@ def convert_mnist_svhn(
     _check_arguments(val_fraction, seed, missing_rate, chunk_rows)
     if pairs_per_image < 1:
         raise ValueError(f"expected pairs_per_image >= 1, found {pairs_per_image}")
-    mnist_root, svhn_root, out = Path(mnist_root), Path(svhn_root), Path(out)
+    mnist_root, svhn_root = Path(mnist_root), Path(svhn_root)
+    out = claim_output(Path(out), "dataset", "multivae convert mnist-svhn", overwrite=overwrite)
     mnist_train, mnist_train_labels, train_files = _read_mnist(mnist_root, "train")
     mnist_test, mnist_test_labels, test_files = _read_mnist(mnist_root, "t10k")
     svhn_train_path, svhn_test_path = svhn_root / "train_32x32.mat", svhn_root / "test_32x32.mat"
@@ -919,4 +929,5 @@ def convert_mnist_svhn(
         for split in SPLITS
     }
     write_dataset(out, schema, producers, progress="MNIST-SVHN" if progress else None)
+    write_output_marker(out, "dataset", "multivae convert mnist-svhn")
     return out
