@@ -223,6 +223,10 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
             an ill-typed value, prefixed by the file's name.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: expected a run config file (YAML or JSON), found a folder")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: expected a run config file (YAML or JSON), found nothing")
     text = path.read_text()
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

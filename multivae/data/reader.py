@@ -44,7 +44,8 @@ def list_splits(root: str | os.PathLike[str]) -> list[str]:
     """The splits present in a dataset folder, in the order train, val, test."""
     root = Path(root)
     if not root.is_dir():
-        raise DataFormatError("expected a dataset folder, found nothing there", where=str(root))
+        found = "a file" if root.exists() else "nothing there"
+        raise DataFormatError(f"expected a dataset folder, found {found}", where=str(root))
     return [s for s in SPLITS if (root / s).is_dir()]
 
 

@@ -101,6 +101,21 @@ def _check_parameters(dataset: BuiltinDataset, parameters: dict[str, Any]) -> No
             raise ValueError(
                 f"{dataset.name}: unknown parameter {key!r}; expected one of {sorted(known)}.{hint}"
             )
+        default, value = known[key], parameters[key]
+        where = f"{dataset.name}: parameter {key}"
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}: expected true or false, found {value!r}")
+        elif isinstance(default, int):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{where}: expected an integer, found {value!r}")
+            if value < 1:  # sizes and counts, every integer parameter of the generators
+                raise ValueError(f"{where}: expected an integer >= 1, found {value}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{where}: expected a number, found {value!r}")
+            if value < 0:
+                raise ValueError(f"{where}: expected a number >= 0, found {value}")
 
 
 def prepare_builtin(
