@@ -1,0 +1,448 @@
+"""The battery of bad inputs and faults, through the command line as a user meets them.
+
+Each case builds its situation in a fresh folder and runs one ``multivae`` command. Its outcome
+is one of three classes, asserted exactly:
+
+* ``refused``: exit status 2, one line on stderr naming what was expected and where (the
+  ``says`` fragments), no traceback, and every file that was there before unchanged;
+* ``accepted``: exit status 0, the command did its work.
+
+``benchmarks/RESULTS.md`` reports the counts of this battery (``python -m pytest
+tests/reliability -q`` prints them as the number of cases); add a case for every new command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from multivae.cli import main
+
+SECRET = "pa55-w0rd"
+
+
+@dataclass
+class Case:
+    """One bad input or fault: how to build it, the command, and the outcome expected."""
+
+    name: str
+    build: Callable[[Path, dict[str, Path]], list[str]]
+    outcome: str  # "refused" or "accepted"
+    says: tuple[str, ...] = ()
+    hides: tuple[str, ...] = field(default=(SECRET,))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A small dataset and a model trained on it, made once (read-only for the cases)."""
+    root = tmp_path_factory.mktemp("shared")
+    data = root / "views"
+    assert (
+        main(
+            [
+                "prepare-data",
+                "gaussian-views",
+                "--out",
+                str(data),
+                "--missing-rate",
+                "0.3",
+                "--param",
+                "n_train=64",
+                "--param",
+                "n_val=16",
+                "--param",
+                "n_test=16",
+            ]
+        )
+        == 0
+    )
+    config = run_config(root / "run", data)
+    assert main(["train", "--config", str(config)]) == 0
+    return {"data": data, "model": root / "run" / "model", "run": root / "run"}
+
+
+def run_config(output_dir: Path, data: Path, **training) -> Path:
+    path = output_dir.parent / f"{output_dir.name}.yaml"
+    raw = {
+        "model": "mvae",
+        "data": str(data),
+        "model_config": {"latent_dim": 2},
+        "training": {"epochs": 1, "batch_size": 32, "progress_bar": False, **training},
+        "mlflow": {"enabled": False},
+        "output_dir": str(output_dir),
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def copy_dataset(shared: dict[str, Path], tmp: Path) -> Path:
+    target = tmp / "copy"
+    shutil.copytree(shared["data"], target)
+    return target
+
+
+def rewrite(path: Path, change: Callable[[pa.Table], pa.Table]) -> None:
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def set_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    return table.set_column(index, table.schema.field(index), pa.array(values))
+
+
+# ----------------------------------------------------------------------------------------------
+# The cases
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_into_user_files(tmp, shared):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("keep")
+    return ["prepare-data", "gaussian-views", "--out", str(tmp / "mine"), "--overwrite"]
+
+
+def prepare_over_its_own_output(tmp, shared):
+    shutil.copytree(shared["data"], tmp / "d")
+    return ["prepare-data", "gaussian-views", "--out", str(tmp / "d"), "--param", "n_train=8"]
+
+
+def prepare_over_its_own_output_with_overwrite(tmp, shared):
+    shutil.copytree(shared["data"], tmp / "d")
+    return [
+        "prepare-data",
+        "gaussian-views",
+        "--out",
+        str(tmp / "d"),
+        "--overwrite",
+        "--param",
+        "n_train=8",
+    ]
+
+
+def prepare_inside_a_dataset(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    return ["prepare-data", "gaussian-views", "--out", str(data / "train" / "more")]
+
+
+def prepare_with_a_word_for_a_size(tmp, shared):
+    return ["prepare-data", "gaussian-views", "--out", str(tmp / "d"), "--param", "n_train=abc"]
+
+
+def prepare_with_a_negative_size(tmp, shared):
+    return ["prepare-data", "gaussian-views", "--out", str(tmp / "d"), "--param", "n_train=-5"]
+
+
+def prepare_with_an_unknown_parameter(tmp, shared):
+    return ["prepare-data", "gaussian-views", "--out", str(tmp / "d"), "--param", "n_trian=5"]
+
+
+def inspect_a_file(tmp, shared):
+    (tmp / "f.txt").write_text("x")
+    return ["inspect", str(tmp / "f.txt")]
+
+
+def inspect_nothing(tmp, shared):
+    return ["inspect", str(tmp / "absent")]
+
+
+def validate_a_split_file_copied_twice(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (part,) = (data / "train").glob("*.parquet")
+    shutil.copy(part, data / "train" / "part-00009.parquet")
+    return ["inspect", str(data), "--validate"]
+
+
+def validate_a_sample_in_two_splits(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (val,) = (data / "val").glob("*.parquet")
+    rewrite(val, lambda t: set_column(t, "sample_id", np.zeros(t.num_rows, dtype=np.int64) + 3))
+    return ["inspect", str(data), "--validate"]
+
+
+def validate_splits_with_different_shapes(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    other = tmp / "other"
+    assert (
+        main(
+            [
+                "prepare-data",
+                "gaussian-views",
+                "--out",
+                str(other),
+                "--param",
+                "view_dim=9",
+                "--param",
+                "n_train=8",
+                "--param",
+                "n_val=4",
+                "--param",
+                "n_test=4",
+            ]
+        )
+        == 0
+    )
+    shutil.rmtree(data / "val")
+    shutil.copytree(other / "val", data / "val")
+    return ["inspect", str(data), "--validate"]
+
+
+def inspect_negative_labels(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (train,) = (data / "train").glob("*.parquet")
+
+    def negative(table):
+        labels = table.column("label").to_numpy().copy()
+        labels[2] = -1
+        return set_column(table, "label", labels)
+
+    rewrite(train, negative)
+    return ["inspect", str(data)]
+
+
+def train_with_a_folder_as_config(tmp, shared):
+    (tmp / "configs").mkdir()
+    return ["train", "--config", str(tmp / "configs")]
+
+
+def train_with_a_missing_config(tmp, shared):
+    return ["train", "--config", str(tmp / "absent.yaml")]
+
+
+def train_with_a_misspelled_model(tmp, shared):
+    config = run_config(tmp / "run", shared["data"])
+    return ["train", "--config", str(config), "--set", "model=mvea"]
+
+
+def train_again_over_a_finished_run(tmp, shared):
+    shutil.copytree(shared["run"], tmp / "run")
+    config = run_config(tmp / "run", shared["data"])
+    return ["train", "--config", str(config)]
+
+
+def resume_with_another_learning_rate(tmp, shared):
+    shutil.copytree(shared["run"], tmp / "run")
+    config = run_config(tmp / "run", shared["data"])
+    return [
+        "train",
+        "--config",
+        str(config),
+        "--resume",
+        "--set",
+        "training.optimizer.kwargs.lr=0.5",
+    ]
+
+
+def resume_with_another_seed(tmp, shared):
+    shutil.copytree(shared["run"], tmp / "run")
+    config = run_config(tmp / "run", shared["data"])
+    return ["train", "--config", str(config), "--resume", "--set", "training.seed=9"]
+
+
+def resume_with_more_epochs(tmp, shared):
+    shutil.copytree(shared["run"], tmp / "run")
+    config = run_config(tmp / "run", shared["data"])
+    return ["train", "--config", str(config), "--resume", "--set", "training.epochs=2"]
+
+
+def resume_on_other_data(tmp, shared):
+    shutil.copytree(shared["run"], tmp / "run")
+    data = copy_dataset(shared, tmp)
+    (train,) = (data / "train").glob("*.parquet")
+    rewrite(train, lambda t: t.slice(0, t.num_rows - 1))
+    config = run_config(tmp / "run", data)
+    return ["train", "--config", str(config), "--resume"]
+
+
+def train_on_a_dataset_with_duplicate_ids(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (part,) = (data / "train").glob("*.parquet")
+    shutil.copy(part, data / "train" / "part-00009.parquet")
+    return ["train", "--config", str(run_config(tmp / "run", data))]
+
+
+def train_with_credentials_in_a_uri(tmp, shared):
+    config = run_config(tmp / "run", shared["data"])
+    # A data location given as a URL with a password: the error names it, redacted.
+    return ["train", "--config", str(config), "--set", f"data=https://alice:{SECRET}@files/x"]
+
+
+def sample_into_a_dataset(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    return ["sample", "--model", str(shared["model"]), "--n", "4", "--out", str(data / "val")]
+
+
+def sample_over_another_dataset(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (data / ".multivae-output.json").unlink()  # a dataset this command did not write
+    return ["sample", "--model", str(shared["model"]), "--n", "4", "--out", str(data)]
+
+
+def sample_over_its_own_output(tmp, shared):
+    first = ["sample", "--model", str(shared["model"]), "--n", "4", "--out", str(tmp / "s")]
+    assert main(first) == 0
+    return first
+
+
+def sample_from_a_mistyped_model_path(tmp, shared):
+    return ["sample", "--model", str(tmp / "no" / "model"), "--n", "4", "--out", str(tmp / "s")]
+
+
+def impute_onto_its_source(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    return ["impute", "--model", str(shared["model"]), "--data", str(data), "--out", str(data)]
+
+
+def impute_into_user_files(tmp, shared):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("keep")
+    return [
+        "impute",
+        "--model",
+        str(shared["model"]),
+        "--data",
+        str(shared["data"]),
+        "--out",
+        str(tmp / "mine"),
+    ]
+
+
+def tune_with_negative_workers(tmp, shared):
+    sweep = {
+        "run": {"model": "mvae", "data": str(shared["data"]), "output_dir": "unused"},
+        "output_dir": str(tmp / "sweep"),
+        "space": {"model_config.latent_dim": {"choice": [2]}},
+        "train_workers": -1,
+    }
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    return ["tune", "--sweep", str(tmp / "sweep.yaml")]
+
+
+def tune_with_an_unknown_space_key(tmp, shared):
+    sweep = {
+        "run": {"model": "mvae", "data": str(shared["data"]), "output_dir": "unused"},
+        "output_dir": str(tmp / "sweep"),
+        "space": {"model_config.betta": {"uniform": [0.5, 1.5]}},
+    }
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    return ["tune", "--sweep", str(tmp / "sweep.yaml")]
+
+
+CASES = [
+    Case("prepare-data into a folder of user files", prepare_into_user_files, "refused",
+         ("did not write", "nothing there is replaced")),
+    Case("prepare-data over its own earlier output", prepare_over_its_own_output, "refused",
+         ("holds an earlier dataset", "--overwrite")),
+    Case("prepare-data --overwrite over its own output", prepare_over_its_own_output_with_overwrite,
+         "accepted"),
+    Case("prepare-data inside a dataset", prepare_inside_a_dataset, "refused",
+         ("inside the dataset", "outputs never land inside")),
+    Case("prepare-data --param n_train=abc", prepare_with_a_word_for_a_size, "refused",
+         ("parameter n_train: expected an integer, found 'abc'",)),
+    Case("prepare-data --param n_train=-5", prepare_with_a_negative_size, "refused",
+         ("parameter n_train: expected an integer >= 1, found -5",)),
+    Case("prepare-data --param n_trian=5", prepare_with_an_unknown_parameter, "refused",
+         ("unknown parameter 'n_trian'", "Did you mean 'n_train'")),
+    Case("inspect a file", inspect_a_file, "refused", ("expected a dataset folder, found a file",)),
+    Case("inspect a missing folder", inspect_nothing, "refused",
+         ("expected a dataset folder, found nothing there",)),
+    Case("inspect --validate, a split file copied twice", validate_a_split_file_copied_twice,
+         "refused", ("part-00009.parquet", "column 'sample_id'", "expected unique sample_id")),
+    Case("inspect --validate, a sample in two splits", validate_a_sample_in_two_splits, "refused",
+         ("val/part-00000.parquet", "expected unique sample_id")),
+    Case("inspect --validate, splits of different shapes", validate_splits_with_different_shapes,
+         "refused", ("val/part-00000.parquet", "view0 (8,) float32", "view0 (9,) float32")),
+    Case("inspect, a negative label", inspect_negative_labels, "refused",
+         ("column 'label'", "expected labels in [0, 3], found -1")),
+    Case("train --config FOLDER", train_with_a_folder_as_config, "refused",
+         ("expected a run config file (YAML or JSON), found a folder",)),
+    Case("train --config MISSING", train_with_a_missing_config, "refused",
+         ("expected a run config file (YAML or JSON), found nothing",)),
+    Case("train, a misspelled model", train_with_a_misspelled_model, "refused",
+         ("unknown model 'mvea'", "Did you mean 'mvae'")),
+    Case("train over a finished run", train_again_over_a_finished_run, "refused",
+         ("checkpoint.pt exists", "--resume")),
+    Case("train --resume with another learning rate", resume_with_another_learning_rate, "refused",
+         ("resuming would change the run", "training.optimizer.kwargs.lr: 0.001 -> 0.5")),
+    Case("train --resume with another seed", resume_with_another_seed, "refused",
+         ("training.seed: 0 -> 9",)),
+    Case("train --resume with more epochs", resume_with_more_epochs, "accepted"),
+    Case("train --resume on other data", resume_on_other_data, "refused",
+         ("resuming would change the run: data:",)),
+    Case("train on a dataset with duplicate sample ids", train_on_a_dataset_with_duplicate_ids,
+         "refused", ("expected unique sample_id",)),
+    Case("train, a password in a URI it names", train_with_credentials_in_a_uri, "refused",
+         ("alice:***@files", "expected a dataset folder")),
+    Case("sample into a dataset's split folder", sample_into_a_dataset, "refused",
+         ("inside the dataset",)),
+    Case("sample over a dataset it did not write", sample_over_another_dataset, "refused",
+         ("did not write",)),
+    Case("sample over its own earlier output", sample_over_its_own_output, "refused",
+         ("holds an earlier dataset (multivae sample", "--overwrite")),
+    Case("sample from a mistyped model path", sample_from_a_mistyped_model_path, "refused",
+         ("expected a model folder or a Hub repository id",)),
+    Case("impute onto its source", impute_onto_its_source, "refused",
+         ("the output folder is the source dataset",)),
+    Case("impute into a folder of user files", impute_into_user_files, "refused",
+         ("did not write",)),
+    Case("tune, train_workers -1", tune_with_negative_workers, "refused",
+         ("train_workers: expected >= 0, found -1",)),
+    Case("tune, a misspelled model option", tune_with_an_unknown_space_key, "refused",
+         ("space.model_config.betta", "Did you mean 'beta'")),
+]  # fmt: skip
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (hidden ones too) by its content's digest."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input(case, shared, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MULTIVAE_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    argv = case.build(work, shared)
+    capsys.readouterr()
+    before, shared_before = snapshot(work), snapshot(shared["data"].parent)
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert snapshot(shared["data"].parent) == shared_before  # the shared data is never touched
+    for secret in case.hides:
+        assert secret not in err
+    if case.outcome == "refused":
+        assert status == 2, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"multivae {argv[0]}: error: "), err
+        assert "Traceback" not in err
+        for fragment in case.says:
+            assert fragment in err, err
+        assert snapshot(work) == before  # nothing that was there changed, nothing half-written
+        assert not [p for p in work.rglob(".*tmp-*")], "a staging folder was left behind"
+    else:
+        assert case.outcome == "accepted"
+        assert status == 0, err
+
+
+def test_the_battery_counts_are_reported():
+    refused = sum(case.outcome == "refused" for case in CASES)
+    accepted = sum(case.outcome == "accepted" for case in CASES)
+    results = (Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md").read_text()
+    assert f"{len(CASES)} cases: {refused} refused with a clear one-line error" in results, (
+        "benchmarks/RESULTS.md must report the battery's current counts"
+    )
+    assert f"{accepted} rightly accepted" in results
+    json.dumps([case.name for case in CASES])  # names are plain text
