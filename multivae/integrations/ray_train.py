@@ -69,6 +69,7 @@ from multivae.training.loop import (
     EpochRecord,
     Trainer,
     TrainingResult,
+    check_fresh_output,
     check_resume_identity,
     distributed_rank,
     run_identity,
@@ -407,11 +408,8 @@ def prepare_ray_run(config: RunConfig, *, resume: bool = False) -> RayTrainingSe
     checkpoint = Path(config.output_dir) / CHECKPOINT_FILE
     if resume and not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint} does not exist: nothing to resume")
-    if not resume and checkpoint.exists():
-        raise FileExistsError(
-            f"{checkpoint} exists: resume to continue that run (--resume), or choose another "
-            "output_dir"
-        )
+    if not resume:
+        check_fresh_output(Path(config.output_dir))
     resolved = RunConfig.from_dict(
         {
             **config.to_dict(),

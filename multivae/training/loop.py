@@ -350,6 +350,28 @@ def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[st
     return changes
 
 
+def check_fresh_output(output_dir: Path) -> None:
+    """Refuse to start a run afresh where a run's outputs already are.
+
+    Raises:
+        FileExistsError: For a checkpoint (resume that run instead), or a model folder or
+            metrics file without one (an earlier run's outputs, or files of the user's, which a
+            new run would replace).
+    """
+    checkpoint = output_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        raise FileExistsError(
+            f"{checkpoint} exists: resume to continue that run (--resume), or choose another "
+            "output_dir"
+        )
+    present = [name for name in (MODEL_FOLDER, METRICS_FILE) if (output_dir / name).exists()]
+    if present:
+        raise FileExistsError(
+            f"{output_dir} already holds {present} without a checkpoint to resume; a new run "
+            "would replace them: choose another output_dir"
+        )
+
+
 def run_identity(
     model: MultimodalVAE, config: TrainingConfig, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -524,11 +546,7 @@ class Trainer:
         if resume:
             pending = self._load_checkpoint(stages)
         else:
-            if self.checkpoint_path.exists():
-                raise FileExistsError(
-                    f"{self.checkpoint_path} exists: resume to continue that run (--resume), "
-                    "or choose another output_dir"
-                )
+            check_fresh_output(self.output_dir)
             self._state = _LoopState()
             torch.manual_seed(self.config.seed)
             random.seed(self.config.seed)

@@ -229,6 +229,13 @@ def train_again_over_a_finished_run(tmp, shared):
     return ["train", "--config", str(config)]
 
 
+def train_over_a_model_without_its_checkpoint(tmp, shared):
+    shutil.copytree(shared["run"], tmp / "run")
+    (tmp / "run" / "checkpoint.pt").unlink()  # a model folder a new run would replace
+    config = run_config(tmp / "run", shared["data"])
+    return ["train", "--config", str(config)]
+
+
 def resume_with_another_learning_rate(tmp, shared):
     shutil.copytree(shared["run"], tmp / "run")
     config = run_config(tmp / "run", shared["data"])
@@ -371,6 +378,8 @@ CASES = [
          ("unknown model 'mvea'", "Did you mean 'mvae'")),
     Case("train over a finished run", train_again_over_a_finished_run, "refused",
          ("checkpoint.pt exists", "--resume")),
+    Case("train over a model without its checkpoint", train_over_a_model_without_its_checkpoint,
+         "refused", ("already holds ['model', 'metrics.json'] without a checkpoint",)),
     Case("train --resume with another learning rate", resume_with_another_learning_rate, "refused",
          ("resuming would change the run", "training.optimizer.kwargs.lr: 0.001 -> 0.5")),
     Case("train --resume with another seed", resume_with_another_seed, "refused",
