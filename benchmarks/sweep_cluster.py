@@ -91,7 +91,8 @@ def tune_results(output_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted((output_dir / "tune").glob("*/result.json")):
         reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        epochs = [r for r in reports if "epoch_time" in r]
+        # The final report of a Train run repeats its last epoch's record (with run_finished).
+        epochs = [r for r in reports if "epoch_time" in r and not r.get("run_finished")]
         if not reports:
             continue
         trial_id = str(reports[-1].get("trial_id", ""))

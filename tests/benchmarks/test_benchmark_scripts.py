@@ -48,11 +48,13 @@ def test_the_cluster_benchmark_reads_trial_overheads_from_tune_results(tmp_path)
     reports = [
         {"trial_id": "a1", "epoch": 1, "epoch_time": 2.0, "time_total_s": 9.0},
         {"trial_id": "a1", "epoch": 2, "epoch_time": 3.0, "time_total_s": 12.5, "config": {}},
+        # A Train run's final report repeats the last epoch: not an epoch of its own.
+        {"trial_id": "a1", "epoch": 2, "epoch_time": 3.0, "time_total_s": 13.0, "run_finished": 1},
     ]
     (trial / "result.json").write_text("\n".join(json.dumps(r) for r in reports) + "\n")
     best = {"trials": [{"trial_id": "a1", "finished": True, "error": None}]}
     (tmp_path / "best.json").write_text(json.dumps(best))
     (row,) = sweep.tune_results(tmp_path)
     assert row["epochs"] == 2 and row["finished"]
-    assert row["seconds_in_tune"] == 12.5 and row["seconds_training"] == 5.0
-    assert row["overhead_seconds"] == pytest.approx(7.5)
+    assert row["seconds_in_tune"] == 13.0 and row["seconds_training"] == 5.0
+    assert row["overhead_seconds"] == pytest.approx(8.0)
