@@ -33,7 +33,7 @@ def _hide(match: re.Match[str]) -> str:
 def redact(text: str) -> str:
     """``text`` with the password (or lone token) of every URI in it replaced by ``***``.
 
-    >>> redact("http://alice:s3cret@mlflow:5000 and https://ghp_token@host/x")
+    >>> redact("http://alice:<password>@mlflow:5000 and https://<token>@host/x")
     'http://alice:***@mlflow:5000 and https://***@host/x'
     """
     return _USERINFO.sub(_hide, text)
