@@ -368,3 +368,20 @@ def test_the_ray_data_path_refuses_the_rows_the_local_reader_refuses_with_its_me
     assert on_ray.value.problem == local.value.problem == "expected finite values, found NaN"
     assert on_ray.value.column == local.value.column == "view0"
     assert str(on_ray.value).startswith(f"{data / 'train'}, sample_id 37, column 'view0'")
+
+
+def test_a_sweep_that_cannot_fit_is_refused_before_ray_starts(views, tmp_path):
+    path = write_sweep(tmp_path, views, ["model_config.latent_dim: {choice: [2]}"], train_workers=1)
+    # Train workers that ask for a resource a local Ray instance would not have.
+    path.write_text(
+        path.read_text().replace(
+            "  output_dir: unused\n",
+            "  output_dir: unused\n  ray: {resources_per_worker: {trainer: 1}}\n",
+        )
+    )
+    sweep, base = load_sweep(path)
+    assert not ray.is_initialized()
+    with pytest.raises(ConfigError, match=r"a trial needs 1 trainer, the Ray cluster has 0"):
+        run_sweep(sweep, base)
+    assert not ray.is_initialized()  # Ray was never started
+    assert not (tmp_path / "sweep").exists()
