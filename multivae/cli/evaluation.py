@@ -42,6 +42,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     evaluate_parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
     evaluate_parser.add_argument("--out", metavar="DIR", help="output folder (MODEL/../evaluation)")
     evaluate_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR when it holds an earlier evaluation (never other files)",
+    )
+    evaluate_parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -76,7 +81,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     settings = EvaluationConfig.from_dict(apply_overrides({}, args.overrides))
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / EVALUATION_FOLDER
-    metrics = evaluate_model(args.model, args.data, out, settings)
+    metrics = evaluate_model(args.model, args.data, out, settings, overwrite=args.overwrite)
     print(f"coherence (mean over pairs): {metrics['coherence']['mean']:.4f}")
     for kind, entry in metrics.get("samplers", {}).items():
         print(f"joint coherence ({kind}): {entry['joint_coherence']:.4f}")

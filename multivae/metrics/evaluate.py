@@ -39,7 +39,7 @@ from tqdm import tqdm
 from multivae.config import Config, ConfigError
 from multivae.data.batch import Batch
 from multivae.data.reader import MultimodalDataset
-from multivae.io import atomic_write_text
+from multivae.io import atomic_write_text, claim_output, staged_folder, write_output_marker
 from multivae.metrics.classifiers import ClassifierSet
 from multivae.metrics.coherence import cross_modal_coherence, joint_coherence
 from multivae.metrics.fid import ClassifierFeatures, FeatureExtractor, InceptionFeatures, fid
@@ -223,6 +223,9 @@ def _extractor(config: EvaluationConfig, classifiers: ClassifierSet, name: str) 
     return ClassifierFeatures(classifiers[name].feature_extractor(), "classifier")
 
 
+EVALUATE_COMMAND = "multivae evaluate"
+
+
 def evaluate(
     model_dir: str | os.PathLike[str] | MultimodalVAE,
     data_dir: str | os.PathLike[str],
@@ -230,6 +233,7 @@ def evaluate(
     config: EvaluationConfig | None = None,
     *,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Compute every metric of a model on a dataset; write ``metrics.json`` and figures.
 
@@ -238,9 +242,12 @@ def evaluate(
         data_dir: The dataset folder (with ``train/`` for the samplers and probes, and the
             evaluated split); its classifiers in ``data_dir/classifiers`` unless the config
             names another folder.
-        out_dir: Where ``metrics.json`` and ``figures/`` go.
+        out_dir: Where ``metrics.json`` and ``figures/`` go: a new or empty folder, or (with
+            ``overwrite``) an earlier evaluation (:func:`multivae.io.claim_output`), replaced
+            only once the new one is complete.
         config: What to compute (defaults: :class:`EvaluationConfig`).
         progress: Show a progress bar over the metric groups.
+        overwrite: Replace ``out_dir`` when it holds an earlier evaluation.
 
     Returns:
         The metrics, as written to ``metrics.json``.
@@ -273,95 +280,122 @@ def evaluate(
     if test.label is None:
         raise ConfigError(f"{data_dir}/{config.split}: coherence needs labels, found none")
     images = [m for m in model.modalities if _is_image(model.config.modalities[m].shape)]
-    figures = out_dir / FIGURES_FOLDER
-    metrics: dict[str, Any] = {
-        "model": model.name,
-        "data": str(data_dir),
-        "split": config.split,
-        "samples": len(test),
-        "config": config.to_dict(),
-        "classifiers": {"test_accuracy": dict(classifiers.accuracy)},
-        "seconds": {},
-    }
-    steps = ["likelihood", "coherence", "samplers", "reconstruction", "latents", "figures"]
-    bar = tqdm(steps, desc="evaluate", disable=not progress)
-    torch.manual_seed(config.seed)
-    with torch.no_grad():
-        for step in bar:
-            bar.set_postfix_str(step)
-            started = time.perf_counter()
-            if step == "likelihood" and not model.capabilities.tractable_likelihood:
-                metrics["likelihood"] = {"not_applicable": f"{model.name} defines no likelihood"}
-            elif step == "likelihood" and config.likelihood_samples > 0:
-                subset = select_rows(test, torch.arange(min(config.likelihood_samples, len(test))))
-                metrics["likelihood"] = likelihood_report(
-                    model, subset, config.k, config.chunk_size, config.batch_size, seed=config.seed
-                )
-            elif step == "coherence":
-                with _generation_precision(config, model):
-                    metrics["coherence"] = cross_modal_coherence(
-                        model, test, classifiers, batch_size=config.batch_size
-                    ).to_dict()
-            elif step == "samplers" and model.capabilities.conditional:
-                metrics["samplers"] = {
-                    "not_applicable": f"{model.name} generates only given conditioning data"
-                }
-            elif step == "samplers":
-                metrics["samplers"] = {}
-                for kind in config.samplers:
-                    sampler = (
-                        None
-                        if kind == "prior"
-                        else fit_joint_sampler(model, train, kind, seed=config.seed)
+    claim_output(out_dir, "evaluation", EVALUATE_COMMAND, overwrite=overwrite)
+    # Everything goes to a staging folder that replaces out_dir only when complete: a failed
+    # evaluation leaves the previous one whole, never new figures beside old metrics.
+    with staged_folder(out_dir) as staging:
+        figures = staging / FIGURES_FOLDER
+        metrics: dict[str, Any] = {
+            "model": model.name,
+            "data": str(data_dir),
+            "split": config.split,
+            "samples": len(test),
+            "config": config.to_dict(),
+            "classifiers": {"test_accuracy": dict(classifiers.accuracy)},
+            "seconds": {},
+        }
+        steps = ["likelihood", "coherence", "samplers", "reconstruction", "latents", "figures"]
+        bar = tqdm(steps, desc="evaluate", disable=not progress)
+        torch.manual_seed(config.seed)
+        with torch.no_grad():
+            for step in bar:
+                bar.set_postfix_str(step)
+                started = time.perf_counter()
+                if step == "likelihood" and not model.capabilities.tractable_likelihood:
+                    metrics["likelihood"] = {
+                        "not_applicable": f"{model.name} defines no likelihood"
+                    }
+                elif step == "likelihood" and config.likelihood_samples > 0:
+                    subset = select_rows(
+                        test, torch.arange(min(config.likelihood_samples, len(test)))
                     )
+                    metrics["likelihood"] = likelihood_report(
+                        model,
+                        subset,
+                        config.k,
+                        config.chunk_size,
+                        config.batch_size,
+                        seed=config.seed,
+                    )
+                elif step == "coherence":
                     with _generation_precision(config, model):
-                        entry: dict[str, Any] = {
-                            "joint_coherence": joint_coherence(
-                                model, classifiers, config.n_generated, sampler, config.batch_size
+                        metrics["coherence"] = cross_modal_coherence(
+                            model, test, classifiers, batch_size=config.batch_size
+                        ).to_dict()
+                elif step == "samplers" and model.capabilities.conditional:
+                    metrics["samplers"] = {
+                        "not_applicable": f"{model.name} generates only given conditioning data"
+                    }
+                elif step == "samplers":
+                    metrics["samplers"] = {}
+                    for kind in config.samplers:
+                        sampler = (
+                            None
+                            if kind == "prior"
+                            else fit_joint_sampler(model, train, kind, seed=config.seed)
+                        )
+                        with _generation_precision(config, model):
+                            entry: dict[str, Any] = {
+                                "joint_coherence": joint_coherence(
+                                    model,
+                                    classifiers,
+                                    config.n_generated,
+                                    sampler,
+                                    config.batch_size,
+                                )
+                            }
+                            generated = {
+                                name: values.float()
+                                for name, values in model.sample(
+                                    config.n_generated, sampler
+                                ).items()
+                            }
+                        for name in images:
+                            extractor = _extractor(config, classifiers, name)
+                            real = test.data[name][test.mask[name]]
+                            key = (
+                                "fid" if extractor.name == "inception" else f"fid_{extractor.name}"
                             )
-                        }
-                        generated = {
-                            name: values.float()
-                            for name, values in model.sample(config.n_generated, sampler).items()
-                        }
-                    for name in images:
-                        extractor = _extractor(config, classifiers, name)
-                        real = test.data[name][test.mask[name]]
-                        key = "fid" if extractor.name == "inception" else f"fid_{extractor.name}"
-                        entry.setdefault(key, {})[name] = fid(
-                            real, generated[name].clamp(0, 1), extractor, config.batch_size
+                            entry.setdefault(key, {})[name] = fid(
+                                real, generated[name].clamp(0, 1), extractor, config.batch_size
+                            )
+                        if config.figures and images:
+                            save_image_grid(
+                                [generated[m][: config.figure_samples].clamp(0, 1) for m in images],
+                                figures / samples_figure(kind),
+                                row_titles=images,
+                                title=f"unconditional samples ({kind})",
+                            )
+                        metrics["samplers"][kind] = entry
+                elif step == "reconstruction":
+                    with _generation_precision(config, model):
+                        metrics["reconstruction"] = _reconstruction(model, test, config.batch_size)
+                elif step == "latents":
+                    assert test.label is not None
+                    latents = _latents(model, test, None, config.batch_size)
+                    metrics["latents"] = {
+                        "clustering": clustering_scores(
+                            latents,
+                            test.label,
+                            n_clusters=classifiers.num_classes,
+                            seed=config.seed,
+                        ),
+                        "linear_probe": _probes(model, train, test, config.batch_size, config.seed),
+                    }
+                    if config.figures:
+                        save_embedding_plot(
+                            latents,
+                            test.label,
+                            figures / LATENTS_FIGURE,
+                            title="test latents (PCA)",
                         )
-                    if config.figures and images:
-                        save_image_grid(
-                            [generated[m][: config.figure_samples].clamp(0, 1) for m in images],
-                            figures / samples_figure(kind),
-                            row_titles=images,
-                            title=f"unconditional samples ({kind})",
-                        )
-                    metrics["samplers"][kind] = entry
-            elif step == "reconstruction":
-                with _generation_precision(config, model):
-                    metrics["reconstruction"] = _reconstruction(model, test, config.batch_size)
-            elif step == "latents":
-                assert test.label is not None
-                latents = _latents(model, test, None, config.batch_size)
-                metrics["latents"] = {
-                    "clustering": clustering_scores(
-                        latents, test.label, n_clusters=classifiers.num_classes, seed=config.seed
-                    ),
-                    "linear_probe": _probes(model, train, test, config.batch_size, config.seed),
-                }
-                if config.figures:
-                    save_embedding_plot(
-                        latents, test.label, figures / LATENTS_FIGURE, title="test latents (PCA)"
-                    )
-            elif step == "figures" and config.figures and images:
-                with _generation_precision(config, model):
-                    _conditional_figures(model, test, images, figures, config.figure_samples)
-            metrics["seconds"][step] = time.perf_counter() - started
-    _check_finite(metrics)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True))
+                elif step == "figures" and config.figures and images:
+                    with _generation_precision(config, model):
+                        _conditional_figures(model, test, images, figures, config.figure_samples)
+                metrics["seconds"][step] = time.perf_counter() - started
+        _check_finite(metrics)
+        atomic_write_text(staging / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True))
+        write_output_marker(staging, "evaluation", EVALUATE_COMMAND)
     return metrics
 
 

@@ -68,6 +68,7 @@ def shared(tmp_path_factory):
     )
     config = run_config(root / "run", data)
     assert main(["train", "--config", str(config)]) == 0
+    assert main(["train-classifiers", str(data), "--epochs", "1"]) == 0
     return {"data": data, "model": root / "run" / "model", "run": root / "run"}
 
 
@@ -323,6 +324,37 @@ def impute_into_user_files(tmp, shared):
     ]
 
 
+def evaluate_into_user_files(tmp, shared):
+    (tmp / "report").mkdir()
+    (tmp / "report" / "notes.txt").write_text("keep")
+    return [
+        "evaluate",
+        "--model",
+        str(shared["model"]),
+        "--data",
+        str(shared["data"]),
+        "--out",
+        str(tmp / "report"),
+    ]
+
+
+def evaluate_over_an_earlier_evaluation(tmp, shared):
+    (tmp / "report").mkdir()
+    (tmp / "report" / "metrics.json").write_text("{}")
+    (tmp / "report" / ".multivae-output.json").write_text(
+        json.dumps({"kind": "evaluation", "command": "multivae evaluate", "created": "earlier"})
+    )
+    return [
+        "evaluate",
+        "--model",
+        str(shared["model"]),
+        "--data",
+        str(shared["data"]),
+        "--out",
+        str(tmp / "report"),
+    ]
+
+
 def tune_with_negative_workers(tmp, shared):
     sweep = {
         "run": {"model": "mvae", "data": str(shared["data"]), "output_dir": "unused"},
@@ -403,6 +435,10 @@ CASES = [
          ("the output folder is the source dataset",)),
     Case("impute into a folder of user files", impute_into_user_files, "refused",
          ("did not write",)),
+    Case("evaluate into a folder of user files", evaluate_into_user_files, "refused",
+         ("holds files multivae evaluate did not write",)),
+    Case("evaluate over an earlier evaluation", evaluate_over_an_earlier_evaluation, "refused",
+         ("holds an earlier evaluation", "--overwrite")),
     Case("tune, train_workers -1", tune_with_negative_workers, "refused",
          ("train_workers: expected >= 0, found -1",)),
     Case("tune, a misspelled model option", tune_with_an_unknown_space_key, "refused",
