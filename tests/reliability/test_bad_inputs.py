@@ -324,35 +324,25 @@ def impute_into_user_files(tmp, shared):
     ]
 
 
+def evaluate_into(tmp, shared, files):
+    """``multivae evaluate`` into ``tmp/report``, made beforehand with ``files``."""
+    report = tmp / "report"
+    report.mkdir()
+    for name, text in files.items():
+        (report / name).write_text(text)
+    model, data = str(shared["model"]), str(shared["data"])
+    return ["evaluate", "--model", model, "--data", data, "--out", str(report)]
+
+
 def evaluate_into_user_files(tmp, shared):
-    (tmp / "report").mkdir()
-    (tmp / "report" / "notes.txt").write_text("keep")
-    return [
-        "evaluate",
-        "--model",
-        str(shared["model"]),
-        "--data",
-        str(shared["data"]),
-        "--out",
-        str(tmp / "report"),
-    ]
+    return evaluate_into(tmp, shared, {"notes.txt": "keep"})
 
 
 def evaluate_over_an_earlier_evaluation(tmp, shared):
-    (tmp / "report").mkdir()
-    (tmp / "report" / "metrics.json").write_text("{}")
-    (tmp / "report" / ".multivae-output.json").write_text(
-        json.dumps({"kind": "evaluation", "command": "multivae evaluate", "created": "earlier"})
+    marker = {"kind": "evaluation", "command": "multivae evaluate", "created": "earlier"}
+    return evaluate_into(
+        tmp, shared, {"metrics.json": "{}", ".multivae-output.json": json.dumps(marker)}
     )
-    return [
-        "evaluate",
-        "--model",
-        str(shared["model"]),
-        "--data",
-        str(shared["data"]),
-        "--out",
-        str(tmp / "report"),
-    ]
 
 
 def tune_with_negative_workers(tmp, shared):
