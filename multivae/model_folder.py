@@ -125,13 +125,33 @@ def load_model_folder(
     """The model of a folder written by :func:`save_model_folder`, in eval mode.
 
     Raises:
-        FileNotFoundError: When the folder has no ``config.json``.
+        FileNotFoundError: When the folder has no ``config.json`` or no weights file.
         ConfigError: For an unreadable config, an unknown model or options it refuses.
+        ValueError: For a weights file that is truncated or corrupt, that does not fit the
+            model, or that holds a NaN or infinite value (named by its tensor).
     """
     name, config = read_model_config(folder)
     cls = find_model_class(name)
     model = cls(cls.config_class.from_dict(config, where=f"{name} config"))
-    state = load_file(str(Path(folder) / MODEL_WEIGHTS_FILE), device=str(map_location))
-    model.load_state_dict(state, strict=True)
+    weights = Path(folder) / MODEL_WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: expected the model's weights, found no file")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as error:  # safetensors' SafetensorError: a truncated or garbled file
+        raise ValueError(
+            f"{weights}: expected a safetensors file of weights, found an unreadable one "
+            f"(truncated or corrupt: {error})"
+        ) from None
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{weights}: tensor {key!r} holds NaN or infinite values; the model cannot be "
+                "used (was it saved from a run whose loss diverged?)"
+            )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{weights}: the weights do not fit this {name} model ({error})") from None
     model.eval()
     return model

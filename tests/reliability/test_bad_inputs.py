@@ -305,6 +305,26 @@ def sample_from_a_mistyped_model_path(tmp, shared):
     return ["sample", "--model", str(tmp / "no" / "model"), "--n", "4", "--out", str(tmp / "s")]
 
 
+def sample_from_truncated_weights(tmp, shared):
+    shutil.copytree(shared["model"], tmp / "model")
+    weights = tmp / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return ["sample", "--model", str(tmp / "model"), "--n", "4", "--out", str(tmp / "s")]
+
+
+def sample_from_nan_weights(tmp, shared):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(shared["model"], tmp / "model")
+    weights = tmp / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    first = sorted(key for key, value in state.items() if value.is_floating_point())[0]
+    state[first] = torch.full_like(state[first], float("nan"))
+    save_file(state, str(weights))
+    return ["sample", "--model", str(tmp / "model"), "--n", "4", "--out", str(tmp / "s")]
+
+
 def impute_onto_its_source(tmp, shared):
     data = copy_dataset(shared, tmp)
     return ["impute", "--model", str(shared["model"]), "--data", str(data), "--out", str(data)]
@@ -421,6 +441,10 @@ CASES = [
          ("holds an earlier dataset (multivae sample", "--overwrite")),
     Case("sample from a mistyped model path", sample_from_a_mistyped_model_path, "refused",
          ("expected a model folder or a Hub repository id",)),
+    Case("sample from truncated weights", sample_from_truncated_weights, "refused",
+         ("model.safetensors: expected a safetensors file of weights", "truncated or corrupt")),
+    Case("sample from NaN weights", sample_from_nan_weights, "refused",
+         ("model.safetensors: tensor", "holds NaN or infinite values")),
     Case("impute onto its source", impute_onto_its_source, "refused",
          ("the output folder is the source dataset",)),
     Case("impute into a folder of user files", impute_into_user_files, "refused",
