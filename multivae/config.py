@@ -15,6 +15,7 @@ import os
 import types
 import typing
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar, Union
 
@@ -216,3 +217,15 @@ class Config:
             return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
+
+
+def flatten_mapping(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Nested mappings as dotted keys (``training.optimizer.kwargs.lr``); values as they are."""
+    flat: dict[str, Any] = {}
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_mapping(value, f"{key}."))
+        else:
+            flat[key] = value
+    return flat

@@ -143,8 +143,8 @@ def claim_output(
     """Check that ``command`` may write its ``kind`` of output at ``directory``.
 
     Allowed: a folder that does not exist, an empty folder, and, with ``overwrite``, a folder
-    holding this command kind's own earlier output (its marker). Stale staging folders of
-    killed writers beside ``directory`` are removed.
+    holding this command kind's own earlier output (its marker). (Stale staging folders of
+    killed writers are removed by :func:`staged_folder` when the output is written.)
 
     Raises:
         FileExistsError: For a file, a folder of other content (no marker, or another kind),
@@ -179,5 +179,4 @@ def claim_output(
                     f"{marker.get('created')}); pass --overwrite to replace it, or give another "
                     "folder"
                 )
-    remove_stale_staging(directory)
     return directory

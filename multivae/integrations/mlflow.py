@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
+from multivae.config import flatten_mapping
 from multivae.data.fingerprint import dataset_fingerprint
 from multivae.distribution import DISTRIBUTION, installed_version
 from multivae.names import (
@@ -97,17 +98,9 @@ def flatten_config(mapping: Mapping[str, Any], limit: int = MAX_PARAM_VAL_LENGTH
     logging never fails; the full config is logged as the ``run.yaml`` artifact.
     """
     flat: dict[str, str] = {}
-
-    def visit(items: Mapping[str, Any], prefix: str) -> None:
-        for name, value in items.items():
-            key = f"{prefix}{name}"
-            if isinstance(value, Mapping) and value:
-                visit(value, f"{key}.")
-                continue
-            text = redact(_param_value(value))
-            flat[key] = text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
-
-    visit(mapping, "")
+    for key, value in flatten_mapping(mapping, "").items():
+        text = redact(_param_value(value))
+        flat[key] = text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
     return flat
 
 

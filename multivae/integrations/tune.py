@@ -421,16 +421,6 @@ class SweepPlan:
         )
 
 
-def trial_needs(sweep: SweepConfig, base: Mapping[str, Any]) -> dict[str, float]:
-    """What one running trial of the sweep takes (see :class:`SweepPlan`)."""
-    return _plan(sweep, base, {}).trial
-
-
-def trial_cpus(sweep: SweepConfig, base: Mapping[str, Any]) -> float:
-    """CPUs one running trial of the sweep takes (see :class:`SweepPlan`)."""
-    return trial_needs(sweep, base).get("CPU", 0.0)
-
-
 def _plan(sweep: SweepConfig, base: Mapping[str, Any], cluster: Mapping[str, float]) -> SweepPlan:
     from multivae.run_config import RayConfig
 
@@ -519,7 +509,7 @@ def run_sweep(
     local_cpus = None
     if started_ray and not address:
         # A local instance: planned before it starts, with the headroom of one trial at least.
-        local_cpus = max(float(os.cpu_count() or 1), trial_cpus(sweep, base))
+        local_cpus = max(float(os.cpu_count() or 1), _plan(sweep, base, {}).trial_cpus)
         plan = plan_sweep(sweep, base, {"CPU": local_cpus, "GPU": float(_local_gpus())})
     # A Ray instance started here is shut down at the end; one the caller started stays.
     if started_ray:

@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, flatten_mapping
 from multivae.data.batch import Batch
 from multivae.models.base import ModelOutput, MultimodalVAE
 from multivae.names import METRICS_FILE as METRICS_FILE
@@ -321,18 +321,6 @@ RESUME_SAFE_KEYS = (
 """Training settings a resume may change: how long, how often to save, on what hardware, how
 fast; none of them changes what the epochs already trained mean. Everything else of the run's
 identity (:meth:`Trainer.identity`) is checked against the checkpoint."""
-
-
-def flatten_mapping(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """Nested mappings as dotted keys (``training.optimizer.kwargs.lr``); values as they are."""
-    flat: dict[str, Any] = {}
-    for name, value in mapping.items():
-        key = f"{prefix}{name}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_mapping(value, f"{key}."))
-        else:
-            flat[key] = value
-    return flat
 
 
 def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
