@@ -10,6 +10,7 @@ from components.image import IMAGE
 def evaluate(
     model: Input[Model],
     data: Input[Dataset],
+    classifiers: Input[Model],
     evaluation: dict,
     mlflow_uri: str,
     parent_run_id: str,
@@ -19,6 +20,8 @@ def evaluate(
     figures: Output[HTML],
 ) -> None:
     """Likelihoods, coherences, FID, reconstruction, latent clustering and probes, figures.
+
+    Coherences are judged by ``classifiers`` (the preprocess step's).
 
     ``report`` is the folder with ``metrics.json`` and ``figures/``; ``metrics`` holds the
     headline scalars for the KFP UI; ``figures`` is an HTML page of every figure.
@@ -30,6 +33,7 @@ def evaluate(
         data.path,
         report.path,
         evaluation=evaluation,
+        classifiers=classifiers.path,
         tracking_uri=mlflow_uri,
         parent_run_id=parent_run_id,
         train_run_id=train_run_id,

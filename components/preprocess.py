@@ -3,7 +3,7 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Dataset, Markdown, Output
+from kfp.dsl import Dataset, Markdown, Model, Output
 
 from components.image import IMAGE
 
@@ -26,9 +26,13 @@ def preprocess(
     mlflow_uri: str,
     run_name: str,
     data: Output[Dataset],
+    classifiers: Output[Model],
     summary: Output[Markdown],
 ) -> NamedTuple("Outputs", [("parent_run_id", str), ("tracking_uri", str)]):
     """Check every pipeline parameter, then write the validated Parquet splits.
+
+    ``classifiers`` holds the judges of coherence, trained on ``data`` (none when
+    ``classifier_epochs`` is 0 or the dataset has no labels).
 
     The first step: a bad parameter (unknown model, missing rate outside [0, 1), bad sweep)
     fails here with the parameter named. Opens the pipeline's parent MLflow run.
@@ -47,6 +51,7 @@ def preprocess(
         dataset_params=dataset_params,
         source=source,
         classifier_epochs=classifier_epochs,
+        classifiers_out=classifiers.path,
         tracking_uri=mlflow_uri,
         run_name=run_name,
         parameters={
@@ -63,6 +68,7 @@ def preprocess(
     )
     data.metadata["name"] = result["name"]
     data.metadata["splits"] = {k: v["rows"] for k, v in result["splits"].items()}
+    classifiers.metadata["test_accuracy"] = result["classifier_test_accuracy"]
     with open(summary.path, "w") as handle:
         handle.write(f"# Dataset `{result['name']}`\n\n```\n{format_summary(result)}\n```\n\n")
         handle.write("Classifier test accuracy (judges of coherence):\n\n```json\n")

@@ -10,6 +10,7 @@ from components.image import IMAGE
 def sample_augmentation(
     model: Input[Model],
     data: Input[Dataset],
+    classifiers: Input[Model],
     sampler: str,
     n_synthetic: int,
     seed: int,
@@ -21,7 +22,7 @@ def sample_augmentation(
     """Fit the sampler and write the synthetic dataset.
 
     ``n_synthetic`` generated samples, every modality present, labelled by the dataset's
-    classifiers, provenance in the metadata; the fitted sampler is saved too.
+    ``classifiers``, provenance in the metadata; the fitted sampler is saved too.
     """
     import os
 
@@ -36,6 +37,7 @@ def sample_augmentation(
         n=n_synthetic,
         seed=seed,
         sampler_dir=None if sampler == "prior" else fitted_sampler.path,
+        classifiers=classifiers.path,
         tracking_uri=mlflow_uri,
         parent_run_id=parent_run_id,
     )

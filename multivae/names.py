@@ -27,8 +27,9 @@ BEST_FOLDER = "best"
 BEST_FILE = "best.json"
 SWEEP_FILE = "sweep.yaml"
 
-# A dataset folder's classifiers, and an evaluation's figures.
-CLASSIFIERS_FOLDER = "classifiers"
+# A dataset's classifiers (beside it, never inside), and an evaluation's figures.
+CLASSIFIERS_SUFFIX = "-classifiers"
+"""``multivae train-classifiers DATA`` writes to ``DATA-classifiers`` beside the dataset."""
 CLASSIFIERS_CONFIG_FILE = "classifiers.json"
 CLASSIFIERS_WEIGHTS_FILE = "classifiers.safetensors"
 EVALUATION_FOLDER = "evaluation"

@@ -29,7 +29,7 @@ from typing import Any
 
 DEFAULT_OUT = Path("runs/pipeline")
 STEP_OUTPUTS = {
-    "preprocess": ("data", "summary"),
+    "preprocess": ("data", "classifiers", "summary"),
     "train": ("model",),
     "evaluate": ("report", "figures", "metrics"),
     "sample-augmentation": ("synthetic", "fitted_sampler"),
@@ -307,7 +307,8 @@ def report(result: dict[str, Any]) -> str:
         f"pipeline finished in {result['seconds']:.0f} s; artifacts under "
         f"{result['pipeline_root']}",
         "",
-        f"  dataset (Parquet + classifiers): {where('preprocess', 'data')}",
+        f"  dataset (Parquet):               {where('preprocess', 'data')}",
+        f"  classifiers (judges):            {where('preprocess', 'classifiers')}",
         f"  model folder:                    {where('train', 'model', f'/{MODEL_FOLDER}')}",
         f"  metrics:                         {where('evaluate', 'report', f'/{METRICS_FILE}')}",
         f"  figures:                         {where('evaluate', 'report', f'/{FIGURES_FOLDER}')}",

@@ -205,6 +205,7 @@ def build_pipeline(platform: str = "kubernetes", train_gpus: int = 0) -> Callabl
         evaluated = evaluate(
             model=trained.outputs["model"],
             data=prepared.outputs["data"],
+            classifiers=prepared.outputs["classifiers"],
             evaluation=evaluation,
             mlflow_uri=tracking,
             parent_run_id=parent,
@@ -213,6 +214,7 @@ def build_pipeline(platform: str = "kubernetes", train_gpus: int = 0) -> Callabl
         augmented = sample_augmentation(
             model=trained.outputs["model"],
             data=prepared.outputs["data"],
+            classifiers=prepared.outputs["classifiers"],
             sampler=sampler,
             n_synthetic=n_synthetic,
             seed=seed,

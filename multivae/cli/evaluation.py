@@ -15,12 +15,18 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="train the per-modality classifiers that judge coherence",
         description=(
             "Train one classifier per modality on the dataset's labelled train split (present "
-            "samples only), keep the best on val, report test accuracy. Saved to "
-            "DATA/classifiers (or --out) as safetensors + JSON; multivae evaluate uses them."
+            "samples only), keep the best on val, report test accuracy. Saved beside the "
+            "dataset, to DATA-classifiers (or --out), as safetensors + JSON; multivae evaluate "
+            "finds them there."
         ),
     )
     classifiers.add_argument("data", metavar="DATA", help="dataset folder")
-    classifiers.add_argument("--out", metavar="DIR", help="output folder (DATA/classifiers)")
+    classifiers.add_argument("--out", metavar="DIR", help="output folder (DATA-classifiers)")
+    classifiers.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR when it holds classifiers it wrote earlier (never other files)",
+    )
     classifiers.add_argument("--epochs", type=int, default=10)
     classifiers.add_argument("--batch-size", type=int, default=128)
     classifiers.add_argument("--seed", type=int, default=0)
@@ -33,7 +39,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Likelihoods (importance-sampled), cross-modal and joint coherences, FID per "
             "sampler, reconstruction, latent clustering and linear probes, and figures, "
             "written to OUT/metrics.json and OUT/figures/. Needs the dataset's classifiers "
-            "(multivae train-classifiers DATA)."
+            "(multivae train-classifiers DATA, or --set classifiers=DIR)."
         ),
     )
     evaluate_parser.add_argument(
@@ -68,7 +74,9 @@ def train_classifiers(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
+    print(f"classifiers: {trained.source}")
     for name, accuracy in trained.accuracy.items():
         print(f"{name:<16} test accuracy {accuracy:.4f}")
 

@@ -3,8 +3,9 @@
 Each file is checked on its own when it is read (:mod:`multivae.data.validation`); what no file
 alone can tell is checked here, by :func:`check_dataset`:
 
-* every split has files, and every file of every split describes the same modalities, classes
-  and imputation flags as the first file of the first split;
+* every split has files and rows, and every file of every split describes the same modalities,
+  classes and imputation flags as the first file of the first split;
+* no sample id, presence flag or label is null;
 * a ``label`` column exists exactly when the schema declares classes;
 * ``sample_id`` is unique across all files of all splits (a file copied twice, a sample in two
   splits, the same id twice in one file are refused).
@@ -18,11 +19,25 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from multivae.data.errors import DataFormatError
 from multivae.data.reader import list_splits, read_file_schema, split_files
-from multivae.data.schema import LABEL_COLUMN, SAMPLE_ID_COLUMN, DatasetSchema
+from multivae.data.schema import LABEL_COLUMN, SAMPLE_ID_COLUMN, DatasetSchema, presence_column
+
+
+def check_no_nulls(table: pa.Table, where: str | Path) -> None:
+    """Refuse a null cell in the flag columns (sample ids, presence flags, labels) read."""
+    for column in table.column_names:
+        nulls = table.column(column).null_count
+        if nulls:
+            raise DataFormatError(
+                f"found {nulls} null cells; expected a value in every row (presence flags "
+                "true or false, a sample id and a label per sample)",
+                where=str(where),
+                column=column,
+            )
 
 
 def _describe(schema: DatasetSchema) -> str:
@@ -45,6 +60,7 @@ def check_dataset(root: str | os.PathLike[str]) -> DatasetSchema:
     reference: tuple[Path, DatasetSchema] | None = None
     seen: dict[int, tuple[Path, int]] = {}
     for split in splits:
+        rows = 0
         for path in split_files(root, split):
             schema = read_file_schema(path)
             if reference is None:
@@ -67,8 +83,21 @@ def check_dataset(root: str | os.PathLike[str]) -> DatasetSchema:
                     file=path,
                     column=LABEL_COLUMN,
                 )
-            ids = pq.read_table(path, columns=[SAMPLE_ID_COLUMN]).column(0).to_numpy()
+            flags = [SAMPLE_ID_COLUMN, *(presence_column(m) for m in schema.modality_names)]
+            if schema.num_classes is not None:
+                flags.append(LABEL_COLUMN)
+            table = pq.read_table(path, columns=flags)
+            check_no_nulls(table, path)
+            ids = table.column(SAMPLE_ID_COLUMN).to_numpy()
             _check_unique(root, path, ids, seen)
+            rows += len(ids)
+        if rows == 0:
+            raise DataFormatError(
+                f"expected at least one row in each split, found 0 in "
+                f"{len(split_files(root, split))} file(s); remove the empty split folder or "
+                "write rows into it",
+                where=str(root / split),
+            )
     assert reference is not None
     return reference[1]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from multivae.data.consistency import check_dataset
+from multivae.data.consistency import check_dataset, check_no_nulls
 from multivae.data.errors import DataFormatError
 from multivae.data.reader import MultimodalDataset, list_splits, read_file_schema, split_files
 from multivae.data.schema import LABEL_COLUMN, presence_column
@@ -52,7 +52,13 @@ def summarize(root: str | os.PathLike[str], *, validate: bool = False) -> dict[s
             columns.append(LABEL_COLUMN)
         for path in files:
             read_file_schema(path)
+        if validate:
+            # Every row checked first, so that statistics are only taken of valid columns.
+            dataset = MultimodalDataset(root, split, cache_size=1)
+            for start, _ in tqdm(dataset.row_group_spans, desc=f"validating {split}", unit="group"):
+                dataset[start]
         table = pq.ParquetDataset(files).read(columns=columns)
+        check_no_nulls(table, root / split)
         rows = table.num_rows
         info: dict[str, Any] = {
             "rows": rows,
@@ -60,6 +66,8 @@ def summarize(root: str | os.PathLike[str], *, validate: bool = False) -> dict[s
             "bytes": sum(p.stat().st_size for p in files),
             "presence": {
                 name: float(np.mean(table.column(presence_column(name)).to_numpy()))
+                if rows
+                else 0.0
                 for name in schema.modality_names
             },
         }
@@ -75,9 +83,6 @@ def summarize(root: str | os.PathLike[str], *, validate: bool = False) -> dict[s
                 )
             info["label_counts"] = np.bincount(labels, minlength=schema.num_classes).tolist()
         if validate:
-            dataset = MultimodalDataset(root, split, cache_size=1)
-            for start, _ in tqdm(dataset.row_group_spans, desc=f"validating {split}", unit="group"):
-                dataset[start]
             info["validated"] = True
         summary["splits"][split] = info
     return summary

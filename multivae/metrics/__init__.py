@@ -13,6 +13,7 @@ from multivae.metrics.classifiers import (
     ClassifierError,
     ClassifierSet,
     ModalityClassifier,
+    default_classifier_dir,
     train_classifiers,
 )
 from multivae.metrics.coherence import CoherenceResult, cross_modal_coherence, joint_coherence
@@ -50,6 +51,7 @@ __all__ = [
     "clustering_scores",
     "conditional_nll",
     "cross_modal_coherence",
+    "default_classifier_dir",
     "evaluate",
     "feature_statistics",
     "fid",

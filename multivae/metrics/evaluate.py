@@ -38,9 +38,10 @@ from tqdm import tqdm
 
 from multivae.config import Config, ConfigError
 from multivae.data.batch import Batch
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import MultimodalDataset
 from multivae.io import atomic_write_text, claim_output, staged_folder, write_output_marker
-from multivae.metrics.classifiers import ClassifierSet
+from multivae.metrics.classifiers import ClassifierSet, default_classifier_dir
 from multivae.metrics.coherence import cross_modal_coherence, joint_coherence
 from multivae.metrics.fid import ClassifierFeatures, FeatureExtractor, InceptionFeatures, fid
 from multivae.metrics.figures import (
@@ -55,7 +56,6 @@ from multivae.metrics.reconstruction import mse, ssim
 from multivae.metrics.shared import select_rows
 from multivae.models.base import MultimodalVAE
 from multivae.names import (
-    CLASSIFIERS_FOLDER,
     FIGURES_FOLDER,
     LATENTS_FIGURE,
     METRICS_FILE,
@@ -81,7 +81,8 @@ class EvaluationConfig(Config):
             ``iaf``); the non-prior ones are fitted on train-set latents.
         n_generated: Unconditional samples per sampler (joint coherence, FID).
         fit_samples: Train samples whose latents fit the samplers and the linear probe.
-        classifiers: Folder of the classifiers; ``DATA/classifiers`` by default.
+        classifiers: Folder of the classifiers; by default ``DATA-classifiers`` beside the
+            dataset, which must have been trained on this very dataset (its fingerprint).
         inception_weights: Local Inception-v3 weights file for FID; without it FID uses the
             classifiers' features and is reported as ``fid_classifier``.
         figures: Write the figures.
@@ -217,6 +218,26 @@ def _generation_precision(
     )
 
 
+def _classifiers_for(data_dir: Path, folder: str | None) -> ClassifierSet:
+    """The judges: ``folder`` as given, or the dataset's own (trained on this very data)."""
+    classifier_dir = Path(folder) if folder else default_classifier_dir(data_dir)
+    if not classifier_dir.exists():
+        raise ConfigError(
+            f"{classifier_dir}: no classifiers to judge coherence; train them with "
+            f"`multivae train-classifiers {data_dir}` (or name a folder: --set classifiers=DIR)"
+        )
+    classifiers = ClassifierSet.load(classifier_dir)
+    trained_on = (classifiers.dataset or {}).get("fingerprint")
+    if not folder and trained_on != dataset_fingerprint(data_dir):
+        raise ConfigError(
+            f"{classifier_dir}: expected the classifiers of {data_dir} (fingerprint "
+            f"{dataset_fingerprint(data_dir)}), found ones trained on other data (fingerprint "
+            f"{trained_on}); retrain them with `multivae train-classifiers {data_dir} "
+            "--overwrite`, or name these with --set classifiers=DIR"
+        )
+    return classifiers
+
+
 def _extractor(config: EvaluationConfig, classifiers: ClassifierSet, name: str) -> FeatureExtractor:
     if config.inception_weights is not None:
         return InceptionFeatures(config.inception_weights)
@@ -240,8 +261,8 @@ def evaluate(
     Args:
         model_dir: A model folder (or repo id), or a loaded model.
         data_dir: The dataset folder (with ``train/`` for the samplers and probes, and the
-            evaluated split); its classifiers in ``data_dir/classifiers`` unless the config
-            names another folder.
+            evaluated split); its classifiers in ``DATA-classifiers`` beside it unless the
+            config names another folder.
         out_dir: Where ``metrics.json`` and ``figures/`` go: a new or empty folder, or (with
             ``overwrite``) an earlier evaluation (:func:`multivae.io.claim_output`), replaced
             only once the new one is complete.
@@ -267,13 +288,7 @@ def evaluate(
     test_set = MultimodalDataset(data_dir, config.split)
     train_set = MultimodalDataset(data_dir, "train")
     check_compatible(model, test_set)
-    classifier_dir = Path(config.classifiers or data_dir / CLASSIFIERS_FOLDER)
-    if not classifier_dir.exists():
-        raise ConfigError(
-            f"{classifier_dir}: no classifiers to judge coherence; train them with "
-            f"`multivae train-classifiers {data_dir}`"
-        )
-    classifiers = ClassifierSet.load(classifier_dir)
+    classifiers = _classifiers_for(data_dir, config.classifiers)
     classifiers.require(model.modalities)
     test = _head(test_set, config.max_samples)
     train = _head(train_set, config.fit_samples)

@@ -7,7 +7,7 @@ call these functions (and the steps run, and are tested, without KFP):
 * :func:`preprocess_step`: checks every pipeline parameter first (a bad model name or missing
   rate fails here, before any work), writes the validated Parquet splits of a built-in dataset
   or of a converter source, trains the per-modality classifiers that judge coherence into
-  ``DATA/classifiers``, and opens the pipeline's parent MLflow run;
+  their own folder (the ``classifiers`` artifact), and opens the pipeline's parent MLflow run;
 * :func:`train_step`: one training run or a sweep, in this process, on Ray Train, on an existing
   Ray cluster through Ray Job Submission, or as a KubeRay ``RayJob``;
 * :func:`evaluate_step`: :func:`multivae.metrics.evaluate`;

@@ -19,6 +19,7 @@ def evaluate_step(
     out: str | os.PathLike[str],
     *,
     evaluation: Mapping[str, Any] | None = None,
+    classifiers: str | os.PathLike[str] | None = None,
     tracking_uri: str = "",
     parent_run_id: str = "",
     train_run_id: str = "",
@@ -27,9 +28,11 @@ def evaluate_step(
 
     Args:
         model_dir: The model artifact folder (its ``model/``) or a model folder.
-        data: The dataset folder, with ``classifiers/``.
+        data: The dataset folder.
         out: Where ``metrics.json`` and ``figures/`` go.
         evaluation: :class:`~multivae.metrics.EvaluationConfig` entries.
+        classifiers: The classifiers' folder (the preprocess step's); the dataset's own,
+            beside it, by default.
         tracking_uri: MLflow tracking URI.
         parent_run_id: The pipeline's MLflow run.
         train_run_id: The training run evaluated (tagged on the evaluation run).
@@ -40,7 +43,10 @@ def evaluate_step(
     from multivae.metrics import EvaluationConfig, evaluate
 
     model_path = model_folder_in(model_dir)
-    config = EvaluationConfig.from_dict(integral(evaluation or {}))
+    entries = integral(evaluation or {})
+    if classifiers is not None:
+        entries = {**entries, "classifiers": str(classifiers)}
+    config = EvaluationConfig.from_dict(entries)
     out = Path(out)
     tracking_uri = tracking_uri_for(tracking_uri, out.parent)
     with step_run(tracking_uri, parent_run_id, "evaluate", config.to_dict()) as (client, run_id):

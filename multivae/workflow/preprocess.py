@@ -23,6 +23,7 @@ def preprocess_step(
     dataset_params: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     classifier_epochs: int = 5,
+    classifiers_out: str | os.PathLike[str] | None = None,
     tracking_uri: str = "",
     run_name: str = "pipeline",
     parameters: Mapping[str, Any] | None = None,
@@ -31,7 +32,7 @@ def preprocess_step(
     """Check the pipeline's parameters, write the dataset and its classifiers.
 
     Args:
-        out: The dataset folder (``train/``, ``val/``, ``test/``, ``classifiers/``).
+        out: The dataset folder (``train/``, ``val/``, ``test/``).
         dataset: A built-in dataset, or ``polymnist`` / ``mnist-svhn`` with ``source``.
         missing_rate: Probability that a modality is missing from a train or val sample.
         seed: Seed of the generator (and the converters' splits).
@@ -39,6 +40,8 @@ def preprocess_step(
         source: For converters: ``{"path": ...}`` (PolyMNIST) or ``{"mnist": ..., "svhn":
             ...}``.
         classifier_epochs: Epochs of the coherence classifiers (0: none are trained).
+        classifiers_out: Where the classifiers go (a folder outside the dataset);
+            ``DATA-classifiers`` beside ``out`` by default.
         tracking_uri: MLflow; empty for ``MLFLOW_TRACKING_URI`` or ``out/../mlflow.db``.
         run_name: Name of the pipeline's parent MLflow run.
         parameters: Every pipeline parameter, checked (:func:`check_parameters` keys) and
@@ -98,7 +101,7 @@ def preprocess_step(
         accuracy: dict[str, float] = {}
         if classifier_epochs > 0 and summary.get("num_classes"):
             classifiers = train_classifiers(
-                out, epochs=classifier_epochs, seed=seed, progress=progress
+                out, classifiers_out, epochs=classifier_epochs, seed=seed, progress=progress
             )
             accuracy = {k: float(v) for k, v in classifiers.accuracy.items() if v is not None}
         summary = {

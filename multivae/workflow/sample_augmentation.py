@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from multivae.names import CLASSIFIERS_FOLDER, SYNTHETIC_SUMMARY_ARTIFACT
+from multivae.names import CLASSIFIERS_CONFIG_FILE, SYNTHETIC_SUMMARY_ARTIFACT
 from multivae.workflow.artifacts import model_folder_in
 from multivae.workflow.tracking import log_metrics, step_run, tracking_uri_for
 
@@ -20,22 +20,25 @@ def augment_step(
     n: int = 1000,
     seed: int = 0,
     sampler_dir: str | os.PathLike[str] | None = None,
+    classifiers: str | os.PathLike[str] | None = None,
     tracking_uri: str = "",
     parent_run_id: str = "",
 ) -> dict[str, Any]:
     """Fit ``sampler`` on the train latents and write ``n`` synthetic samples to ``out``.
 
-    The output is labelled by the dataset's classifiers when it has them. Returns the synthetic
-    dataset's summary (validated).
+    The output is labelled by the classifiers in ``classifiers`` (the preprocess step's; by
+    default the dataset's own, beside it) when there are some. Returns the synthetic dataset's
+    summary (validated).
     """
     from multivae.augment import sample_dataset
     from multivae.data.summary import summarize
     from multivae.factory import load_model
-    from multivae.metrics.classifiers import ClassifierSet
+    from multivae.metrics.classifiers import ClassifierSet, default_classifier_dir
 
     model = load_model(model_folder_in(model_dir))
-    classifier_dir = Path(data) / CLASSIFIERS_FOLDER
-    label_with = ClassifierSet.load(classifier_dir) if classifier_dir.is_dir() else None
+    classifier_dir = Path(classifiers) if classifiers else default_classifier_dir(data)
+    has_set = (classifier_dir / CLASSIFIERS_CONFIG_FILE).is_file()
+    label_with = ClassifierSet.load(classifier_dir) if has_set else None
     out = Path(out)
     tracking_uri = tracking_uri_for(tracking_uri, out.parent)
     params = {"sampler": sampler, "n": n, "seed": seed}

@@ -13,6 +13,8 @@ import torch
 
 from multivae.data import DatasetSchema, ModalitySpec, MultimodalDataset, SplitArrays, write_dataset
 from multivae.data.datasets import prepare_builtin
+from multivae.data.fingerprint import dataset_fingerprint
+from multivae.io import read_output_marker
 from multivae.metrics.classifiers import ClassifierError, ClassifierSet, train_classifiers
 from multivae.names import CLASSIFIERS_CONFIG_FILE, CLASSIFIERS_WEIGHTS_FILE
 
@@ -178,11 +180,16 @@ def _tiny_dataset(root, labelled: bool = True):
 def test_categorical_rule_default_folder_and_progress_bar(tmp_path):
     root = _tiny_dataset(tmp_path / "tiny")
     classifiers = train_classifiers(root, epochs=8, batch_size=32, lr=1e-2, progress=True)
-    folder = root / "classifiers"
+    # Beside the dataset, never inside it: the dataset's folder holds only what wrote it.
+    folder = tmp_path / "tiny-classifiers"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny", "tiny-classifiers"]
+    assert sorted(p.name for p in root.iterdir()) == ["test", "train", "val"]
     assert (folder / CLASSIFIERS_CONFIG_FILE).is_file() and (
         folder / CLASSIFIERS_WEIGHTS_FILE
     ).is_file()
+    assert read_output_marker(folder)["kind"] == "classifiers"
     document = json.loads((folder / CLASSIFIERS_CONFIG_FILE).read_text())
+    assert document["dataset"]["fingerprint"] == dataset_fingerprint(root)
     architectures = {m: e["architecture"]["name"] for m, e in document["modalities"].items()}
     # "tag" equals the label wherever present: the identity. "shifted" has as many categories
     # as there are classes but is not the label: it gets a trained embedding classifier.
@@ -215,7 +222,7 @@ def test_unlabelled_dataset_is_refused_clearly(tmp_path):
     root = _tiny_dataset(tmp_path / "unlabelled", labelled=False)
     with pytest.raises(ClassifierError, match="no labels"):
         train_classifiers(root, epochs=1, progress=False)
-    assert not (root / "classifiers").exists()
+    assert not (tmp_path / "unlabelled-classifiers").exists()
 
 
 def test_unknown_modality_and_foreign_output_folder_are_refused(tmp_path):
@@ -225,6 +232,22 @@ def test_unknown_modality_and_foreign_output_folder_are_refused(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(ClassifierError, match="not a classifier folder"):
+    with pytest.raises(FileExistsError, match="holds files multivae train-classifiers did not"):
         train_classifiers(root, foreign, modalities=["tag"], epochs=1, progress=False)
     assert (foreign / "notes.txt").read_text() == "mine"
+    with pytest.raises(FileExistsError, match="inside the dataset"):
+        train_classifiers(root, root / "classifiers", modalities=["tag"], progress=False)
+    assert not (root / "classifiers").exists()
+
+
+def test_an_earlier_set_is_replaced_only_when_asked(tmp_path):
+    root = _tiny_dataset(tmp_path / "tiny")
+    train_classifiers(root, epochs=1, modalities=["x"], progress=False)
+    folder = tmp_path / "tiny-classifiers"
+    before = (folder / CLASSIFIERS_WEIGHTS_FILE).read_bytes()
+    with pytest.raises(FileExistsError, match=r"holds an earlier classifiers .*--overwrite"):
+        train_classifiers(root, epochs=1, modalities=["x"], seed=1, progress=False)
+    assert (folder / CLASSIFIERS_WEIGHTS_FILE).read_bytes() == before
+    train_classifiers(root, epochs=1, modalities=["x"], seed=1, progress=False, overwrite=True)
+    assert (folder / CLASSIFIERS_WEIGHTS_FILE).read_bytes() != before
+    assert read_output_marker(folder)["kind"] == "classifiers"

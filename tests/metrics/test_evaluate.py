@@ -2,13 +2,20 @@
 
 import json
 import math
+import shutil
 
 import pytest
 
 import multivae
 from multivae.config import ConfigError
 from multivae.data.datasets import prepare_builtin
-from multivae.metrics import ClassifierError, EvaluationConfig, evaluate, train_classifiers
+from multivae.metrics import (
+    ClassifierError,
+    EvaluationConfig,
+    default_classifier_dir,
+    evaluate,
+    train_classifiers,
+)
 from multivae.run import run_training
 from multivae.run_config import MLflowConfig, RunConfig
 from multivae.training import TrainingConfig
@@ -124,6 +131,18 @@ def test_a_dataset_with_other_modalities_is_refused(trained, tmp_path):
     )
     with pytest.raises(ConfigError, match=r"expects modalities .*'m0'.* holds .*'view0'"):
         evaluate(model_dir, other, tmp_path / "out", progress=False)
+
+
+def test_the_default_classifiers_must_have_judged_this_very_dataset(trained, tmp_path):
+    data, model_dir, _ = trained
+    # The same generator with another seed: the same modalities, other data.
+    other = prepare_builtin(
+        "poly-digits", tmp_path / "poly", missing_rate=0.5, seed=1, n_train=50, n_val=10, n_test=10
+    )
+    shutil.copytree(default_classifier_dir(data), tmp_path / "poly-classifiers")
+    with pytest.raises(ConfigError, match="found ones trained on other data"):
+        evaluate(model_dir, other, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_classifiers_are_named(trained, tmp_path):

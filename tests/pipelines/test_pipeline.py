@@ -110,8 +110,16 @@ def test_five_steps_in_order_with_typed_parameters_and_artifacts(compiled):
 
     assert artifacts("comp-preprocess", "outputDefinitions") == {
         "data": "system.Dataset",
+        "classifiers": "system.Model",
         "summary": "system.Markdown",
     }
+    # The judges are their own artifact, read by the two steps that judge or label.
+    for step in ("comp-evaluate", "comp-sample-augmentation"):
+        assert artifacts(step, "inputDefinitions") == {
+            "model": "system.Model",
+            "data": "system.Dataset",
+            "classifiers": "system.Model",
+        }
     assert artifacts("comp-train", "inputDefinitions") == {"data": "system.Dataset"}
     assert artifacts("comp-train", "outputDefinitions") == {"model": "system.Model"}
     assert artifacts("comp-evaluate", "outputDefinitions") == {
@@ -179,7 +187,9 @@ def test_the_whole_pipeline_runs_locally_and_every_artifact_is_valid(local_run):
     assert all(info["validated"] for info in summary["splits"].values())
     assert summary["splits"]["train"]["rows"] == 600
     assert summary["missingness"]["train"]["rate"] == 0.5
-    assert (data / "classifiers").is_dir()
+    judges = Path(outputs["preprocess"]["classifiers"])
+    assert (judges / "classifiers.json").is_file()
+    assert not (data / "classifiers").exists()  # the judges are an artifact of their own
 
     model = multivae.load_model(Path(outputs["train"]["model"]) / "model")
     assert model.name == "mopoe"

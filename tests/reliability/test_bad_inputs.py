@@ -69,7 +69,12 @@ def shared(tmp_path_factory):
     config = run_config(root / "run", data)
     assert main(["train", "--config", str(config)]) == 0
     assert main(["train-classifiers", str(data), "--epochs", "1"]) == 0
-    return {"data": data, "model": root / "run" / "model", "run": root / "run"}
+    return {
+        "data": data,
+        "classifiers": root / "views-classifiers",
+        "model": root / "run" / "model",
+        "run": root / "run",
+    }
 
 
 def run_config(output_dir: Path, data: Path, **training) -> Path:
@@ -210,6 +215,44 @@ def inspect_negative_labels(tmp, shared):
     return ["inspect", str(data)]
 
 
+def with_an_empty_split(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (val,) = (data / "val").glob("*.parquet")
+    rewrite(val, lambda t: t.slice(0, 0))
+    return data
+
+
+def validate_an_empty_split(tmp, shared):
+    return ["inspect", str(with_an_empty_split(tmp, shared)), "--validate"]
+
+
+def train_on_an_empty_split(tmp, shared):
+    return ["train", "--config", str(run_config(tmp / "run", with_an_empty_split(tmp, shared)))]
+
+
+def with_null_presence_flags(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    (train,) = (data / "train").glob("*.parquet")
+
+    def null_flag(table):
+        index = table.schema.get_field_index("view0__present")
+        flags = table.column(index).to_pylist()
+        flags[3] = None
+        return table.set_column(index, pa.field("view0__present", pa.bool_()), pa.array(flags))
+
+    rewrite(train, null_flag)
+    return data
+
+
+def inspect_null_presence_flags(tmp, shared):
+    return ["inspect", str(with_null_presence_flags(tmp, shared))]
+
+
+def train_on_null_presence_flags(tmp, shared):
+    data = with_null_presence_flags(tmp, shared)
+    return ["train", "--config", str(run_config(tmp / "run", data))]
+
+
 def train_with_a_folder_as_config(tmp, shared):
     (tmp / "configs").mkdir()
     return ["train", "--config", str(tmp / "configs")]
@@ -344,6 +387,31 @@ def impute_into_user_files(tmp, shared):
     ]
 
 
+def classifiers_inside_the_dataset(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    return ["train-classifiers", str(data), "--epochs", "1", "--out", str(data / "classifiers")]
+
+
+def classifiers_over_their_earlier_set(tmp, shared):
+    data = copy_dataset(shared, tmp)
+    shutil.copytree(shared["classifiers"], tmp / "copy-classifiers")
+    return ["train-classifiers", str(data), "--epochs", "1"]
+
+
+def classifiers_over_their_earlier_set_with_overwrite(tmp, shared):
+    return [*classifiers_over_their_earlier_set(tmp, shared), "--overwrite"]
+
+
+def evaluate_with_the_classifiers_of_other_data(tmp, shared):
+    other = tmp / "other"
+    prepare = ["prepare-data", "gaussian-views", "--out", str(other), "--seed", "1"]
+    sizes = ["--param", "n_train=16", "--param", "n_val=4", "--param", "n_test=4"]
+    assert main([*prepare, *sizes]) == 0
+    shutil.copytree(shared["classifiers"], tmp / "other-classifiers")
+    model = str(shared["model"])
+    return ["evaluate", "--model", model, "--data", str(other), "--out", str(tmp / "report")]
+
+
 def evaluate_into(tmp, shared, files):
     """``multivae evaluate`` into ``tmp/report``, made beforehand with ``files``."""
     report = tmp / "report"
@@ -412,6 +480,14 @@ CASES = [
          "refused", ("val/part-00000.parquet", "view0 (8,) float32", "view0 (9,) float32")),
     Case("inspect, a negative label", inspect_negative_labels, "refused",
          ("column 'label'", "expected labels in [0, 3], found -1")),
+    Case("inspect --validate, an empty split", validate_an_empty_split, "refused",
+         ("copy/val: expected at least one row in each split, found 0",)),
+    Case("train on an empty split", train_on_an_empty_split, "refused",
+         ("copy/val: expected at least one row in each split",)),
+    Case("inspect, null presence flags", inspect_null_presence_flags, "refused",
+         ("copy/train, column 'view0__present': found 1 null cells",)),
+    Case("train on null presence flags", train_on_null_presence_flags, "refused",
+         ("column 'view0__present': found 1 null cells",)),
     Case("train --config FOLDER", train_with_a_folder_as_config, "refused",
          ("expected a run config file (YAML or JSON), found a folder",)),
     Case("train --config MISSING", train_with_a_missing_config, "refused",
@@ -449,6 +525,14 @@ CASES = [
          ("the output folder is the source dataset",)),
     Case("impute into a folder of user files", impute_into_user_files, "refused",
          ("did not write",)),
+    Case("train-classifiers into the dataset", classifiers_inside_the_dataset, "refused",
+         ("inside the dataset", "outputs never land inside")),
+    Case("train-classifiers over its earlier set", classifiers_over_their_earlier_set, "refused",
+         ("copy-classifiers holds an earlier classifiers", "--overwrite")),
+    Case("train-classifiers --overwrite over its earlier set",
+         classifiers_over_their_earlier_set_with_overwrite, "accepted"),
+    Case("evaluate with the classifiers of other data", evaluate_with_the_classifiers_of_other_data,
+         "refused", ("other-classifiers: expected the classifiers of", "trained on other data")),
     Case("evaluate into a folder of user files", evaluate_into_user_files, "refused",
          ("holds files multivae evaluate did not write",)),
     Case("evaluate over an earlier evaluation", evaluate_over_an_earlier_evaluation, "refused",

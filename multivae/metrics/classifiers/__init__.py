@@ -4,7 +4,8 @@ Coherence metrics ask whether a generated modality shows the class of the sample
 from; a classifier trained on the real data of that modality answers. :func:`train_classifiers`
 trains one :class:`ModalityClassifier` per modality on a labelled dataset and writes the set as a
 folder (``classifiers.safetensors`` + ``classifiers.json``, no pickle), which
-:meth:`ClassifierSet.load` reads back.
+:meth:`ClassifierSet.load` reads back. By default the folder is ``DATA-classifiers``, beside the
+dataset (:func:`default_classifier_dir`).
 
 * :mod:`~multivae.metrics.classifiers.architectures`: the architectures, by the modality's kind
   and shape;
@@ -21,7 +22,7 @@ from multivae.metrics.classifiers.architectures import (
     default_architecture,
 )
 from multivae.metrics.classifiers.classifier_set import FORMAT_VERSION, ClassifierSet
-from multivae.metrics.classifiers.training import train_classifiers
+from multivae.metrics.classifiers.training import default_classifier_dir, train_classifiers
 
 __all__ = [
     "ARCHITECTURES",
@@ -31,5 +32,6 @@ __all__ = [
     "ClassifierSet",
     "ModalityClassifier",
     "default_architecture",
+    "default_classifier_dir",
     "train_classifiers",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from multivae.io import staged_folder
+from multivae.io import staged_folder, write_output_marker
 from multivae.metrics.classifiers.architectures import ClassifierError, ModalityClassifier
 from multivae.names import CLASSIFIERS_CONFIG_FILE, CLASSIFIERS_WEIGHTS_FILE
 
@@ -146,8 +146,11 @@ class ClassifierSet:
     # --------------------------------------------------------------------------------------------
     # Saving and loading
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
+    def save(self, directory: str | os.PathLike[str], *, command: str | None = None) -> Path:
         """Write the set to ``directory`` atomically (a staging sibling, then a rename).
+
+        ``command``, when given, is recorded in the folder's output marker
+        (:func:`multivae.io.write_output_marker`), so that it may replace the set later.
 
         Raises:
             ClassifierError: If ``directory`` holds something other than a classifier set.
@@ -177,6 +180,8 @@ class ClassifierSet:
                 json.dumps(document, indent=2, sort_keys=True)
             )
             save_file(state, str(staging / CLASSIFIERS_WEIGHTS_FILE), metadata={"format": "pt"})
+            if command is not None:
+                write_output_marker(staging, "classifiers", command)
         return directory
 
     @classmethod

@@ -14,12 +14,26 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import BlockBatchSampler, MultimodalDataset, list_splits, make_dataloader
 from multivae.data.schema import DatasetSchema, ModalitySpec
+from multivae.io import claim_output
 from multivae.metrics.classifiers.architectures import ClassifierError, ModalityClassifier
-from multivae.metrics.classifiers.classifier_set import ClassifierSet, check_destination
+from multivae.metrics.classifiers.classifier_set import ClassifierSet
 from multivae.metrics.shared import iter_batches, seeded
-from multivae.names import CLASSIFIERS_FOLDER
+from multivae.names import CLASSIFIERS_SUFFIX
+
+TRAIN_CLASSIFIERS_COMMAND = "multivae train-classifiers"
+
+
+def default_classifier_dir(dataset_dir: str | os.PathLike[str]) -> Path:
+    """Where a dataset's classifiers go by default: ``DATA-classifiers``, beside ``DATA``.
+
+    Outputs never land inside a dataset's folder, so the judges live next to it;
+    :func:`multivae.metrics.evaluate` looks for them there.
+    """
+    root = Path(dataset_dir).resolve()
+    return root.parent / f"{root.name}{CLASSIFIERS_SUFFIX}"
 
 
 @dataclass
@@ -103,6 +117,7 @@ def _dataset_facts(root: Path, schema: DatasetSchema, sizes: Mapping[str, int]) 
             for spec in schema.modalities
         },
         "splits": dict(sizes),
+        "fingerprint": dataset_fingerprint(root),
         "schema_sha256": hashlib.sha256(schema.to_json().encode()).hexdigest(),
     }
 
@@ -119,6 +134,7 @@ def train_classifiers(
     *,
     device: str | torch.device | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    overwrite: bool = False,
 ) -> ClassifierSet:
     """Train one classifier per modality on a labelled dataset and save the set.
 
@@ -130,7 +146,10 @@ def train_classifiers(
 
     Args:
         dataset_dir: Dataset folder with a labelled ``train`` split.
-        out_dir: Where to write the set; ``dataset_dir/classifiers`` by default.
+        out_dir: Where to write the set; ``DATA-classifiers`` beside the dataset by default
+            (:func:`default_classifier_dir`). A new or empty folder, or with ``overwrite`` an
+            earlier set written by this function (:func:`multivae.io.claim_output`), replaced
+            only once the new one is saved; never a folder inside the dataset.
         epochs: Passes over the train split.
         batch_size: Rows per training batch (before keeping the present samples).
         lr: Adam's learning rate.
@@ -139,6 +158,7 @@ def train_classifiers(
         progress: Show a progress bar over epochs.
         device: Where to train; CUDA when available by default.
         options: Modality name -> architecture options (see :data:`DEFAULT_OPTIONS`).
+        overwrite: Replace ``out_dir`` when it holds an earlier set.
 
     Returns:
         The trained set, on ``device``.
@@ -146,6 +166,8 @@ def train_classifiers(
     Raises:
         ClassifierError: For a dataset without labels, an unknown modality, or a modality
             never present in the train split.
+        FileExistsError: For an output folder the rule of :func:`multivae.io.claim_output`
+            refuses.
     """
     root = Path(dataset_dir)
     splits = list_splits(root)
@@ -168,8 +190,8 @@ def train_classifiers(
         )
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, found {epochs}")
-    folder = Path(out_dir) if out_dir is not None else root / CLASSIFIERS_FOLDER
-    check_destination(folder)
+    folder = Path(out_dir) if out_dir is not None else default_classifier_dir(root)
+    claim_output(folder, "classifiers", TRAIN_CLASSIFIERS_COMMAND, overwrite=overwrite)
     options = options or {}
     held_out = {s: MultimodalDataset(root, s) for s in ("val", "test") if s in splits}
     target = torch.device(
@@ -236,7 +258,7 @@ def train_classifiers(
         val_accuracy=accuracy.get("val"),
         dataset=_dataset_facts(root, schema, sizes),
     )
-    result.save(folder)
+    result.save(folder, command=TRAIN_CLASSIFIERS_COMMAND)
     result.source = str(folder)
     return result.to(target)
 
