@@ -166,7 +166,7 @@ def claim_output(
                 found = sorted(p.name for p in directory.iterdir())[:5]
                 raise FileExistsError(
                     f"{directory} holds files {command} did not write ({found}); give a new or "
-                    "empty folder (nothing there is replaced, even with --overwrite)"
+                    "empty folder (nothing there is replaced, whatever the flags)"
                 )
             if marker["kind"] != kind:
                 raise FileExistsError(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
+import io
 import json
 import os
 import re
@@ -23,11 +25,14 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = Path("runs/pipeline")
+RUN_LOCAL_COMMAND = "python -m pipelines run-local"
+RUNS_KIND = "pipeline runs"
 STEP_OUTPUTS = {
     "preprocess": ("data", "classifiers", "summary"),
     "train": ("model",),
@@ -191,22 +196,21 @@ def submit(
 
     check_arguments(arguments)
     owned = client is None
+    host = host or os.environ.get("KFP_HOST")
     if client is None:
-        host = host or os.environ.get("KFP_HOST")
         if not host:
-            raise ValueError("submit: expected --host or KFP_HOST (the KFP API endpoint)")
-        with warnings.catch_warnings():
+            raise ValueError("expected --host or KFP_HOST (the KFP API endpoint)")
+        token = token or os.environ.get("KFP_TOKEN") or None
+        probe_endpoint(host, token)
+        with warnings.catch_warnings(), _endpoint_errors(host), _quiet_health_checks():
             # kfp.Client warns on every construction that it needs a KFP v2 backend.
             warnings.filterwarnings("ignore", category=FutureWarning, module="kfp")
-            client = kfp.Client(
-                host=host,
-                existing_token=token or os.environ.get("KFP_TOKEN") or None,
-                namespace=namespace or "kubeflow",
-            )
+            client = kfp.Client(host=host, existing_token=token, namespace=namespace or "kubeflow")
     try:
-        with tempfile.TemporaryDirectory() as scratch:
+        endpoint = host or "the client's endpoint"
+        with tempfile.TemporaryDirectory() as scratch, _endpoint_errors(endpoint):
             package = compile_pipeline(Path(scratch) / "pipeline.yaml", train_gpus=train_gpus)
-            return client.create_run_from_pipeline_package(
+            result = client.create_run_from_pipeline_package(
                 str(package),
                 arguments=arguments,
                 run_name=run_name,
@@ -215,9 +219,125 @@ def submit(
                 service_account=service_account,
                 enable_caching=enable_caching,
             )
+        if not result.run_id:
+            raise ConnectionError(
+                f"{endpoint} answered without a run id; expected a KFP API that creates "
+                "the run (is it the KFP API, not its UI or a proxy's page?)"
+            )
+        return result
     finally:
         if owned:
             _close(client)
+
+
+HEALTH_ROUTE = "/apis/v2beta1/healthz"
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_endpoint(host: str, token: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """One request to the KFP API's health route before the client is built.
+
+    ``kfp.Client`` retries its health check five times, 5 s apart, logging a traceback each
+    time; this probe fails at once, in one line, on what cannot be a KFP API: a host that does
+    not resolve or accept connections, a route that does not exist (404), a token refused.
+    An answer asking for credentials without a token is left to the client, which may hold
+    its own (service account, kubeconfig, IAP).
+
+    Raises:
+        ConnectionError: Naming the endpoint and what it answered.
+    """
+    import urllib.error
+    import urllib.request
+
+    from multivae.integrations.endpoints import unreachable
+
+    request = urllib.request.Request(host.rstrip("/") + HEALTH_ROUTE)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as error:
+        if error.code == 404 or (token and error.code in (401, 403)):
+            hint = (
+                "the token was refused (--token or KFP_TOKEN)"
+                if error.code != 404
+                else f"no {HEALTH_ROUTE} route there; expected the KFP API endpoint"
+            )
+            raise ConnectionError(
+                f"the KFP API at {host} answered HTTP {error.code} {error.reason}: {hint}"
+            ) from None
+    except urllib.error.URLError as error:
+        raise ConnectionError(
+            f"could not reach the KFP API at {host}: {unreachable(error)}; expected a KFP "
+            "endpoint (--host or KFP_HOST, e.g. http://localhost:8080 behind `kubectl "
+            "port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`)"
+        ) from None
+    except (TimeoutError, OSError) as error:
+        raise ConnectionError(
+            f"could not reach the KFP API at {host}: no answer within {timeout:g} s "
+            f"({type(error).__name__})"
+        ) from None
+
+
+@contextmanager
+def _quiet_health_checks() -> Iterator[None]:
+    """Hold back the traceback ``kfp.Client`` logs for each failed health check attempt."""
+    import logging
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "healthz" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+@contextmanager
+def _endpoint_errors(host: str) -> Iterator[None]:
+    """Turn the KFP client's network and HTTP failures into one line naming the endpoint."""
+    import kfp_server_api
+    import urllib3
+
+    try:
+        yield
+    except urllib3.exceptions.MaxRetryError as error:
+        reason = error.reason
+        if isinstance(reason, urllib3.exceptions.NameResolutionError):
+            found = "its host name does not resolve"
+        elif isinstance(reason, urllib3.exceptions.NewConnectionError):
+            found = "nothing accepts connections there (refused or timed out)"
+        else:
+            found = f"{type(reason).__name__}: {reason}"
+        raise ConnectionError(
+            f"could not reach the KFP API at {host}: {found}; expected a KFP endpoint "
+            "(--host or KFP_HOST, e.g. http://localhost:8080 behind `kubectl port-forward -n "
+            "kubeflow svc/ml-pipeline-ui 8080:80`)"
+        ) from None
+    except TimeoutError:
+        raise ConnectionError(
+            f"the KFP API at {host} failed its health check 5 times; check the "
+            "credentials (--token or KFP_TOKEN, a service account, kubeconfig) and the endpoint"
+        ) from None
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        raise ConnectionError(
+            f"could not reach the KFP API at {host}: {type(error).__name__}: {error}"
+        ) from None
+    except kfp_server_api.ApiException as error:
+        hint = {
+            401: "; the endpoint wants credentials: --token or KFP_TOKEN",
+            403: "; the credentials may not create runs in this namespace",
+            404: "; is this the KFP API (its /apis/v2beta1 routes)?",
+        }.get(error.status, "")
+        body = " ".join(str(error.body or "").split())[:200]
+        raise ConnectionError(
+            f"the KFP API at {host} answered HTTP {error.status} {error.reason}"
+            + (f" ({body})" if body else "")
+            + hint
+        ) from None
 
 
 def _close(client: Any) -> None:
@@ -243,18 +363,28 @@ def run_local(
     since an earlier run in ``out`` is taken from KFP's local cache. MLflow defaults to
     ``out/mlflow.db``.
 
+    ``out`` is a new or empty folder, or one where this command ran before: it never writes
+    into a folder of other files, nor inside a dataset.
+
     Returns:
         ``{"outputs": {step: {output: path}}, "mlflow_uri", "seconds", "pipeline_root"}``.
 
     Raises:
+        FileExistsError: For an ``out`` the rule above refuses.
         RuntimeError: When a step fails (KFP's message names it; its log is printed above).
     """
     from kfp import local
 
+    from multivae.io import claim_output, read_output_marker, write_output_marker
     from pipelines.pipeline import build_pipeline
 
     out = Path(out).resolve()
+    # A new or empty folder, or one holding this command's earlier runs, to which a run adds
+    # its own timestamped folder (and reuses their step cache); never a folder of other files.
+    claim_output(out, RUNS_KIND, RUN_LOCAL_COMMAND, overwrite=True)
     out.mkdir(parents=True, exist_ok=True)
+    if read_output_marker(out) is None:
+        write_output_marker(out, RUNS_KIND, RUN_LOCAL_COMMAND)
     arguments = dict(arguments)
     arguments.setdefault("mlflow_uri", f"sqlite:///{out / 'mlflow.db'}")
     check_arguments(arguments)
@@ -266,17 +396,66 @@ def run_local(
         raise_on_error=True,
     )
     started = time.time()
-    with warnings.catch_warnings():
-        # The steps run in this environment, which has multivae installed: KFP's warning that
-        # the components name a custom image does not apply.
-        warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-        build_pipeline("local")(**arguments)
+    log = StepLog(sys.stdout)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(log):
+            # The steps run in this environment, which has multivae installed: KFP's warning
+            # that the components name a custom image does not apply.
+            warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
+            build_pipeline("local")(**arguments)
+    except RuntimeError as error:
+        # KFP says only "Inner task failed: 'train'": the step's own error is the last
+        # exception line of its log, which went through the tee.
+        message = _ANSI.sub("", str(error))
+        failed = re.search(r"Inner task failed: '([^']+)'", message)
+        cause = log.last_error()
+        if failed is None or cause is None:
+            raise RuntimeError(message) from None
+        raise RuntimeError(
+            f"step '{failed.group(1)}' failed: {cause} (its log is above; artifacts under {root})"
+        ) from None
     return {
         "outputs": locate_outputs(root, since=started),
         "mlflow_uri": arguments["mlflow_uri"],
         "seconds": time.time() - started,
         "pipeline_root": str(root),
     }
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^\s*((?:\w+\.)*\w*(?:Error|Exception|Interrupt|Exit)\b.*)$")
+
+
+class StepLog(io.TextIOBase):
+    """A tee of the steps' output, which KFP's local runner prints line by line.
+
+    The output is shown as it comes; its last lines are kept to name a failed step's own error.
+    """
+
+    def __init__(self, stream: Any, keep: int = 400) -> None:
+        self.stream = stream
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        """Show ``text``; keep its complete lines."""
+        self.stream.write(text)
+        *complete, self._partial = (self._partial + text).split("\n")
+        self.lines.extend(_ANSI.sub("", line) for line in complete)
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the stream shown."""
+        self.stream.flush()
+
+    def last_error(self) -> str | None:
+        """The last ``SomeError: message`` line, without its module path."""
+        for line in reversed(self.lines):
+            match = _EXCEPTION_LINE.match(line)
+            if match:
+                kind, _, rest = match.group(1).partition(":")
+                return f"{kind.rsplit('.', 1)[-1]}:{rest}" if rest else kind.rsplit(".", 1)[-1]
+        return None
 
 
 def locate_outputs(root: Path, since: float = 0.0) -> dict[str, dict[str, str]]:
@@ -403,13 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         outcome = run_local(arguments, args.out, cache=not args.no_cache)
         print(report(outcome))
         return 0
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionError) as error:
         from multivae.redact import redact
 
-        print(f"error: {redact(str(error))}", file=sys.stderr)
+        print(f"python -m pipelines {args.command}: error: {redact(str(error))}", file=sys.stderr)
         return 2
     except RuntimeError as error:
         from multivae.redact import redact
 
-        print(f"error: the pipeline failed: {redact(str(error))}", file=sys.stderr)
+        print(
+            f"python -m pipelines {args.command}: error: the pipeline failed: {redact(str(error))}",
+            file=sys.stderr,
+        )
         return 1

@@ -198,6 +198,9 @@ def start_parent_run(
     Returns:
         The run id. The run stays ``RUNNING`` until :func:`finish_run`.
     """
+    from multivae.integrations.endpoints import check_tracking_uri
+
+    check_tracking_uri(tracking_uri, "the MLflow tracking URI")
     client = MlflowClient(tracking_uri)
     run = client.create_run(
         _experiment_id(client, experiment), run_name=run_name, tags=dict(tags or {})

@@ -466,12 +466,15 @@ def train_with_ray(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from multivae.integrations.endpoints import check_ray_address
     from multivae.integrations.tracking import tracking_callbacks
 
     setup = prepare_ray_run(config, resume=resume)
     run = setup.run
-    callbacks = [*tracking_callbacks(run, setup.folder), *callbacks]
     assert run.ray is not None
+    if not ray.is_initialized():
+        check_ray_address(run.ray.address, "ray.address")
+    callbacks = [*tracking_callbacks(run, setup.folder), *callbacks]
     output_dir = Path(run.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     run.save(output_dir / RUN_CONFIG_FILE)

@@ -18,12 +18,18 @@ def tracking_callbacks(config: RunConfig, folder: Path) -> list[Callback]:
     """The MLflow callback of a run (none when ``mlflow.enabled`` is false)."""
     if not config.mlflow.enabled:
         return []
+    from multivae.integrations.endpoints import check_tracking_uri
     from multivae.integrations.mlflow import MLflowCallback, default_tracking_uri
 
     settings = config.mlflow
+    uri = settings.tracking_uri or default_tracking_uri(config.output_dir)
+    # Before the run writes anything: an unreachable server is refused at once.
+    check_tracking_uri(
+        uri, "mlflow.tracking_uri" if settings.tracking_uri else "MLFLOW_TRACKING_URI"
+    )
     return [
         MLflowCallback(
-            tracking_uri=settings.tracking_uri or default_tracking_uri(config.output_dir),
+            tracking_uri=uri,
             experiment=settings.experiment,
             run_name=settings.run_name,
             parent_run_id=settings.parent_run_id,

@@ -503,9 +503,19 @@ def run_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from multivae.integrations.endpoints import check_ray_address, check_tracking_uri
+
     check_sweep(sweep, base)
+    tracking = dict(base.get("mlflow") or {})
+    if tracking.get("enabled", True):
+        # Before anything is written or started: an MLflow server that does not answer.
+        uri = tracking_uri or tracking.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            check_tracking_uri(uri, "run.mlflow.tracking_uri")
     address = sweep.address or os.environ.get("RAY_ADDRESS")
     started_ray = not ray.is_initialized()
+    if started_ray:
+        check_ray_address(sweep.address, "address (the sweep file's)")
     local_cpus = None
     if started_ray and not address:
         # A local instance: planned before it starts, with the headroom of one trial at least.

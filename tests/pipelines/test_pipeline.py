@@ -2,6 +2,7 @@
 
 import json
 import math
+import socket
 import subprocess
 import sys
 import threading
@@ -462,3 +463,33 @@ def test_the_compiled_pipeline_runs_the_image_the_manifests_and_dockerfile_name(
             if "multivae" in container["image"].rsplit("/", 1)[-1]
         }
         assert ours == {image}, overlay
+
+
+@pytest.mark.integration
+def test_a_failed_step_is_reported_with_its_own_error(tmp_path, capsys):
+    # A train step that cannot reach its Ray cluster: KFP says only "Inner task failed".
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    status = main(
+        [
+            "run-local",
+            "--out",
+            str(tmp_path / "runs"),
+            "--train-mode",
+            "ray-job",
+            "--set",
+            f"ray_address=http://127.0.0.1:{closed}",
+            "--set",
+            'dataset_params={"n_train": 60, "n_val": 20, "n_test": 20}',
+            "--set",
+            "classifier_epochs=1",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert err[-1].startswith(
+        "python -m pipelines run-local: error: the pipeline failed: step 'train' failed: "
+        f"ConnectionError: Failed to connect to Ray at address: http://127.0.0.1:{closed}"
+    ), err[-1]
+    assert "Inner task failed" not in err[-1]

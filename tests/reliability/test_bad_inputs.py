@@ -16,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ import pytest
 import yaml
 
 from multivae.cli import main
+from pipelines.cli import main as pipelines_main
 
 SECRET = "pa55-w0rd"
 
@@ -40,10 +44,41 @@ class Case:
     outcome: str  # "refused" or "accepted"
     says: tuple[str, ...] = ()
     hides: tuple[str, ...] = field(default=(SECRET,))
+    program: str = "multivae"  # or "pipelines" (python -m pipelines)
+
+
+class _Status(BaseHTTPRequestHandler):
+    """Answers every request under ``/sNNN/`` with HTTP status NNN and an empty JSON body."""
+
+    def _answer(self):
+        status = int(self.path.split("/")[1][1:])
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
+def endpoints():
+    """A server answering any HTTP status asked, and a local port where nothing listens."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    yield {"http": f"http://127.0.0.1:{server.server_port}", "closed": f"127.0.0.1:{closed}"}
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, endpoints):
     """A small dataset and a model trained on it, made once (read-only for the cases)."""
     root = tmp_path_factory.mktemp("shared")
     data = root / "views"
@@ -72,6 +107,7 @@ def shared(tmp_path_factory):
     return {
         "data": data,
         "classifiers": root / "views-classifiers",
+        "endpoints": endpoints,
         "model": root / "run" / "model",
         "run": root / "run",
     }
@@ -454,6 +490,70 @@ def tune_with_an_unknown_space_key(tmp, shared):
     return ["tune", "--sweep", str(tmp / "sweep.yaml")]
 
 
+def submit_to(host):
+    return ["submit", "--host", host, "--token", SECRET]
+
+
+def submit_where_nothing_listens(tmp, shared):
+    return submit_to(f"http://{shared['endpoints']['closed']}")
+
+
+def submit_to_a_host_that_does_not_resolve(tmp, shared):
+    return submit_to("http://kfp.invalid:8888")
+
+
+def submit_to_a_server_that_is_not_kfp(tmp, shared):
+    return submit_to(f"{shared['endpoints']['http']}/s404")
+
+
+def submit_with_a_refused_token(tmp, shared):
+    return submit_to(f"{shared['endpoints']['http']}/s401")
+
+
+def submit_to_a_server_that_creates_no_run(tmp, shared):
+    return submit_to(f"{shared['endpoints']['http']}/s200")
+
+
+def run_pipeline_into_user_files(tmp, shared):
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("keep")
+    return ["run-local", "--out", str(tmp / "mine")]
+
+
+def train_tracked_where_no_mlflow_answers(tmp, shared):
+    config = run_config(tmp / "run", shared["data"])
+    uri = f"http://alice:{SECRET}@{shared['endpoints']['closed']}"
+    return ["train", "--config", str(config), "--set", "mlflow.enabled=true",
+            "--set", f"mlflow.tracking_uri={uri}"]  # fmt: skip
+
+
+def train_on_ray_where_no_cluster_listens(tmp, shared):
+    config = run_config(tmp / "run", shared["data"])
+    address = shared["endpoints"]["closed"]
+    return ["train", "--config", str(config), "--ray", "--set", f"ray.address={address}"]
+
+
+def sweep_file(tmp, shared, **settings):
+    sweep = {
+        "run": {"model": "mvae", "data": str(shared["data"]), "output_dir": "unused",
+                "mlflow": settings.pop("mlflow", {"enabled": False})},
+        "output_dir": str(tmp / "sweep"),
+        "space": {"model_config.latent_dim": {"choice": [2]}},
+        **settings,
+    }  # fmt: skip
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    return ["tune", "--sweep", str(tmp / "sweep.yaml")]
+
+
+def tune_tracked_where_no_mlflow_answers(tmp, shared):
+    uri = f"http://{shared['endpoints']['closed']}"
+    return sweep_file(tmp, shared, mlflow={"tracking_uri": uri})
+
+
+def tune_on_ray_where_no_cluster_listens(tmp, shared):
+    return sweep_file(tmp, shared, address=f"ray://{shared['endpoints']['closed']}")
+
+
 CASES = [
     Case("prepare-data into a folder of user files", prepare_into_user_files, "refused",
          ("did not write", "nothing there is replaced")),
@@ -537,6 +637,31 @@ CASES = [
          ("holds files multivae evaluate did not write",)),
     Case("evaluate over an earlier evaluation", evaluate_over_an_earlier_evaluation, "refused",
          ("holds an earlier evaluation", "--overwrite")),
+    Case("train, an MLflow server that does not answer", train_tracked_where_no_mlflow_answers,
+         "refused", ("mlflow.tracking_uri: could not reach the MLflow tracking server at "
+                     "http://alice:***@127.0.0.1", "nothing listens there")),
+    Case("train --ray, a Ray address where nothing listens", train_on_ray_where_no_cluster_listens,
+         "refused", ("ray.address: could not reach a Ray cluster at 127.0.0.1",)),
+    Case("tune, an MLflow server that does not answer", tune_tracked_where_no_mlflow_answers,
+         "refused", ("run.mlflow.tracking_uri: could not reach the MLflow tracking server",)),
+    Case("tune, a Ray address where nothing listens", tune_on_ray_where_no_cluster_listens,
+         "refused", ("could not reach a Ray cluster at ray://127.0.0.1",
+                     "nothing listens there")),
+    Case("pipelines submit, a host where nothing listens", submit_where_nothing_listens,
+         "refused", ("could not reach the KFP API at http://127.0.0.1", "nothing listens there"),
+         program="pipelines"),
+    Case("pipelines submit, a host name that does not resolve",
+         submit_to_a_host_that_does_not_resolve, "refused",
+         ("could not reach the KFP API at http://kfp.invalid:8888",), program="pipelines"),
+    Case("pipelines submit, a server that is not KFP (404)", submit_to_a_server_that_is_not_kfp,
+         "refused", ("answered HTTP 404", "expected the KFP API endpoint"), program="pipelines"),
+    Case("pipelines submit, a token refused (401)", submit_with_a_refused_token, "refused",
+         ("answered HTTP 401", "the token was refused"), program="pipelines"),
+    Case("pipelines submit, a server that creates no run", submit_to_a_server_that_creates_no_run,
+         "refused", ("answered without a run id",), program="pipelines"),
+    Case("pipelines run-local into a folder of user files", run_pipeline_into_user_files,
+         "refused", ("holds files python -m pipelines run-local did not write",),
+         program="pipelines"),
     Case("tune, train_workers -1", tune_with_negative_workers, "refused",
          ("train_workers: expected >= 0, found -1",)),
     Case("tune, a misspelled model option", tune_with_an_unknown_space_key, "refused",
@@ -561,7 +686,7 @@ def test_bad_input(case, shared, tmp_path, capsys, monkeypatch):
     argv = case.build(work, shared)
     capsys.readouterr()
     before, shared_before = snapshot(work), snapshot(shared["data"].parent)
-    status = main(argv)
+    status = (pipelines_main if case.program == "pipelines" else main)(argv)
     err = capsys.readouterr().err
     assert snapshot(shared["data"].parent) == shared_before  # the shared data is never touched
     for secret in case.hides:
@@ -569,7 +694,8 @@ def test_bad_input(case, shared, tmp_path, capsys, monkeypatch):
     if case.outcome == "refused":
         assert status == 2, err
         lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith(f"multivae {argv[0]}: error: "), err
+        program = "python -m pipelines" if case.program == "pipelines" else "multivae"
+        assert len(lines) == 1 and lines[0].startswith(f"{program} {argv[0]}: error: "), err
         assert "Traceback" not in err
         for fragment in case.says:
             assert fragment in err, err
