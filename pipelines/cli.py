@@ -382,12 +382,12 @@ def run_local(
     # A new or empty folder, or one holding this command's earlier runs, to which a run adds
     # its own timestamped folder (and reuses their step cache); never a folder of other files.
     claim_output(out, RUNS_KIND, RUN_LOCAL_COMMAND, overwrite=True)
+    arguments = dict(arguments)
+    arguments.setdefault("mlflow_uri", f"sqlite:///{out / 'mlflow.db'}")
+    check_arguments(arguments)  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if read_output_marker(out) is None:
         write_output_marker(out, RUNS_KIND, RUN_LOCAL_COMMAND)
-    arguments = dict(arguments)
-    arguments.setdefault("mlflow_uri", f"sqlite:///{out / 'mlflow.db'}")
-    check_arguments(arguments)
     root = out / "kfp"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -18,7 +18,6 @@ from multivae.integrations.endpoints import (
 )
 from pipelines.cli import StepLog
 
-
 SECRET = "s3cret"
 USERINFO = "alice:" + SECRET + "@"  # assembled: no file holds a URI with credentials
 

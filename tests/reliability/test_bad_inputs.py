@@ -520,6 +520,19 @@ def run_pipeline_into_user_files(tmp, shared):
     return ["run-local", "--out", str(tmp / "mine")]
 
 
+def run_pipeline_with_a_sweep(tmp, space):
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump({"space": space, "num_samples": 2}))
+    return ["run-local", "--out", str(tmp / "runs"), "--sweep", str(tmp / "sweep.yaml")]
+
+
+def run_pipeline_sweeping_a_misspelled_option(tmp, shared):
+    return run_pipeline_with_a_sweep(tmp, {"model_config.betta": {"uniform": [0.5, 1.5]}})
+
+
+def run_pipeline_sweeping_an_unknown_model(tmp, shared):
+    return run_pipeline_with_a_sweep(tmp, {"model": {"choice": ["mvae", "mopoee"]}})
+
+
 def train_tracked_where_no_mlflow_answers(tmp, shared):
     config = run_config(tmp / "run", shared["data"])
     uri = f"http://alice:{SECRET}@{shared['endpoints']['closed']}"
@@ -661,6 +674,13 @@ CASES = [
          "refused", ("answered without a run id",), program="pipelines"),
     Case("pipelines run-local into a folder of user files", run_pipeline_into_user_files,
          "refused", ("holds files python -m pipelines run-local did not write",),
+         program="pipelines"),
+    Case("pipelines run-local, a sweep of a misspelled model option",
+         run_pipeline_sweeping_a_misspelled_option, "refused",
+         ("sweep: space.model_config.betta = 0.5 (model mopoe): mopoe has no option 'betta'",
+          "Did you mean 'beta'"), program="pipelines"),
+    Case("pipelines run-local, a sweep of an unknown model", run_pipeline_sweeping_an_unknown_model,
+         "refused", ("sweep: space.model = 'mopoee'", "Did you mean 'mopoe'"),
          program="pipelines"),
     Case("tune, train_workers -1", tune_with_negative_workers, "refused",
          ("train_workers: expected >= 0, found -1",)),
