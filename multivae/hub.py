@@ -32,7 +32,9 @@ def resolve_model_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
     Only the files of a model folder are downloaded (into the Hub's cache).
 
     Raises:
-        FileNotFoundError: For a path that is neither a folder nor a repository id.
+        FileNotFoundError: For a path that is neither a folder nor a repository id, or a
+            repository the Hub does not show (absent, private without a token, or gated).
+        ConnectionError: When the Hub cannot be reached and the repository is not cached.
     """
     path = Path(path_or_repo_id)
     if path.is_dir():
@@ -41,11 +43,45 @@ def resolve_model_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
         raise FileNotFoundError(
             f"{path_or_repo_id}: expected a model folder or a Hub repository id 'owner/name'"
         )
-    from huggingface_hub import snapshot_download
-
-    return Path(
-        snapshot_download(repo_id=str(path_or_repo_id), allow_patterns=list(MODEL_FOLDER_FILES))
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
     )
+
+    repo_id = str(path_or_repo_id)
+    try:
+        return Path(snapshot_download(repo_id=repo_id, allow_patterns=list(MODEL_FOLDER_FILES)))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{repo_id}: expected a model folder or a Hub repository id 'owner/name', found neither"
+        ) from None
+    except GatedRepoError:
+        raise FileNotFoundError(
+            f"{repo_id}: a gated Hub repository; accept its conditions on the Hub and set "
+            "HF_TOKEN, or give a local model folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"{repo_id}: expected a model folder or a Hub repository, found neither: no such "
+            "folder here, and the Hub shows no such repository (a private one needs HF_TOKEN)"
+        ) from None
+    except LocalEntryNotFoundError as error:
+        cause = (str(error).splitlines() or [type(error).__name__])[0].removeprefix("Got: ")
+        network = any(word in cause for word in ("ConnectError", "Timeout", "Offline"))
+        what = "could not reach the Hub" if network else "the Hub did not give the repository"
+        raise ConnectionError(
+            f"{repo_id}: {what} ({constants.ENDPOINT}: {cause}), and it is not in the local "
+            "cache; expected a model folder, or a Hub repository you can read"
+        ) from None
+    except HfHubHTTPError as error:
+        answer = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ConnectionError(
+            f"{repo_id}: the Hub ({constants.ENDPOINT}) answered {answer}"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------

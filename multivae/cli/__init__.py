@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
         FileNotFoundError,
         FileExistsError,
+        ConnectionError,
         FloatingPointError,
         RuntimeError,
     ) as error:

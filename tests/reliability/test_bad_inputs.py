@@ -45,6 +45,7 @@ class Case:
     says: tuple[str, ...] = ()
     hides: tuple[str, ...] = field(default=(SECRET,))
     program: str = "multivae"  # or "pipelines" (python -m pipelines)
+    hub: str | None = None  # the Hub endpoint: "closed" (nothing listens) or "sNNN" (status)
 
 
 class _Status(BaseHTTPRequestHandler):
@@ -404,6 +405,10 @@ def sample_from_nan_weights(tmp, shared):
     return ["sample", "--model", str(tmp / "model"), "--n", "4", "--out", str(tmp / "s")]
 
 
+def sample_from_a_hub_repository(tmp, shared):
+    return ["sample", "--model", "someone/some-model", "--n", "4", "--out", str(tmp / "s")]
+
+
 def impute_onto_its_source(tmp, shared):
     data = copy_dataset(shared, tmp)
     return ["impute", "--model", str(shared["model"]), "--data", str(data), "--out", str(data)]
@@ -634,6 +639,13 @@ CASES = [
          ("model.safetensors: expected a safetensors file of weights", "truncated or corrupt")),
     Case("sample from NaN weights", sample_from_nan_weights, "refused",
          ("model.safetensors: tensor", "holds NaN or infinite values")),
+    Case("sample from a Hub that cannot be reached", sample_from_a_hub_repository, "refused",
+         ("someone/some-model: could not reach the Hub (http://127.0.0.1",
+          "not in the local cache"), hub="closed"),
+    Case("sample from a Hub that does not give the repository", sample_from_a_hub_repository,
+         "refused", ("the Hub did not give the repository", "404 Not Found"), hub="s404"),
+    Case("sample from a Hub that wants credentials", sample_from_a_hub_repository, "refused",
+         ("answered Client error '401 Unauthorized'",), hub="s401"),
     Case("impute onto its source", impute_onto_its_source, "refused",
          ("the output folder is the source dataset",)),
     Case("impute into a folder of user files", impute_into_user_files, "refused",
@@ -701,6 +713,14 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input(case, shared, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MULTIVAE_CACHE", str(tmp_path / "cache"))
+    if case.hub is not None:
+        from huggingface_hub import constants
+
+        urls = shared["endpoints"]
+        closed = f"http://{urls['closed']}"
+        endpoint = closed if case.hub == "closed" else f"{urls['http']}/{case.hub}"
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     work = tmp_path / "work"
     work.mkdir()
     argv = case.build(work, shared)
