@@ -380,6 +380,9 @@ class RunSettings:
     """``--our-precision``: our side's ``TrainingConfig.precision`` (``bf16``: autocast)."""
     ours_set: dict[str, Any] = dataclasses.field(default_factory=dict)
     """``--ours-set`` overrides of our model config (experiments; named in the table's notes)."""
+    our_cache_size: int | None = None
+    """``--our-cache-size``: row groups our train reader caches (its shuffle window is half);
+    ``None``: the reader's default."""
 
 
 def run_reference(
@@ -535,7 +538,8 @@ def run_ours(
             "cuda_graphs": settings.our_cuda_graphs,
         }
     )
-    train = MultimodalDataset(data.folder, "train")
+    cache = {} if settings.our_cache_size is None else {"cache_size": settings.our_cache_size}
+    train = MultimodalDataset(data.folder, "train", **cache)
     loader = make_dataloader(train, settings.batch_size, shuffle=True, seed=seed)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="multivae-parity-ours-") as tmp:
@@ -819,6 +823,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="override our model config (VALUE read as YAML), e.g. incomplete_weights=reference",
     )
     parser.add_argument(
+        "--our-cache-size",
+        type=int,
+        default=None,
+        help="row groups our train reader caches (the shuffle mixes half of them at a time)",
+    )
+    parser.add_argument(
         "--sides", nargs="+", default=["reference", "ours"], choices=["reference", "ours"]
     )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
@@ -895,6 +905,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         our_precision=args.our_precision,
         our_cuda_graphs=args.our_cuda_graphs,
         ours_set=dict(args.ours_set),
+        our_cache_size=args.our_cache_size,
     )
     runs: list[dict[str, Any]] = []
     for dataset in args.datasets:
@@ -922,6 +933,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     note += f"; ours precision={settings.our_precision}"
                 for key, value in settings.ours_set.items():
                     note += f"; ours {key}={value}"
+                if settings.our_cache_size is not None:
+                    note += f"; ours cache_size={settings.our_cache_size}"
                 run: dict[str, Any] = {
                     "dataset": dataset,
                     "setting": setting,

@@ -68,6 +68,47 @@ def _check_reference_import(project_root: str) -> object:
     return multivae
 
 
+def _replay_steps(job: dict, model: object, dataset_class: type) -> None:
+    """``objective_parity.py``'s job: given weights, batches and noise, losses and gradients.
+
+    The job's ``steps`` file holds the project's initial weights (already under this model's
+    parameter names), and per step a batch and the standard normal noise of the one latent draw;
+    the model's draw is replaced by ``mean + std * noise``. Each step: the loss, every
+    parameter's gradient, then one Adam step (PyTorch's default, lr of the job). Writes the
+    losses and the first step's gradients to ``OUT.pt``.
+    """
+    import importlib
+
+    import torch
+
+    given = torch.load(job["steps"], weights_only=True)
+    model.load_state_dict(given["state"], strict=True)  # type: ignore[attr-defined]
+    module = importlib.import_module(type(model).__module__)
+    noise: list[torch.Tensor] = []
+
+    def draw(mu, log_var, N=1, return_mean=False, flatten=False):
+        assert N == 1 and not return_mean
+        return mu + torch.exp(0.5 * log_var) * noise.pop(0)
+
+    module.rsample_from_gaussian = draw
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(job["lr"]))  # type: ignore[attr-defined]
+    losses, gradients = [], {}
+    for step, (batch, eps) in enumerate(zip(given["batches"], given["noise"], strict=True)):
+        noise[:] = [eps]
+        optimizer.zero_grad()
+        loss = model(dataset_class(data=batch)).loss  # type: ignore[operator]
+        loss.backward()
+        losses.append(float(loss))
+        if step == 0:
+            gradients = {
+                name: p.grad.detach().clone()
+                for name, p in model.named_parameters()  # type: ignore[attr-defined]
+                if p.grad is not None
+            }
+        optimizer.step()
+    torch.save({"losses": losses, "gradients": gradients}, job["out"] + ".pt")
+
+
 def main() -> None:
     """Run the job named on the command line."""
     job = json.loads(Path(sys.argv[1]).read_text())
@@ -251,6 +292,9 @@ def main() -> None:
     # Keep the weights of the last epoch, as the project's side does (keep="last"): the
     # reference keeps the last model up to start_keep_best_epoch, then the best on train.
     model.start_keep_best_epoch = int(job["epochs"]) + 1
+    if job.get("steps"):
+        _replay_steps(job, model, MultimodalBaseDataset)
+        return
 
     def tensors(split: str) -> dict[str, torch.Tensor]:
         return {m: torch.from_numpy(arrays[f"{split}__{m}"]) for m in modalities}
