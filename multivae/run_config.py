@@ -23,14 +23,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from multivae.config import Config, ConfigError
+from multivae.config import Config, ConfigError, _suggest
 from multivae.data.datasets import load_builtin
 from multivae.data.schema import DatasetSchema
 from multivae.factory import get_model_class
@@ -251,6 +251,18 @@ def resolve_dataset(config: RunConfig) -> Path:
         )
     assert config.data is not None
     return Path(config.data)
+
+
+def check_option_names(model: str, options: Mapping[str, Any], where: str) -> None:
+    """Refuse an option ``model`` does not have, before the data fills in the modalities.
+
+    Only the names are checked: the values need the dataset (:func:`resolve_model_config`).
+    """
+    known = [f.name for f in fields(get_model_class(model).config_class)]
+    prefix = f"{where}: " if where else ""
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"{prefix}{model} has no option {key!r}.{_suggest(key, known)}")
 
 
 def resolve_model_config(config: RunConfig, schema: DatasetSchema) -> dict[str, Any]:

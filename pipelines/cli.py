@@ -304,27 +304,16 @@ def _endpoint_errors(host: str) -> Iterator[None]:
 
     try:
         yield
-    except urllib3.exceptions.MaxRetryError as error:
-        reason = error.reason
-        if isinstance(reason, urllib3.exceptions.NameResolutionError):
-            found = "its host name does not resolve"
-        elif isinstance(reason, urllib3.exceptions.NewConnectionError):
-            found = "nothing accepts connections there (refused or timed out)"
-        else:
-            found = f"{type(reason).__name__}: {reason}"
-        raise ConnectionError(
-            f"could not reach the KFP API at {host}: {found}; expected a KFP endpoint "
-            "(--host or KFP_HOST, e.g. http://localhost:8080 behind `kubectl port-forward -n "
-            "kubeflow svc/ml-pipeline-ui 8080:80`)"
-        ) from None
     except TimeoutError:
         raise ConnectionError(
             f"the KFP API at {host} failed its health check 5 times; check the "
             "credentials (--token or KFP_TOKEN, a service account, kubeconfig) and the endpoint"
         ) from None
     except (urllib3.exceptions.HTTPError, OSError) as error:
+        # What the probe did not catch (the connection lost since): the transport's own cause.
+        cause = getattr(error, "reason", None) or error
         raise ConnectionError(
-            f"could not reach the KFP API at {host}: {type(error).__name__}: {error}"
+            f"could not reach the KFP API at {host}: {type(cause).__name__}: {cause}"
         ) from None
     except kfp_server_api.ApiException as error:
         hint = {

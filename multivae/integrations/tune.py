@@ -213,12 +213,13 @@ def with_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
     return raw
 
 
-def check_sweep(sweep: SweepConfig, base: Mapping[str, Any]) -> None:
+def check_sweep(sweep: SweepConfig, base: Mapping[str, Any], *, with_data: bool = True) -> None:
     """Refuse a sweep whose keys or values the run config or a model would refuse.
 
     Every value of every ``choice`` (and both bounds of every range) is tried in the base
     config, one key at a time, with every model the sweep may pick; the dataset's schema fills
-    the modalities.
+    the modalities. Without ``with_data`` (the pipeline's first step, before the dataset is
+    written), the model options are checked by name only.
 
     Raises:
         ConfigError: Naming the parameter, the model and the refused key (with a suggestion).
@@ -226,13 +227,18 @@ def check_sweep(sweep: SweepConfig, base: Mapping[str, Any]) -> None:
     """
     from multivae.data.reader import MultimodalDataset
     from multivae.factory import get_model_class
-    from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
+    from multivae.run_config import (
+        RunConfig,
+        check_option_names,
+        resolve_dataset,
+        resolve_model_config,
+    )
 
     try:
         config = RunConfig.from_dict(with_params(base, {}))
     except ConfigError as error:
         raise ConfigError(f"sweep: run: {error}") from None
-    schema = MultimodalDataset(resolve_dataset(config), "train").schema
+    schema = MultimodalDataset(resolve_dataset(config), "train").schema if with_data else None
     models = sweep.candidates("model") if "model" in sweep.space else [config.model]
     # One key at a time, so that the error names the key that is refused.
     checks = [({"model": model}, "model", model) for model in models]
@@ -247,8 +253,11 @@ def check_sweep(sweep: SweepConfig, base: Mapping[str, Any]) -> None:
         where = f"sweep: space.{key} = {value!r} (model {params['model']})"
         try:
             candidate = RunConfig.from_dict(with_params(base, params))
-            resolved = resolve_model_config(candidate, schema)
-            get_model_class(candidate.model).config_class.from_dict(resolved)
+            if schema is None:
+                check_option_names(candidate.model, candidate.model_config, "")
+            else:
+                resolved = resolve_model_config(candidate, schema)
+                get_model_class(candidate.model).config_class.from_dict(resolved)
         except ConfigError as error:
             raise ConfigError(f"{where}: {error}") from None
 

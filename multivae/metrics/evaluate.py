@@ -228,10 +228,11 @@ def _classifiers_for(data_dir: Path, folder: str | None) -> ClassifierSet:
         )
     classifiers = ClassifierSet.load(classifier_dir)
     trained_on = (classifiers.dataset or {}).get("fingerprint")
-    if not folder and trained_on != dataset_fingerprint(data_dir):
+    expected = None if folder else dataset_fingerprint(data_dir)
+    if expected is not None and trained_on != expected:
         raise ConfigError(
             f"{classifier_dir}: expected the classifiers of {data_dir} (fingerprint "
-            f"{dataset_fingerprint(data_dir)}), found ones trained on other data (fingerprint "
+            f"{expected}), found ones trained on other data (fingerprint "
             f"{trained_on}); retrain them with `multivae train-classifiers {data_dir} "
             "--overwrite`, or name these with --set classifiers=DIR"
         )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
-from multivae.config import ConfigError, _suggest
+from multivae.config import ConfigError
 
 STEPS = ("preprocess", "train", "evaluate", "sample-augmentation", "register")
 """The pipeline's steps, in order."""
@@ -48,45 +47,6 @@ def integral(value: Any) -> Any:
     return value
 
 
-def _check_model_options(model: str, options: Mapping[str, Any], where: str) -> None:
-    """Refuse an option ``model`` does not have (values are checked once the data is known)."""
-    from multivae.factory import get_model_class
-
-    # Only the keys: the modalities are filled in from the dataset when training starts.
-    known = [f.name for f in dataclasses.fields(get_model_class(model).config_class)]
-    for key in options:
-        if key not in known:
-            raise ConfigError(f"{where}: {model} has no option {key!r}.{_suggest(key, known)}")
-
-
-def _check_sweep_keys(sweep: Any, base: Mapping[str, Any]) -> None:
-    """Each value of each key of a sweep's space, tried in the run with every model it may pick.
-
-    What can be told before the dataset exists: the model names, the models' option names and
-    the run config (training settings, ...). ``check_sweep`` checks the values of the model
-    options against the data when the train step starts.
-    """
-    from multivae.factory import get_model_class
-    from multivae.integrations.tune import with_params
-    from multivae.run_config import RunConfig
-
-    models = sweep.candidates("model") if "model" in sweep.space else [base["model"]]
-    for model in models:
-        try:
-            get_model_class(model)
-        except (KeyError, ConfigError) as error:
-            raise ConfigError(f"sweep: space.model = {model!r}: {error}") from None
-        for key in sweep.space:
-            for value in [] if key == "model" else sweep.candidates(key):
-                where = f"sweep: space.{key} = {value!r} (model {model})"
-                run = with_params({**base, "model": model}, {key: value})
-                _check_model_options(model, run.get("model_config") or {}, where)
-                try:
-                    RunConfig.from_dict({**run, "data": "unused", "output_dir": "unused"})
-                except ConfigError as error:
-                    raise ConfigError(f"{where}: {error}") from None
-
-
 def check_parameters(
     *,
     dataset: str,
@@ -111,8 +71,8 @@ def check_parameters(
         ConfigError: For the first bad parameter.
     """
     from multivae.data.datasets import BUILTIN_DATASETS
-    from multivae.factory import get_model_class
-    from multivae.integrations.tune import SweepConfig
+    from multivae.integrations.tune import SweepConfig, check_sweep
+    from multivae.run_config import check_option_names
     from multivae.training.config import TrainingConfig
 
     model_config, training = integral(model_config or {}), integral(training or {})
@@ -134,8 +94,8 @@ def check_parameters(
         raise ConfigError(f"missing_rate: expected a number in [0, 1), found {missing_rate!r}")
     if not 0.0 <= float(missing_rate) < 1.0:
         raise ConfigError(f"missing_rate: expected a number in [0, 1), found {missing_rate}")
-    get_model_class(model)  # an unknown name fails with the closest known one
-    _check_model_options(model, model_config, "model_config")
+    # An unknown model name fails here too, with the closest known one.
+    check_option_names(model, model_config, "model_config")
     try:
         TrainingConfig.from_dict(dict(training or {}))
     except ConfigError as error:
@@ -152,9 +112,8 @@ def check_parameters(
             parsed = SweepConfig.from_dict(raw)
         except ConfigError as error:
             raise ConfigError(f"sweep: {error}") from None
-        _check_sweep_keys(
-            parsed, {"model": model, "model_config": model_config, "training": training}
-        )
+        run = {"model": model, "model_config": model_config, "training": training}
+        check_sweep(parsed, {**run, "data": "unused", "output_dir": "unused"}, with_data=False)
     if train_mode not in TRAIN_MODES:
         raise ConfigError(f"train_mode: expected one of {list(TRAIN_MODES)}, found {train_mode!r}")
     if sampler not in SAMPLER_KINDS:
