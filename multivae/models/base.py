@@ -428,6 +428,51 @@ class MultimodalVAE(nn.Module):
             terms.append(torch.where(mask[i], log_p, torch.zeros((), dtype=log_p.dtype)))
         return torch.stack(terms)
 
+    def decoded_log_likelihoods(
+        self,
+        latents: dict[str, torch.Tensor],
+        batch: Batch,
+        cells: torch.Tensor,
+    ) -> torch.Tensor:
+        """``log p(x_m | latents[m])`` where ``cells[m]`` is true and 0 elsewhere: ``(M, ..., N)``.
+
+        The same values as ``log_likelihoods(decode(...), batch, cells)``, but each decoder runs
+        on the latents of its true cells only. On incomplete data a model that scores every
+        modality from every expert (MMVAE, MMVAE+) would otherwise spend most of its decoder
+        passes on cells whose score is masked out: a missing target, or a missing expert.
+
+        Args:
+            latents: Per modality (in the model's order), its decoder's latents
+                ``(..., N, D_m)``; the leading dimensions are the same for all.
+            batch: The targets.
+            cells: Boolean ``(M, ..., N)``, broadcast against the latents' leading dimensions.
+        """
+        terms = []
+        for i, name in enumerate(self.modalities):
+            latent = latents[name]
+            shape = latent.shape[:-1]
+            keep = cells[i].expand(shape)
+            likelihood = self.likelihood(name)
+            target = batch.data[name]
+            # Every cell is decoded (and the false ones masked) when all are true; when none is
+            # (the decoder's parameters must still take part in the step, with zero gradient, or
+            # DistributedDataParallel fails); and in a compiled forward, where selecting cells
+            # has a data-dependent shape (a graph break, and a recompile per count).
+            if torch.compiler.is_compiling() or int(keep.sum()) in (0, keep.numel()):
+                params = self.decoders[name](latent.reshape(-1, latent.shape[-1]))
+                log_p = likelihood.log_prob(params.reshape(*shape, *params.shape[1:]), target)
+                terms.append(torch.where(keep, log_p, torch.zeros((), dtype=log_p.dtype)))
+                continue
+            index = keep.reshape(-1).nonzero().squeeze(1)
+            params = self.decoders[name](
+                latent.reshape(-1, latent.shape[-1]).index_select(0, index)
+            )
+            # Cells flatten (..., N) row-major: a cell's sample is its index modulo N.
+            log_p = likelihood.log_prob(params, target.index_select(0, index % shape[-1]))
+            flat = log_p.new_zeros(keep.numel()).index_copy(0, index, log_p)
+            terms.append(flat.reshape(shape))
+        return torch.stack(terms)
+
     # ----------------------------------------------------------------------------------------
     # Stages (multi-stage models override)
 

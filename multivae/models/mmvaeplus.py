@@ -331,16 +331,16 @@ class MMVAEPlus(MultimodalVAE):
 
         # Decoder n reconstructs from [z, w_n]: expert m's own w_m when n = m, else r_n's draw.
         expert_index = torch.arange(experts, device=mask.device).reshape(1, experts, 1, 1)
-        params = {
-            name: self.decode(
-                self.generation_latent(
-                    z, name, torch.where(expert_index == n, w, w_auxiliary[:, n])
-                ),
-                [name],
-            )[name]
+        latents = {
+            name: self.generation_latent(
+                z, name, torch.where(expert_index == n, w, w_auxiliary[:, n])
+            )
             for n, name in enumerate(self.modalities)
         }
-        log_px = self.log_likelihoods(params, batch, mask).sum(0)  # (K, M, N)
+        # Decode expert m's draws for modality n only where both are observed (the rest is
+        # masked out): cells (n, 1, m, N).
+        cells = (mask[:, None] & mask[None, :]).unsqueeze(1)
+        log_px = self.decoded_log_likelihoods(latents, batch, cells).sum(0)  # (K, M, N)
 
         dreg = self.config.bound == "dreg"
         # DReG needs log q with the posteriors' parameters stopped (only the paths through z, w).

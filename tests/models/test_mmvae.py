@@ -280,3 +280,41 @@ def test_bad_config_is_refused():
     plain["bound"] = "dreg_looser"
     with pytest.raises(ConfigError, match="bound"):
         MMVAEConfig.from_dict(plain)
+
+
+def decoder_rows(model, batch):
+    """How many latents each decoder ran on in one forward pass on ``batch``."""
+    rows = dict.fromkeys(NAMES, 0)
+    hooks = [
+        model.decoders[name].register_forward_hook(
+            lambda module, inputs, output, name=name: rows.__setitem__(
+                name, rows[name] + inputs[0].shape[0]
+            )
+        )
+        for name in NAMES
+    ]
+    try:
+        model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+def test_on_incomplete_data_each_decoder_runs_only_where_expert_and_target_are_observed():
+    model = make_model(samples_per_expert=3)
+    observed = {
+        name: [i for i, flag in enumerate(flags) if flag]
+        for name, flags in MASKS["missing"].items()
+    }
+    # Modality d is scored from expert m's K draws of sample n when both are observed there.
+    per_sample = [sum(n in observed[m] for m in NAMES) for n in range(N)]
+    expected = {name: 3 * sum(per_sample[n] for n in observed[name]) for name in NAMES}
+    assert decoder_rows(model, make_batch("missing")) == expected == {"a": 18, "b": 21, "c": 15}
+    # Complete data decodes all K x M x N latents for every modality.
+    assert decoder_rows(model, make_batch("complete")) == dict.fromkeys(NAMES, 3 * 3 * N)
+    # A modality absent from the whole batch still decodes (masked), so that its decoder takes
+    # part in every step with a zero gradient, as DistributedDataParallel needs.
+    batch = make_batch("complete")
+    batch.mask["b"] = torch.zeros(N, dtype=torch.bool)
+    assert decoder_rows(model, batch)["b"] == 3 * 3 * N

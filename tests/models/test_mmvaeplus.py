@@ -473,3 +473,23 @@ def test_config_is_validated_and_round_trips():
     assert isinstance(rebuilt, MMVAEPlus)
     assert rebuilt.config == config
     assert MMVAEPlusConfig(modalities=config.modalities).samples_per_expert == 10
+
+
+def test_on_incomplete_data_each_decoder_runs_only_where_expert_and_target_are_observed():
+    model = make_model(samples_per_expert=2)
+    rows = dict.fromkeys(NAMES, 0)
+
+    def count(name):
+        def hook(module, inputs, output):
+            rows[name] += inputs[0].shape[0]
+
+        return hook
+
+    for name in NAMES:
+        model.decoders[name].register_forward_hook(count(name))
+    model(make_batch("missing"))
+    # Sample 0 has 3 observed experts, 1 and 3 have 2, 2 has 1, 4 none; times K = 2 draws.
+    assert rows == {"a": 2 * (3 + 1 + 2), "b": 2 * (3 + 2 + 2), "c": 2 * (3 + 2)}
+    rows.update(dict.fromkeys(NAMES, 0))
+    model(make_batch("complete"))
+    assert rows == dict.fromkeys(NAMES, 2 * 3 * N)
