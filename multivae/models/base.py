@@ -458,12 +458,12 @@ class MultimodalVAE(nn.Module):
             # (the decoder's parameters must still take part in the step, with zero gradient, or
             # DistributedDataParallel fails); and in a compiled forward, where selecting cells
             # has a data-dependent shape (a graph break, and a recompile per count).
-            if torch.compiler.is_compiling() or int(keep.sum()) in (0, keep.numel()):
+            index = None if torch.compiler.is_compiling() else keep.reshape(-1).nonzero()[:, 0]
+            if index is None or index.numel() in (0, keep.numel()):
                 params = self.decoders[name](latent.reshape(-1, latent.shape[-1]))
                 log_p = likelihood.log_prob(params.reshape(*shape, *params.shape[1:]), target)
                 terms.append(torch.where(keep, log_p, torch.zeros((), dtype=log_p.dtype)))
                 continue
-            index = keep.reshape(-1).nonzero().squeeze(1)
             params = self.decoders[name](
                 latent.reshape(-1, latent.shape[-1]).index_select(0, index)
             )
@@ -472,6 +472,15 @@ class MultimodalVAE(nn.Module):
             flat = log_p.new_zeros(keep.numel()).index_copy(0, index, log_p)
             terms.append(flat.reshape(shape))
         return torch.stack(terms)
+
+    @staticmethod
+    def observed_pairs(mask: torch.Tensor) -> torch.Tensor:
+        """Cells ``(n, 1, m, N)`` where modality ``n`` and expert ``m`` are both observed.
+
+        For :meth:`decoded_log_likelihoods` in mixtures that score every modality from every
+        expert's ``(K, M, N)`` draws (the 1 broadcasts over the K draws).
+        """
+        return (mask[:, None] & mask[None, :]).unsqueeze(1)
 
     # ----------------------------------------------------------------------------------------
     # Stages (multi-stage models override)

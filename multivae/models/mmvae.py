@@ -196,12 +196,9 @@ class MMVAE(MultimodalVAE):
         # DReG needs log q with the posterior's parameters stopped (only the path through z).
         q_loc, q_scale = (loc.detach(), scale.detach()) if dreg else (loc, scale)
         log_q = mixture_log_density(component_log_densities(z, q_loc, q_scale, family), mask)
-        # Decode expert m's draws for modality n only where both are observed (the rest is
-        # masked out): cells (n, 1, m, N).
-        cells = (mask[:, None] & mask[None, :]).unsqueeze(1)
-        log_px = self.decoded_log_likelihoods(dict.fromkeys(self.modalities, z), batch, cells).sum(
-            0
-        )
+        # Expert m's draws score modality n only where both are observed; only those decode.
+        latents = dict.fromkeys(self.modalities, z)
+        log_px = self.decoded_log_likelihoods(latents, batch, self.observed_pairs(mask)).sum(0)
         log_pz = self.prior_log_prob(z)
         log_w = log_px + log_pz - log_q  # (K, M, N): expert m's samples, all modalities scored
 

@@ -337,9 +337,8 @@ class MMVAEPlus(MultimodalVAE):
             )
             for n, name in enumerate(self.modalities)
         }
-        # Decode expert m's draws for modality n only where both are observed (the rest is
-        # masked out): cells (n, 1, m, N).
-        cells = (mask[:, None] & mask[None, :]).unsqueeze(1)
+        # Expert m's draws score modality n only where both are observed; only those decode.
+        cells = self.observed_pairs(mask)
         log_px = self.decoded_log_likelihoods(latents, batch, cells).sum(0)  # (K, M, N)
 
         dreg = self.config.bound == "dreg"
