@@ -157,33 +157,24 @@ class DMVAE(MultimodalVAE):
         zero = torch.zeros((), dtype=z.dtype, device=z.device)
 
         privates = self.private_posteriors(batch, None, outputs)
-        reconstruction_terms = torch.zeros_like(term_used, dtype=z.dtype)
+        latents = {}
         kl_private = torch.zeros_like(mask[0], dtype=z.dtype)
         kl_private_weighted = torch.zeros_like(kl_private)
         for i, name in enumerate(self.modalities):
-            latent = z
+            latents[name] = z
             if name in privates:
                 private = privates[name]
                 assert isinstance(private, GaussianPosterior)  # the base's private posteriors
                 w = private.rsample(n_terms)  # a fresh w_n in every term
-                latent = torch.cat([z, w], dim=-1)
+                latents[name] = torch.cat([z, w], dim=-1)
                 kl = torch.where(mask[i], kl_standard_normal(private.mean, private.logvar), zero)
                 kl_private = kl_private + kl
                 kl_private_weighted = kl_private_weighted + self.private_beta(name) * kl
-            # Decode only the cells that count (used term, observed target): about half of them
-            # under PolyMNIST-style missingness. The others get no value and no gradient.
-            cells = term_used & mask[i]
-            if not cells.any():
-                # Nothing to score (absent from the whole batch). ModalityLikelihood.log_prob
-                # cannot reshape an empty batch, so the decoder is skipped.
-                continue
-            target = batch.data[name].expand(n_terms, *batch.data[name].shape)[cells]
-            params = self.decode(latent[cells], [name])[name]
-            log_p = self.likelihood(name).log_prob(params, target)
-            reconstruction_terms = reconstruction_terms + torch.zeros_like(
-                reconstruction_terms
-            ).masked_scatter(cells, log_p)
-
+        # Only the cells that count are decoded (used term, observed target): about half of them
+        # under PolyMNIST-style missingness. A decoder whose target is absent from the whole
+        # batch still takes part, with zero gradient (DistributedDataParallel needs it).
+        cells = term_used.unsqueeze(0) & mask.unsqueeze(1)  # (M, 1 + M, N)
+        reconstruction_terms = self.decoded_log_likelihoods(latents, batch, cells).sum(0)
         reconstruction = reconstruction_terms.sum(0)
         kl_terms = kl_standard_normal(term_mean, term_logvar)
         kl = torch.where(term_used, kl_terms, zero).sum(0)

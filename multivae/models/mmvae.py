@@ -110,7 +110,11 @@ class MMVAE(MultimodalVAE):
     config_class: ClassVar[type[ModelConfig]] = MMVAEConfig
     declared_capabilities: ClassVar[Capabilities] = Capabilities(importance_sampled=True)
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
+        # With the default (Laplace, DReG), every bound with every latent family.
         "normal-iwae": {"latent_distribution": "normal", "bound": "iwae", "samples_per_expert": 3},
+        "normal-dreg": {"latent_distribution": "normal", "samples_per_expert": 2},
+        "normal-elbo": {"latent_distribution": "normal", "bound": "elbo"},
+        "laplace-iwae": {"bound": "iwae", "samples_per_expert": 2},
         "elbo-fixed-prior": {"bound": "elbo", "learn_prior_scale": False},
     }
     config: MMVAEConfig

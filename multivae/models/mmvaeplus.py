@@ -160,6 +160,10 @@ class MMVAEPlus(MultimodalVAE):
         private_latents=True, importance_sampled=True
     )
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
+        # With the default (Laplace, DReG), every bound with every latent family.
+        "normal-dreg": {"latent_distribution": "normal", "samples_per_expert": 2, "private_dim": 2},
+        "normal-elbo": {"latent_distribution": "normal", "bound": "elbo", "private_dim": 2},
+        "laplace-iwae": {"bound": "iwae", "samples_per_expert": 2, "private_dim": 2},
         "normal-iwae": {
             "latent_distribution": "normal",
             "bound": "iwae",

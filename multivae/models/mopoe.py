@@ -120,7 +120,10 @@ class MoPoE(MultimodalVAE):
     config_class: ClassVar[type[ModelConfig]] = MoPoEConfig
     declared_capabilities: ClassVar[Capabilities] = Capabilities(private_latents=True)
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
+        # Private latents or not, with either way of sampling the mixture.
         "private": {"private_dim": 2, "mixture_sampling": "random"},
+        "private-split": {"private_dim": 2},
+        "random": {"mixture_sampling": "random"},
         "mixture-conditioning": {"conditioning": "mixture", "prior_expert": "all"},
     }
     config: MoPoEConfig

@@ -95,6 +95,7 @@ class MVAE(MultimodalVAE):
     declared_capabilities = Capabilities(missing_modalities=True)
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {
         "joint-only": {"subsampling": False, "warmup": 0.0},
+        "random-subsets": {"k": 2},
     }
     config: MVAEConfig
 

@@ -167,18 +167,13 @@ def test_incomplete_samples_ignore_the_joint_encoder_and_absent_values():
     assert torch.equal(first, second)
 
 
-def test_a_modality_absent_from_the_whole_batch_gets_no_gradient_and_no_nan():
+def test_a_modality_absent_from_the_whole_batch_gives_the_joint_encoder_zero_gradient():
+    # The rest of this rule holds for every model: the contract's test.
     model = make_model(warmup=0.0)
     batch = make_batch({"c": [False] * 4}, n=4)
-    output = model(batch)
-    assert torch.isfinite(output.loss)
-    output.loss.backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
-    silent = [model.encoders["c"], model.decoders["c"], model.joint_encoder]
-    for module in silent:
-        for name, parameter in module.named_parameters():
-            assert parameter.grad is None or torch.all(parameter.grad == 0), name
+    model(batch).loss.backward()
+    for name, parameter in model.joint_encoder.named_parameters():
+        assert torch.all(parameter.grad == 0), name
 
 
 @pytest.mark.parametrize(

@@ -197,25 +197,6 @@ def test_dreg_gradients_are_the_papers():
     assert not all(torch.allclose(dreg_grads[name], iwae_grads[name]) for name in encoders)
 
 
-@pytest.mark.parametrize("family", ["laplace", "normal"])
-@pytest.mark.parametrize("bound", ["dreg", "iwae", "elbo"])
-def test_modality_absent_from_the_whole_batch(bound, family):
-    model = make_model(bound=bound, latent_distribution=family, learn_prior_scale=True)
-    batch = make_batch("complete")
-    batch.mask["b"] = torch.zeros(N, dtype=torch.bool)
-    batch.data["b"] = torch.zeros_like(batch.data["b"])
-    loss = model(batch).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-    for p in model.encoders["b"].parameters():
-        assert torch.equal(p.grad, torch.zeros_like(p.grad))
-    assert any(p.grad.abs().sum() > 0 for p in model.encoders["a"].parameters())
-    assert model.prior_scale_logits.grad.abs().sum() > 0
-
-
 def test_posterior_is_the_mixture_of_the_cond_experts_only():
     model = make_model()
     batch = make_batch("missing")

@@ -207,24 +207,6 @@ def test_split_is_the_references_when_nothing_is_missing():
     assert chosen.tolist() == [i * len(ALL_SUBSETS) // 14 for i in range(14)]
 
 
-@pytest.mark.parametrize("sampling", ["split", "random"])
-@pytest.mark.parametrize("private_dim", [0, 2], ids=["shared-only", "private"])
-def test_modality_absent_from_the_whole_batch(private_dim, sampling):
-    model = make_model(private_dim=private_dim, mixture_sampling=sampling)
-    batch = make_batch("missing")
-    batch.mask["b"] = torch.zeros(N, dtype=torch.bool)
-    batch.data["b"] = torch.zeros_like(batch.data["b"])
-    loss = model(batch).loss
-    loss.backward()
-    assert torch.isfinite(loss)
-    for name, p in model.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-    for p in model.encoders["b"].parameters():
-        assert torch.equal(p.grad, torch.zeros_like(p.grad))
-    assert any(p.grad.abs().sum() > 0 for p in model.encoders["a"].parameters())
-
-
 @pytest.mark.parametrize("prior_expert", ["full", "all", "none"])
 def test_product_conditioning_is_the_product_of_the_observed_cond_experts(prior_expert):
     model = make_model(private_dim=2, prior_expert=prior_expert)

@@ -165,20 +165,6 @@ def test_a_single_modality_model_has_one_term():
     assert model.objective_subsets() == [("a",)]
 
 
-def test_a_modality_absent_from_the_whole_batch_gets_no_gradient_and_no_nan():
-    model = make_model(k=2)
-    model.progress = 20.0
-    batch = make_batch({"c": [False] * 4}, n=4)
-    output = model(batch)
-    assert torch.isfinite(output.loss)
-    output.loss.backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is None or torch.isfinite(parameter.grad).all(), name
-    for module in (model.encoders["c"], model.decoders["c"]):
-        for name, parameter in module.named_parameters():
-            assert parameter.grad is None or torch.all(parameter.grad == 0), name
-
-
 @pytest.mark.parametrize(
     "cond", [["a"], ["a", "b"], ["b", "c"], None], ids=["a", "ab", "bc", "all"]
 )
