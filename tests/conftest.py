@@ -1,5 +1,11 @@
-"""Fixtures shared across test folders."""
+"""Fixtures shared across test folders; the shared material itself is built by ``tests/kit``.
 
+The suite runs on pytest-xdist workers (``-n auto`` in ``pyproject.toml``), each on one torch
+thread. Tests marked ``integration`` start Ray clusters, servers or KFP's local runner: they all
+run in one worker, one at a time (``xdist_group``), while the other worker takes the rest.
+"""
+
+import os
 import subprocess
 import sys
 import sysconfig
@@ -7,10 +13,85 @@ from pathlib import Path
 
 import pytest
 import torch
+from kit.data import learning_poly_digits
+from kit.judges import poly_digits_judge
+from kit.shared import run_folder
+from threadpoolctl import threadpool_limits
 
 import multivae
 from multivae.models.base import ModalityConfig
 from multivae.nn.architectures import ArchitectureConfig
+
+SERIAL_GROUP = "integration"
+"""The xdist group of every test marked ``integration``."""
+
+
+def pytest_itemcollected(item):
+    """Put every ``integration`` test in one xdist group, as it is collected.
+
+    (Before any ``pytest_collection_modifyitems``, where xdist reads the groups.)
+    """
+    if item.get_closest_marker("integration"):
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+
+
+def pytest_collection_finish(session):
+    """Refuse to run when xdist would spread the integration tests over several workers.
+
+    xdist's ``loadgroup`` groups by a suffix it writes into each node id; a pytest whose node ids
+    ignore that write (9.2, pytest-dev/pytest-xdist#1386) runs two Ray clusters at once.
+    """
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        if item.get_closest_marker("integration") and not item.nodeid.endswith(f"@{SERIAL_GROUP}"):
+            raise pytest.UsageError(
+                f"{item.nodeid}: expected the xdist group suffix @{SERIAL_GROUP} on every "
+                "integration test, found none; this pytest and pytest-xdist do not group tests "
+                "(see the pytest pin in pyproject.toml)"
+            )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch thread per pytest process: the xdist workers take one core each.
+
+    The models of the tests are small; on two cores shared by two workers, more threads only
+    busy-wait against each other (up to ten times slower, measured on the samplers' flows and
+    on k-means).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    # Processes the tests start (the CLI, fresh interpreters) compute with one thread too, so
+    # that their numbers are bit for bit those of this process.
+    environment = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    # The same for the OpenMP and BLAS pools of NumPy and scikit-learn (k-means, t-SNE).
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(threads)
+    if environment is None:
+        del os.environ["OMP_NUM_THREADS"]
+    else:
+        os.environ["OMP_NUM_THREADS"] = environment
+
+
+@pytest.fixture(scope="session")
+def kit_folder(tmp_path_factory):
+    """The folder that every process of this run shares (see :mod:`kit.shared`)."""
+    return run_folder(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def learning_data(kit_folder):
+    """``learning_data(num_modalities)``: poly-digits of the learning test, built once per run."""
+    return lambda num_modalities: learning_poly_digits(kit_folder, num_modalities)
+
+
+@pytest.fixture(scope="session")
+def m1_judge(kit_folder):
+    """The classifier of poly-digits' m1 images, trained once per run (see :mod:`kit.judges`)."""
+    return poly_digits_judge(kit_folder)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from kit.data import builtin
 
 import multivae
 from multivae.augment import (
@@ -27,26 +28,17 @@ from multivae.data import (
     SplitWriter,
     read_schema,
 )
-from multivae.data.datasets import prepare_builtin
 from multivae.data.schema import METADATA_KEY, imputed_column, presence_column
 from multivae.data.summary import summarize
 from multivae.models.base import ModelConfig
 from multivae.samplers import create_sampler, encode_latents
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def views(tmp_path_factory):
-    return prepare_builtin(
+def views(kit_folder):
+    return builtin(
+        kit_folder,
         "gaussian-views",
-        tmp_path_factory.mktemp("views") / "d",
         missing_rate=0.4,
         seed=0,
         n_train=200,
@@ -56,10 +48,10 @@ def views(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return prepare_builtin(
+def digits(kit_folder):
+    return builtin(
+        kit_folder,
         "poly-digits",
-        tmp_path_factory.mktemp("digits") / "d",
         missing_rate=0.5,
         seed=0,
         num_modalities=2,

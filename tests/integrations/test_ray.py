@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from kit.data import builtin
 from mlflow.tracking import MlflowClient
 
 import multivae
@@ -36,10 +37,10 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def poly(tmp_path_factory):
-    return prepare_builtin(
+def poly(kit_folder):
+    return builtin(
+        kit_folder,
         "poly-digits",
-        tmp_path_factory.mktemp("ray") / "poly",
         missing_rate=0.5,
         seed=0,
         n_train=256,

@@ -14,10 +14,10 @@ import time
 
 import pytest
 import torch
+from kit.data import builtin
 
 import multivae
 from multivae.data import MultimodalDataset
-from multivae.data.datasets import prepare_builtin
 from multivae.names import MLFLOW_RUN_FILE
 from multivae.run import run_training
 from multivae.run_config import RunConfig
@@ -56,10 +56,10 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def poly(tmp_path_factory):
-    return prepare_builtin(
+def poly(kit_folder):
+    return builtin(
+        kit_folder,
         "poly-digits",
-        tmp_path_factory.mktemp("cluster") / "poly",
         missing_rate=0.5,
         seed=0,
         n_train=256,
@@ -129,6 +129,9 @@ def mlflow_history(output_dir, metric):
     return runs, [(m.step, m.value) for m in client.get_metric_history(stored["run_id"], metric)]
 
 
+# 158 s alone and 275 s beside the other xdist worker on a fast CPU (AMD EPYC, AVX-512), where
+# CPUs 3x slower would pass the suite's 600 s limit: a cluster's start and restarts, not a hang.
+@pytest.mark.timeout(1500)
 def test_a_run_whose_worker_node_is_killed_ends_with_the_weights_of_an_uninterrupted_run(
     cluster, poly, tmp_path
 ):

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from kit.data import builtin
 
 from multivae.data import DatasetSchema, ModalitySpec, MultimodalDataset, SplitArrays, write_dataset
-from multivae.data.datasets import prepare_builtin
 from multivae.data.fingerprint import dataset_fingerprint
 from multivae.io import read_output_marker
 from multivae.metrics.classifiers import ClassifierError, ClassifierSet, train_classifiers
@@ -21,21 +21,10 @@ from multivae.names import CLASSIFIERS_CONFIG_FILE, CLASSIFIERS_WEIGHTS_FILE
 SMALL_CONV = {"channels": [16, 32], "hidden_dim": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models on a shared 2-core machine: two busy-waiting threads can be ten times slower
-    # than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def poly_digits(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("classifiers") / "poly-digits"
-    return prepare_builtin(
-        "poly-digits", folder, missing_rate=0.5, seed=0, n_train=1000, n_val=200, n_test=300
+def poly_digits(kit_folder):
+    return builtin(
+        kit_folder, "poly-digits", missing_rate=0.5, seed=0, n_train=1000, n_val=200, n_test=300
     )
 
 

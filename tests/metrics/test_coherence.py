@@ -11,32 +11,21 @@ import math
 
 import pytest
 import torch
+from kit.data import builtin
 
 import multivae
 from multivae.data import Batch, MultimodalDataset
-from multivae.data.datasets import prepare_builtin
 from multivae.metrics.classifiers import ClassifierError, ClassifierSet, train_classifiers
 from multivae.metrics.coherence import CoherenceResult, cross_modal_coherence, joint_coherence
 
 VIEWS = ("view0", "view1", "view2")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Small models on a shared 2-core machine: two busy-waiting threads can be ten times slower
-    # than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("coherence") / "gaussian-views"
-    return prepare_builtin(
+def dataset(kit_folder):
+    return builtin(
+        kit_folder,
         "gaussian-views",
-        folder,
         missing_rate=0.4,
         seed=0,
         num_views=3,

@@ -114,17 +114,7 @@ def test_inception_without_a_weights_file_is_a_clear_error(tmp_path):
         InceptionFeatures(wrong)
 
 
-@pytest.fixture
-def one_thread():
-    # One small image gains nothing from intra-op threads, and on a busy machine their spinning
-    # makes Inception's forward pass ten times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_inception_loads_a_local_state_dict_and_gives_pool3_features(tmp_path, one_thread):
+def test_inception_loads_a_local_state_dict_and_gives_pool3_features(tmp_path):
     # Random weights: this checks the loading path, the preprocessing and the shapes only, not
     # meaningful features (with default BatchNorm statistics they are tiny, so compare relatively).
     reference = inception_v3(weights=None, aux_logits=True, init_weights=False)

@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
 from multivae.metrics.figures import (
     save_conditional_grid,
@@ -13,14 +12,6 @@ from multivae.metrics.figures import (
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # t-SNE on 60 points gains nothing from OpenMP threads, and on a busy machine their
-    # synchronisation turns a tenth of a second into tens of seconds.
-    with threadpool_limits(limits=1):
-        yield
 
 
 def _check_png(path, directory):

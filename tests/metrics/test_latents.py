@@ -1,17 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from multivae.metrics.latents import clustering_scores, linear_probe_accuracy
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These sets are small: k-means' OpenMP threads only add synchronisation, which on a busy
-    # machine costs seconds per fit.
-    with threadpool_limits(limits=1):
-        yield
 
 
 def _separated(n_per_class=50, classes=4, dim=3, seed=0):

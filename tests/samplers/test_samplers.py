@@ -31,15 +31,6 @@ FLOW_OPTIONS = {"n_layers": 4, "hidden_size": 32, "steps": 300}
 """Small flows: about a second to fit on 3000 two-dimensional points."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The flows' matrices are tiny: on a shared machine, threads only add contention (10x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
