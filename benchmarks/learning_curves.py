@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
+    from kit.judges import train_judge
     from kit.learning import (
         ARCHITECTURE,
         BATCH_SIZE,
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     import multivae
     from multivae.data import MultimodalDataset
     from multivae.data.datasets import prepare_builtin
-    from multivae.metrics.classifiers import ClassifierSet, train_classifiers
+    from multivae.metrics.classifiers import ClassifierSet
     from multivae.run import run_training
     from multivae.run_config import MLflowConfig, RunConfig
     from multivae.training import TrainingConfig
@@ -120,17 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             n_val=500,
             n_test=500,
         )
-        judge = train_classifiers(
-            judge_data,
-            root / "judge-classifiers",
-            epochs=8,
-            batch_size=64,
-            lr=2e-3,
-            modalities=["m1"],
-            progress=False,
-            device="cpu",
-            options={"m1": {"channels": [16, 32], "hidden_dim": 64}},
-        )
+        judge = train_judge(judge_data, root / "judge-classifiers")
         datasets: dict[int, Path] = {}
         for name in names:
             setting = LEARNING[name]

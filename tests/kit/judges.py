@@ -14,6 +14,21 @@ JUDGE_ACCURACY_FLOOR = 0.85
 """What a judge must score on digits it never saw (the test split) before it judges a model."""
 
 
+def train_judge(data: Path, out: Path) -> ClassifierSet:
+    """Train the small classifier of m1 images on ``data`` into ``out``."""
+    return train_classifiers(
+        data,
+        out,
+        epochs=8,
+        batch_size=64,
+        lr=2e-3,
+        modalities=["m1"],
+        progress=False,
+        device="cpu",
+        options={"m1": SMALL_CONV},
+    )
+
+
 def poly_digits_judge(kit_folder: Path) -> ClassifierSet:
     """A classifier of poly-digits' m1 images, trained on 2,000 complete samples.
 
@@ -23,18 +38,7 @@ def poly_digits_judge(kit_folder: Path) -> ClassifierSet:
     """
     data = judge_poly_digits(kit_folder)
     folder = build_once(
-        kit_folder / "judges" / "poly-digits-m1",
-        lambda out: train_classifiers(
-            data,
-            out,
-            epochs=8,
-            batch_size=64,
-            lr=2e-3,
-            modalities=["m1"],
-            progress=False,
-            device="cpu",
-            options={"m1": SMALL_CONV},
-        ),
+        kit_folder / "judges" / "poly-digits-m1", lambda out: train_judge(data, out)
     )
     judge = ClassifierSet.load(folder)
     accuracy = judge.accuracy["m1"]

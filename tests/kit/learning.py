@@ -75,7 +75,7 @@ LEARNING: dict[str, LearningSetting] = {
         why="a short warm-up for a short run; on two modalities its coherence stayed near 0.33 "
         "after leaving the plateau (seed 0), on three it reaches 0.5",
     ),
-    "mmvae": LearningSetting(10, 16.0, {"samples_per_expert": 1}, why="K=1: one draw per expert"),
+    "mmvae": LearningSetting(11, 17.0, {"samples_per_expert": 1}, why="K=1: one draw per expert"),
     "mopoe": LearningSetting(7, 10.0),
     "mvtcae": LearningSetting(
         7, 10.0, {"beta": 1.0}, why="at beta 2.5 it was still at 0.12 after 10 epochs"
