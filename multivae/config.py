@@ -4,6 +4,10 @@ Every config in the project (model, architecture, training, run) is a dataclass 
 :class:`Config`. Reading one from a dict, JSON or YAML refuses unknown keys with a suggestion of the
 closest known key, converts nested dataclasses, tuples and dicts by their type hints, and checks
 the types of scalar values, so a misspelled option is an error instead of a silent default.
+
+Every file the project reads (run configs, sweep files, a model folder's ``config.json``, dataset
+metadata, fitted samplers, classifiers) goes through :func:`read_yaml` or :func:`read_json`,
+which refuse a key given twice in one mapping, where the YAML and JSON parsers keep the last.
 """
 
 from __future__ import annotations
@@ -26,6 +30,83 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config that does not match its dataclass: what was expected, what was found, where."""
+
+
+class DuplicateKeyError(json.JSONDecodeError):
+    """A JSON object that gives one key twice (JSON's own parser keeps the last silently)."""
+
+    def __init__(self, key: str, document: str) -> None:
+        super().__init__(f"key {key!r} is given twice in one object", document, 0)
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class _RepeatedKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(key)
+        seen[key] = value
+    return seen
+
+
+def read_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses a key given twice in one object.
+
+    Raises:
+        json.JSONDecodeError: For text that is not JSON, or (:class:`DuplicateKeyError`) that
+            repeats a key.
+    """
+    if isinstance(text, bytes):
+        text = text.decode()
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except _RepeatedKey as repeated:
+        raise DuplicateKeyError(repeated.key, text) from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    first: dict[Any, yaml.Mark] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # ``<<: *base``: later keys override merged ones, as YAML intends
+        key = loader.construct_object(key_node, deep=True)
+        if key in first:
+            raise yaml.YAMLError(
+                f"line {key_node.start_mark.line + 1}: key {key!r} is given a second time (first "
+                f"on line {first[key].line + 1})"
+            )
+        first[key] = key_node.start_mark
+    mapping: dict[Any, Any] = loader.construct_mapping(node, deep=True)
+    return mapping
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_unique_mapping,
+)
+
+
+def read_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key given twice in one mapping.
+
+    YAML's safe loader keeps the last of two equal keys without a word; here the error names the
+    key and both lines.
+
+    Raises:
+        yaml.YAMLError: For text that is not YAML, or that repeats a key.
+    """
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -178,7 +259,7 @@ class Config:
     @classmethod
     def from_json(cls, text: str) -> Self:
         """Inverse of :meth:`to_json`."""
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(read_json(text))
 
     def to_yaml(self) -> str:
         """YAML text."""
@@ -187,7 +268,7 @@ class Config:
     @classmethod
     def from_yaml(cls, text: str) -> Self:
         """Inverse of :meth:`to_yaml` (safe loader: no Python objects)."""
-        return cls.from_dict(yaml.safe_load(text))
+        return cls.from_dict(read_yaml(text))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write JSON or YAML by the file's suffix, atomically, credentials redacted.

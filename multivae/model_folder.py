@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, read_json
 from multivae.io import staged_folder
 from multivae.names import MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from multivae.registry import find_model_class
@@ -108,7 +108,7 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, An
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder}: no {MODEL_CONFIG_FILE}; not a multivae model folder")
     try:
-        document = json.loads(config_path.read_text())
+        document = read_json(config_path.read_text())
         version, name, config = document["format_version"], document["model"], document["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigError(f"{config_path}: unreadable model config ({error})") from None

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from multivae.config import Config, ConfigError, _suggest
+from multivae.config import Config, ConfigError, _suggest, read_json, read_yaml
 from multivae.data.datasets import load_builtin
 from multivae.data.schema import DatasetSchema
 from multivae.factory import get_model_class
@@ -229,7 +229,7 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
         raise FileNotFoundError(f"{path}: expected a run config file (YAML or JSON), found nothing")
     text = path.read_text()
     try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        raw = read_json(text) if path.suffix == ".json" else read_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()} ({error})") from None
     if not isinstance(raw, dict):

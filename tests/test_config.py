@@ -1,11 +1,28 @@
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
+import torch
+import yaml
 
-from multivae.config import Config, ConfigError
+from multivae.config import Config, ConfigError, read_json, read_yaml
+from multivae.data.errors import DataFormatError
+from multivae.data.schema import DatasetSchema
+from multivae.factory import create_model
+from multivae.integrations.tune import load_sweep
+from multivae.metrics.classifiers import ClassifierError, ClassifierSet
+from multivae.model_folder import read_model_config
 from multivae.models.base import ModalityConfig, ModelConfig
+from multivae.names import (
+    CLASSIFIERS_CONFIG_FILE,
+    CLASSIFIERS_WEIGHTS_FILE,
+    MODEL_CONFIG_FILE,
+    SAMPLER_CONFIG_FILE,
+)
 from multivae.nn.architectures import ArchitectureConfig
+from multivae.run_config import load_run_config
+from multivae.samplers import create_sampler, load_sampler
 
 
 @dataclass
@@ -110,3 +127,112 @@ def test_model_config_round_trips_with_architectures():
     back = ModelConfig.from_json(config.to_json())
     assert back == config
     assert back.modalities["image"].shape == (3, 28, 28)
+
+
+def test_yaml_with_a_key_given_twice_is_refused_naming_both_lines():
+    with pytest.raises(yaml.YAMLError, match=r"^line 4: key 'c' is given a second time \(first"):
+        read_yaml("a: 1\nb:\n  c: 2\n  c: 3\n")
+    # Equal keys in different mappings, and YAML merges that a later key overrides, are fine.
+    document = read_yaml("a: {x: 1}\nb: {x: 2}\nbase: &b {x: 1, y: 2}\nd:\n  <<: *b\n  x: 3\n")
+    assert document["d"] == {"x": 3, "y": 2}
+    assert document["b"] == {"x": 2}
+
+
+def test_json_with_a_key_given_twice_is_refused():
+    with pytest.raises(json.JSONDecodeError, match=r"^key 'c' is given twice in one object$"):
+        read_json('{"a": 1, "b": {"c": 1, "c": 2}}')
+    assert read_json(b'{"a": {"a": 1}, "b": [{"a": 2}, {"a": 3}]}')["b"][1] == {"a": 3}
+
+
+def _repeat_first_key(path):
+    """Rewrite a JSON file so that its top object gives its first key twice."""
+    document = json.loads(path.read_text())
+    key, value = next(iter(document.items()))
+    path.write_text("{" + json.dumps(key) + ": " + json.dumps(value) + ", " + path.read_text()[1:])
+    return key
+
+
+def _text_file(name, text, key, read):
+    """A case of a file written as ``text``, read by ``read(path)``."""
+
+    def build(tmp_path):
+        path = tmp_path / name
+        path.write_text(text)
+        return path, key, lambda: read(path)
+
+    return build
+
+
+_run_yaml = _text_file("run.yaml", "model: mvae\ndata: x\nmodel: mopoe\n", "model", load_run_config)
+_run_json = _text_file(
+    "run.json", '{"model": "mvae", "data": "x", "model": "mopoe"}', "model", load_run_config
+)
+_sweep = _text_file(
+    "sweep.yaml", "run: {model: mvae}\nnum_samples: 2\nnum_samples: 3\n", "num_samples", load_sweep
+)
+
+
+def _sweep_base_run(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: mvae\nmodel: mopoe\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "run: base.yaml\noutput_dir: out\nspace: {model_config.beta: {uniform: [0, 1]}}\n"
+    )
+    return base, "model", lambda: load_sweep(path)
+
+
+def _model_folder(tmp_path):
+    model = create_model(
+        "mvae",
+        ModelConfig(
+            modalities={"a": ModalityConfig(shape=(2,)), "b": ModalityConfig(shape=(3,))},
+            latent_dim=2,
+        ).to_dict(),
+    )
+    folder = model.save_pretrained(tmp_path / "model")
+    path = folder / MODEL_CONFIG_FILE
+    return path, _repeat_first_key(path), lambda: read_model_config(folder)
+
+
+def _sampler_folder(tmp_path):
+    sampler = create_sampler("gmm", n_components=2)
+    sampler.fit(torch.randn(20, 2))
+    folder = sampler.save(tmp_path / "sampler")
+    path = folder / SAMPLER_CONFIG_FILE
+    return path, _repeat_first_key(path), lambda: load_sampler(folder)
+
+
+def _classifier_folder(tmp_path):
+    folder = tmp_path / "classifiers"
+    folder.mkdir()
+    path = folder / CLASSIFIERS_CONFIG_FILE
+    path.write_text('{"format_version": 1, "num_classes": 2, "num_classes": 3, "modalities": {}}')
+    (folder / CLASSIFIERS_WEIGHTS_FILE).write_bytes(b"")
+    return path, "num_classes", lambda: ClassifierSet.load(folder)
+
+
+READERS = {
+    "run config (YAML)": _run_yaml,
+    "run config (JSON)": _run_json,
+    "sweep file": _sweep,
+    "sweep's base run file": _sweep_base_run,
+    "model folder's config.json": _model_folder,
+    "fitted sampler's config": _sampler_folder,
+    "classifiers' config": _classifier_folder,
+}
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_every_reader_refuses_a_key_given_twice_naming_the_file_and_the_key(reader, tmp_path):
+    path, key, read = READERS[reader](tmp_path)
+    with pytest.raises((ConfigError, ClassifierError)) as error:
+        read()
+    message = str(error.value)
+    assert str(path) in message
+    assert f"key {key!r} is given" in message
+
+
+def test_dataset_metadata_with_a_key_given_twice_is_refused():
+    with pytest.raises(DataFormatError, match="key 'format_version' is given twice"):
+        DatasetSchema.from_json('{"format_version": 1, "format_version": 1}', where="x.parquet")

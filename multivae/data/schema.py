@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from multivae.config import read_json
 from multivae.data.errors import DataFormatError
 
 FORMAT_VERSION = 1
@@ -250,7 +251,7 @@ class DatasetSchema:
     def from_json(cls, text: str | bytes, where: str | None = None) -> DatasetSchema:
         """Parse the JSON description found in a file's schema metadata."""
         try:
-            raw = json.loads(text)
+            raw = read_json(text)
             version = raw.get("format_version")
             if version != FORMAT_VERSION:
                 raise DataFormatError(

@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 import yaml
 
-from multivae.config import Config, ConfigError
+from multivae.config import Config, ConfigError, read_yaml
 from multivae.names import (
     BEST_FILE,
     BEST_FOLDER,
@@ -178,7 +178,7 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepConfig, dict[str, Any
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(raw, dict):
@@ -191,7 +191,10 @@ def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepConfig, dict[str, Any
         run_path = (path.parent / sweep.run).resolve()
         if not run_path.exists():
             raise FileNotFoundError(f"{path}: run: the base run config {run_path} does not exist")
-        base = yaml.safe_load(run_path.read_text())
+        try:
+            base = read_yaml(run_path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{run_path}: not valid YAML ({error})") from None
     else:
         base = copy.deepcopy(sweep.run)
     if not isinstance(base, dict):

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, read_json
 from multivae.io import staged_folder
 from multivae.names import SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE
 
@@ -311,7 +311,7 @@ class LatentSampler(abc.ABC):
         config_path = folder / SAMPLER_CONFIG_FILE
         where = f"{config_path}: "
         try:
-            document = json.loads(config_path.read_text())
+            document = read_json(config_path.read_text())
             version, kind = document["format_version"], document["kind"]
             options, dim = document["config"], document["dim"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:

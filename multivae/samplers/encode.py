@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, read_json
 from multivae.data.batch import Batch
 from multivae.io import staged_folder
 from multivae.models.base import MultimodalVAE
@@ -229,7 +229,7 @@ class JointSampler:
         if not path.is_file():
             raise FileNotFoundError(f"{folder}: no {JOINT_FILE}; expected a JointSampler folder")
         try:
-            document = json.loads(path.read_text())
+            document = read_json(path.read_text())
             version, names = document["format_version"], document["private"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ConfigError(f"{path}: unreadable joint sampler config ({error!r})") from None

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, read_yaml
 
 STEPS = ("preprocess", "train", "evaluate", "sample-augmentation", "register")
 """The pipeline's steps, in order."""
@@ -102,7 +102,7 @@ def check_parameters(
         raise ConfigError(f"training: {error}") from None
     if sweep.strip():
         try:
-            raw = yaml.safe_load(sweep)
+            raw = read_yaml(sweep)
         except yaml.YAMLError as error:
             raise ConfigError(f"sweep: not valid YAML ({error})") from None
         if not isinstance(raw, dict):

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from multivae.config import ConfigError
+from multivae.config import ConfigError, read_yaml
 from multivae.io import atomic_copy_tree, atomic_write_text
 from multivae.names import (
     BEST_FILE,
@@ -172,7 +172,7 @@ def _mlflow_run_id(result_dir: Path) -> str:
 
 
 def _sweep_document(sweep: str, base: Mapping[str, Any], output_dir: Path) -> dict[str, Any]:
-    raw = yaml.safe_load(sweep)
+    raw = read_yaml(sweep)
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep: expected the text of a sweep file, found {raw!r}")
     return {**raw, "run": dict(base), "output_dir": str(output_dir)}

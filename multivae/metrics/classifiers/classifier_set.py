@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from multivae.config import read_json
 from multivae.io import staged_folder, write_output_marker
 from multivae.metrics.classifiers.architectures import ClassifierError, ModalityClassifier
 from multivae.names import CLASSIFIERS_CONFIG_FILE, CLASSIFIERS_WEIGHTS_FILE
@@ -206,7 +207,7 @@ class ClassifierSet:
                     "train_classifiers)"
                 )
         try:
-            document = json.loads(config_path.read_text())
+            document = read_json(config_path.read_text())
             version = document["format_version"]
             num_classes = int(document["num_classes"])
             entries = document["modalities"]
