@@ -1,6 +1,6 @@
 """Fixtures shared across test folders; the shared material itself is built by ``tests/kit``.
 
-The suite runs on pytest-xdist workers (``-n auto`` in ``pyproject.toml``), each on one torch
+The suite runs on pytest-xdist workers (``-n logical`` in ``pyproject.toml``), each on one torch
 thread. Tests marked ``integration`` start Ray clusters, servers or KFP's local runner: they all
 run in one worker, one at a time (``xdist_group``), while the other worker takes the rest.
 """
