@@ -56,12 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "tests"))
     from kit.judges import train_judge
     from kit.learning import (
-        ARCHITECTURE,
-        BATCH_SIZE,
         COHERENCE_FLOOR,
-        LATENT_DIM,
         LEARNING,
         LEARNING_RATE,
+        learning_run,
     )
 
     import multivae
@@ -69,9 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     from multivae.data.datasets import prepare_builtin
     from multivae.metrics.classifiers import ClassifierSet
     from multivae.run import run_training
-    from multivae.run_config import MLflowConfig, RunConfig
-    from multivae.training import TrainingConfig
-    from multivae.training.config import OptimizerConfig
     from multivae.training.loop import Callback, Trainer
 
     torch.set_num_threads(args.threads)
@@ -137,28 +132,17 @@ def main(argv: list[str] | None = None) -> int:
                     n_val=200,
                     n_test=500,
                 )
-            model_config: dict[str, Any] = {
-                "latent_dim": LATENT_DIM,
-                **setting.options,
-                **overrides,
-            }
-            if args.networks == "test":
-                networks = {"encoder": ARCHITECTURE, "decoder": ARCHITECTURE}
-                model_config["modalities"] = {f"m{i}": networks for i in range(count)}
             test = MultimodalDataset(datasets[count], "test").read_all()
-            config = RunConfig(
-                model=name,
-                data=str(datasets[count]),
-                model_config=model_config,
-                training=TrainingConfig(
-                    epochs=args.epochs,
-                    batch_size=BATCH_SIZE,
-                    seed=args.seed,
-                    optimizer=OptimizerConfig("Adam", {"lr": lr}),
-                    progress_bar=False,
-                ),
-                output_dir=str(root / "runs" / name),
-                mlflow=MLflowConfig(enabled=False),
+            config = learning_run(
+                name,
+                datasets[count],
+                root / "runs" / name,
+                num_modalities=count,
+                epochs=args.epochs,
+                seed=args.seed,
+                small_networks=args.networks == "test",
+                options=overrides,
+                lr=lr,
             )
             run_training(config, callbacks=[Coherence(name, test, judge, time.process_time())])
 

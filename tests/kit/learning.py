@@ -16,7 +16,12 @@ by epoch, longer and on the default networks, come from ``benchmarks/learning_cu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from multivae.run_config import MLflowConfig, RunConfig
+from multivae.training import TrainingConfig
+from multivae.training.config import OptimizerConfig
 
 COHERENCE_FLOOR = 0.25
 """Cross-modal coherence m0 -> m1 a model must beat: 2.5 times chance (0.1)."""
@@ -85,3 +90,41 @@ LEARNING: dict[str, LearningSetting] = {
     ),
     "dmvae": LearningSetting(8, 18.0, {"private_dim": 2}, why="small private latents"),
 }
+
+
+def learning_run(
+    name: str,
+    data: Path,
+    output_dir: Path,
+    *,
+    num_modalities: int,
+    epochs: int,
+    seed: int = 0,
+    small_networks: bool = True,
+    options: dict[str, Any] | None = None,
+    lr: float = LEARNING_RATE,
+) -> RunConfig:
+    """The run config of model ``name`` in its learning setting (or what the arguments change).
+
+    The test uses it as it is; ``benchmarks/learning_curves.py`` with other epochs, seeds,
+    options and, with ``small_networks=False``, the default networks.
+    """
+    model_config: dict[str, Any] = {"latent_dim": LATENT_DIM, **LEARNING[name].options}
+    model_config.update(options or {})
+    if small_networks:
+        networks = {"encoder": ARCHITECTURE, "decoder": ARCHITECTURE}
+        model_config["modalities"] = {f"m{i}": networks for i in range(num_modalities)}
+    return RunConfig(
+        model=name,
+        data=str(data),
+        model_config=model_config,
+        training=TrainingConfig(
+            epochs=epochs,
+            batch_size=BATCH_SIZE,
+            seed=seed,
+            optimizer=OptimizerConfig("Adam", {"lr": lr}),
+            progress_bar=False,
+        ),
+        output_dir=str(output_dir),
+        mlflow=MLflowConfig(enabled=False),
+    )

@@ -16,22 +16,16 @@ import time
 import pytest
 import torch
 from kit.learning import (
-    ARCHITECTURE,
-    BATCH_SIZE,
     BUDGET_MARGIN,
     COHERENCE_FLOOR,
-    LATENT_DIM,
     LEARNING,
-    LEARNING_RATE,
+    learning_run,
 )
 from kit.speed import REFERENCE_SECONDS, speed_factor
 
 import multivae
 from multivae.data import MultimodalDataset
 from multivae.run import run_training
-from multivae.run_config import MLflowConfig, RunConfig
-from multivae.training import TrainingConfig
-from multivae.training.config import OptimizerConfig
 
 
 @pytest.mark.parametrize("name", multivae.list_models())
@@ -41,23 +35,12 @@ def test_model_generates_the_right_class_for_a_missing_modality(
     assert name in LEARNING, f"{name}: give it a learning setting in tests/kit/learning.py"
     setting = LEARNING[name]
     poly_digits = learning_data(setting.num_modalities)
-    networks = {"encoder": ARCHITECTURE, "decoder": ARCHITECTURE}
-    config = RunConfig(
-        model=name,
-        data=str(poly_digits),
-        model_config={
-            "latent_dim": LATENT_DIM,
-            "modalities": {f"m{i}": networks for i in range(setting.num_modalities)},
-            **setting.options,
-        },
-        training=TrainingConfig(
-            epochs=setting.epochs,
-            batch_size=BATCH_SIZE,
-            optimizer=OptimizerConfig("Adam", {"lr": LEARNING_RATE}),
-            progress_bar=False,
-        ),
-        output_dir=str(tmp_path / name),
-        mlflow=MLflowConfig(enabled=False),
+    config = learning_run(
+        name,
+        poly_digits,
+        tmp_path / name,
+        num_modalities=setting.num_modalities,
+        epochs=setting.epochs,
     )
     start = time.process_time()
     result = run_training(config)
