@@ -16,10 +16,11 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import types
 import typing
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar, Union
 
@@ -29,7 +30,16 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A config that does not match its dataclass: what was expected, what was found, where."""
+    """A config that does not match its dataclass: what was expected, what was found, where.
+
+    Attributes:
+        key: The dotted key of the entry at fault (``training.epochs``), when one is known:
+            :func:`locate` turns it into the line of a YAML file.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DuplicateKeyError(json.JSONDecodeError):
@@ -107,6 +117,79 @@ def read_yaml(text: str) -> Any:
         yaml.YAMLError: For text that is not YAML, or that repeats a key.
     """
     return yaml.load(text, Loader=_StrictLoader)
+
+
+def yaml_key_lines(text: str) -> dict[str, int]:
+    """The line (1-based) of every key of a YAML document, by dotted key (``training.epochs``).
+
+    Items of lists are ``key[0]``, ``key[1]``; a text that is not YAML gives no lines.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+                lines.setdefault(key, key_node.start_mark.line + 1)
+                walk(value_node, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                key = f"{prefix}[{index}]"
+                lines.setdefault(key, item.start_mark.line + 1)
+                walk(item, key)
+
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def locate(
+    error: ConfigError, source: str | os.PathLike[str], text: str, overridden: Sequence[str] = ()
+) -> ConfigError:
+    """``error`` prefixed by the file and, when YAML has one, the line of the key at fault.
+
+    A key that a ``--set`` override gave (one of ``overridden``, dotted keys) has no line: the
+    prefix is the file alone, and the message names the key.
+    """
+    key = error.key
+    if key is None:  # a check of a config as a whole (__post_init__) names its key first
+        named = re.match(r"^([\w\[\]]+(?:\.[\w\[\]]+)*): ", str(error))
+        key = named.group(1) if named else None
+    line = None
+    if key is not None and not any(
+        key == given or key.startswith(f"{given}.") or given.startswith(f"{key}.")
+        for given in overridden
+    ):
+        lines = yaml_key_lines(text)
+        while key and line is None:
+            line = lines.get(key)
+            key = key.rpartition(".")[0] if "." in key else ""
+    where = f"{source}, line {line}" if line is not None else str(source)
+    return ConfigError(f"{where}: {error}", key=error.key)
+
+
+def check_known_keys(document: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """Refuse a key of a file's ``document`` that its reader does not know (with a suggestion).
+
+    For the files read without a :class:`Config` (a model folder's ``config.json``, dataset
+    metadata, samplers, classifiers): a misspelled key is an error, not a silent default.
+
+    Raises:
+        ConfigError: Naming ``where``, the key and the known keys.
+    """
+    for key in document:
+        if key not in known:
+            raise ConfigError(
+                f"{where}: unknown key {key!r}; expected some of {sorted(known)}."
+                f"{_suggest(str(key), list(known))}",
+                key=str(key),
+            )
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -192,6 +275,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, found {value!r}")
+        if not value.strip():
+            raise ConfigError(f"{where}: expected a value, found an empty text {value!r}")
         return value
     if hint is type(None):
         if value is not None:
@@ -208,12 +293,18 @@ def _from_dict(cls: type[T], raw: dict[str, Any], where: str) -> T:
         if key not in fields:
             raise ConfigError(
                 f"{label}: unknown key {key!r} for {cls.__name__}; expected one of "
-                f"{sorted(fields)}.{_suggest(key, list(fields))}"
+                f"{sorted(fields)}.{_suggest(key, list(fields))}",
+                key=f"{where}.{key}" if where else str(key),
             )
-    values = {
-        key: _convert(value, hints[key], f"{where}.{key}" if where else key)
-        for key, value in raw.items()
-    }
+    values = {}
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else key
+        try:
+            values[key] = _convert(value, hints[key], path)
+        except ConfigError as error:
+            if error.key is None:
+                error.key = path
+            raise
     missing = [
         name
         for name, f in fields.items()
@@ -222,8 +313,13 @@ def _from_dict(cls: type[T], raw: dict[str, Any], where: str) -> T:
         and f.default_factory is dataclasses.MISSING
     ]
     if missing:
-        raise ConfigError(f"{label}: missing required keys {missing}")
-    return cls(**values)
+        raise ConfigError(f"{label}: missing required keys {missing}", key=where or None)
+    try:
+        return cls(**values)
+    except ConfigError as error:  # a check of __post_init__, on the dataclass as a whole
+        if error.key is None and where:
+            error.key = where
+        raise
 
 
 def _to_plain(value: Any) -> Any:

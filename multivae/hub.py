@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multivae.io import staged_folder
-from multivae.model_folder import MODEL_FOLDER_FILES, load_model_folder
+from multivae.model_folder import MODEL_FOLDER_FILES, load_model_folder, model_fingerprint
 from multivae.model_folder import model_card as folder_model_card
 from multivae.names import METRICS_FILE, MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 
@@ -209,9 +209,17 @@ def hub_folder(
     It holds the model's ``config.json`` and ``model.safetensors``, a model card
     (``README.md``, :func:`model_card`) and, when given, the evaluation's ``metrics.json``. It
     loads with :func:`multivae.load_model` like any model folder.
+
+    Raises:
+        ValueError: For ``metrics`` that record the evaluation of another model (by
+            ``model_fingerprint``); an evaluation that records no fingerprint (written before
+            evaluations recorded one, or of a model in memory) is published unchecked.
     """
     source = Path(model_dir)
-    model = load_model_folder(resolve_model_folder(source))
+    folder = resolve_model_folder(source)
+    if metrics is not None:
+        _check_evaluation_of(folder, metrics)
+    model = load_model_folder(folder)
     with staged_folder(out) as staging:
         for name in HUB_FILES:
             shutil.copy2(source / name, staging / name)
@@ -220,6 +228,20 @@ def hub_folder(
         if metrics is not None:
             (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return Path(out)
+
+
+def _check_evaluation_of(folder: Path, metrics: Mapping[str, Any]) -> None:
+    """Refuse an evaluation whose recorded ``model_fingerprint`` is not the folder's."""
+    recorded = metrics.get("model_fingerprint")
+    if recorded is None:
+        return
+    expected = model_fingerprint(folder)
+    if recorded != expected:
+        raise ValueError(
+            f"metrics: expected the evaluation of {folder} (fingerprint {expected}), found one "
+            f"of {metrics.get('model_path') or 'another model'} (fingerprint {recorded}); "
+            "evaluate this model and publish that evaluation"
+        )
 
 
 def push_to_hub(

@@ -12,19 +12,28 @@ Loading reads the JSON, builds the registered model class from it and loads the 
 ``strict=True``; nothing in the folder is executed. The class is looked up in the registry, which
 holds every model whose file has been imported (:mod:`multivae.factory` imports them all); this
 module never imports a model.
+
+A folder's :func:`model_fingerprint` digests its ``config.json`` and its whole weights file; what
+is made from a model (a fitted sampler, a synthetic or imputed dataset, an evaluation) records
+it, so that using one with another model is refused. A model loaded from a folder (or saved to
+one) knows that folder and its fingerprint for as long as its weights are those of the folder
+(:func:`model_source`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from multivae.config import ConfigError, read_json
+from multivae.config import ConfigError, check_known_keys, read_json
 from multivae.io import staged_folder
 from multivae.names import MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 from multivae.registry import find_model_class
@@ -35,6 +44,75 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MODEL_FOLDER_FILES = (MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE, MODEL_CARD_FILE)
 """Every file of a model folder (and all that is fetched of a Hub repository)."""
+
+_CHUNK_BYTES = 1 << 20
+
+
+def model_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """A short hex digest of a model folder that changes when its config or any weight changes.
+
+    The digest covers the bytes of ``config.json`` and of the whole ``model.safetensors`` (read
+    in chunks), not the folder's path: the same model copied elsewhere, or pushed to the Hub and
+    fetched back, has the same fingerprint. Same length as a dataset's
+    (:func:`multivae.data.fingerprint.dataset_fingerprint`).
+
+    Raises:
+        FileNotFoundError: For a folder without ``config.json`` or without weights.
+    """
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for name in (MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE):
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: expected a file of the model folder, found none")
+        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK_BYTES):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The folder a model in memory was loaded from (or saved to), and its fingerprint."""
+
+    folder: Path
+    fingerprint: str
+
+
+_SOURCES: weakref.WeakKeyDictionary[MultimodalVAE, tuple[ModelSource, str]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Model -> its folder and the digest of its weights when it was loaded or saved."""
+
+
+def _weights_digest(model: MultimodalVAE) -> str:
+    """A digest of the model's state: every tensor's name, dtype, shape and values."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _remember_source(model: MultimodalVAE, folder: Path) -> None:
+    source = ModelSource(folder.resolve(), model_fingerprint(folder))
+    _SOURCES[model] = (source, _weights_digest(model))
+
+
+def model_source(model: MultimodalVAE) -> ModelSource | None:
+    """The folder ``model`` was loaded from or last saved to, with its fingerprint.
+
+    ``None`` for a model built in memory and never saved, or whose weights changed since
+    (trained further, cast to another dtype): it is then no folder's model until saved again.
+    The weights are compared by a digest of the state, computed on each call.
+    """
+    entry = _SOURCES.get(model)
+    if entry is None:
+        return None
+    source, weights = entry
+    return source if _weights_digest(model) == weights else None
 
 
 def model_card(model: MultimodalVAE) -> str:
@@ -94,6 +172,7 @@ def save_model_folder(model: MultimodalVAE, directory: str | os.PathLike[str]) -
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(staging / MODEL_WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / MODEL_CARD_FILE).write_text(model_card(model))
+    _remember_source(model, Path(directory))
     return Path(directory)
 
 
@@ -112,6 +191,7 @@ def read_model_config(folder: str | os.PathLike[str]) -> tuple[str, dict[str, An
         version, name, config = document["format_version"], document["model"], document["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ConfigError(f"{config_path}: unreadable model config ({error})") from None
+    check_known_keys(document, ("format_version", "model", "config"), str(config_path))
     if version != FORMAT_VERSION:
         raise ConfigError(
             f"{config_path}: expected format_version {FORMAT_VERSION}, found {version}"
@@ -154,4 +234,5 @@ def load_model_folder(
     except RuntimeError as error:
         raise ValueError(f"{weights}: the weights do not fit this {name} model ({error})") from None
     model.eval()
+    _remember_source(model, Path(folder))
     return model

@@ -74,3 +74,8 @@ STAGING_FOLDER = "pipeline-runs"
 
 # What a command writes into each output folder it creates (multivae.io.claim_output).
 OUTPUT_MARKER_FILE = ".multivae-output.json"
+RUN_KIND = "run"
+"""The kind of output ``multivae train`` writes (:data:`multivae.io.OUTPUT_KINDS`)."""
+TRAIN_COMMAND = "multivae train"
+SWEEP_KIND = "sweep"
+TUNE_COMMAND = "multivae tune"

@@ -9,6 +9,7 @@ CLI (``multivae train``), sweep trials and Kubeflow components call it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +19,8 @@ from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import MultimodalDataset, make_dataloader
 from multivae.factory import create_model
 from multivae.integrations.tracking import tracking_callbacks
-from multivae.names import RUN_CONFIG_FILE
+from multivae.io import claim_output, mark_output_once
+from multivae.names import RUN_CONFIG_FILE, RUN_KIND, TRAIN_COMMAND
 from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
 from multivae.training.loop import (
     Callback,
@@ -38,7 +40,20 @@ class _SaveRunConfig(Callback):
     def on_train_begin(self, trainer: Trainer) -> None:
         if distributed_rank() == 0:
             trainer.output_dir.mkdir(parents=True, exist_ok=True)
+            mark_output_once(trainer.output_dir, RUN_KIND, TRAIN_COMMAND)
             self.config.save(trainer.output_dir / RUN_CONFIG_FILE)
+
+
+def claim_run_folder(config: RunConfig, *, resume: bool = False) -> Path:
+    """The one output rule (:func:`multivae.io.claim_output`) on a run's ``output_dir``.
+
+    A folder holding an earlier run (its marker, or, for a run written before markers, its
+    ``run.yaml`` or ``checkpoint.pt``) is left to the trainer's own checks: resumed with
+    ``resume``, refused otherwise when it holds a checkpoint or a model.
+    """
+    return claim_output(
+        config.output_dir, RUN_KIND, TRAIN_COMMAND, overwrite=resume, option="output_dir"
+    )
 
 
 def run_training(
@@ -60,7 +75,8 @@ def run_training(
         ConfigError: For model options the model refuses (unknown keys get the closest known
             key), or settings the machine cannot honour (``cuda`` without a GPU).
         DataFormatError: For a dataset folder without ``train/`` or ``val/``, or bad files.
-        FileExistsError: When starting afresh in a folder that holds a checkpoint.
+        FileExistsError: When starting afresh in a folder that holds a checkpoint, or for an
+            ``output_dir`` the one output rule refuses (:func:`claim_run_folder`).
         FileNotFoundError: When resuming without a checkpoint.
 
     A resume keeps the run's identity: a changed model config, optimizer, seed, batch size or
@@ -68,6 +84,7 @@ def run_training(
     :data:`~multivae.training.loop.RESUME_SAFE_KEYS` (``epochs``, ``progress_bar``, ...) may
     change.
     """
+    claim_run_folder(config, resume=resume)
     if config.ray is not None:
         from multivae.integrations.ray_train import train_with_ray
 

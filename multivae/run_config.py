@@ -10,8 +10,12 @@ Example::
     training: {epochs: 30, batch_size: 128, optimizer: {name: Adam, kwargs: {lr: 1.0e-3}}}
     output_dir: runs/mvae
 
-Relative paths (``data``, ``output_dir``) are relative to the working directory. Write floats
-with a dot (``1.0e-3``): YAML reads ``1e-3`` as a string.
+Relative paths (``data``, ``output_dir``, ``ray.storage_path``, a ``sqlite:///`` or plain
+``mlflow.tracking_uri``), in the file or in a ``--set``, are relative to the working directory
+of the command that reads the file; they are made absolute once, when it is read
+(:func:`absolute_paths`), so that they mean the same in every process the run reaches (Ray
+workers, Tune trials, Kubeflow steps). Write floats with a dot (``1.0e-3``): YAML reads
+``1e-3`` as a string.
 
 :func:`resolve_dataset` and :func:`resolve_model_config` turn a description into what a run
 needs (the dataset folder, the model's options with every modality filled in); local runs, Ray
@@ -30,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from multivae.config import Config, ConfigError, _suggest, read_json, read_yaml
+from multivae.config import Config, ConfigError, _suggest, locate, read_json, read_yaml
 from multivae.data.datasets import load_builtin
 from multivae.data.schema import DatasetSchema
 from multivae.factory import get_model_class
@@ -214,6 +218,45 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+RUN_PATH_KEYS = ("data", "output_dir", "ray.storage_path", "mlflow.tracking_uri")
+"""The run config's entries that name a place on disk (:func:`absolute_paths`)."""
+
+
+def absolute_location(text: str) -> str:
+    """A path or URI whose relative path is made absolute against the working directory.
+
+    ``~`` is expanded; a ``sqlite:///relative.db`` URI becomes ``sqlite:////abs/relative.db``;
+    other URIs (``s3://``, ``http://``, ``file:///``) and empty texts are returned unchanged.
+    """
+    if not text.strip():
+        return text
+    if text.startswith("sqlite:///"):
+        database = text[len("sqlite:///") :]
+        if database and not database.startswith("/") and database != ":memory:":
+            return "sqlite:///" + os.path.abspath(os.path.expanduser(database))
+        return text
+    if "://" in text or text.startswith("file:"):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
+def absolute_paths(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain run config with every entry of :data:`RUN_PATH_KEYS` made absolute.
+
+    Called once where a run config is read (:func:`load_run_config`, a sweep file's base run),
+    after the ``--set`` overrides and before the config goes to another process.
+    """
+    resolved = copy.deepcopy(dict(raw))
+    for key in RUN_PATH_KEYS:
+        *parents, name = key.split(".")
+        target: Any = resolved
+        for parent in parents:
+            target = target.get(parent) if isinstance(target, dict) else None
+        if isinstance(target, dict) and isinstance(target.get(name), str):
+            target[name] = absolute_location(target[name])
+    return resolved
+
+
 def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML or JSON run config and apply ``--set`` style overrides.
 
@@ -235,9 +278,10 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of run settings, found {raw!r}")
     try:
-        return RunConfig.from_dict(apply_overrides(raw, overrides))
+        return RunConfig.from_dict(absolute_paths(apply_overrides(raw, overrides)))
     except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
+        given = [override.partition("=")[0] for override in overrides]
+        raise locate(error, path, text, given) from None
 
 
 def resolve_dataset(config: RunConfig) -> Path:

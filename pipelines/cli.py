@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import dataclasses
 import io
 import json
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 DEFAULT_OUT = Path("runs/pipeline")
 RUN_LOCAL_COMMAND = "python -m pipelines run-local"
+COMPILE_COMMAND = "python -m pipelines compile"
 RUNS_KIND = "pipeline runs"
 STEP_OUTPUTS = {
     "preprocess": ("data", "classifiers", "summary"),
@@ -54,8 +56,12 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: For a sweep file that does not exist.
-        ValueError: For a ``--set`` entry without ``=`` or naming an unknown parameter.
+        ValueError: For a sweep file that is not a YAML mapping, or a ``--set`` entry without
+            ``=`` or naming an unknown parameter.
     """
+    from multivae.config import ConfigError, check_known_keys, locate, read_yaml
+    from multivae.integrations.tune import SweepConfig
+
     known = set(pipeline_defaults())
     arguments: dict[str, Any] = {}
     flags = {
@@ -77,8 +83,24 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if args.sweep is not None:
         path = Path(args.sweep)
         if not path.is_file():
-            raise FileNotFoundError(f"--sweep: the sweep file {path} does not exist")
-        arguments["sweep"] = path.read_text()
+            found = "a folder" if path.is_dir() else "nothing"
+            raise FileNotFoundError(f"--sweep {path}: expected a sweep file (YAML), found {found}")
+        text = path.read_text()
+        try:
+            document = read_yaml(text)
+        except Exception as error:  # yaml.YAMLError: named with the file
+            raise ValueError(f"--sweep {path}: not valid YAML ({error})") from None
+        if not isinstance(document, dict):
+            raise ValueError(
+                f"--sweep {path}: expected a sweep file (a mapping of sweep settings), "
+                f"found {document!r}"
+            )
+        known = [entry.name for entry in dataclasses.fields(SweepConfig)]
+        try:
+            check_known_keys(document, known, "sweep")
+        except ConfigError as error:
+            raise locate(error, f"--sweep {path}", text) from None
+        arguments["sweep"] = text
     for entry in args.set or []:
         name, sep, value = entry.partition("=")
         if not sep:
@@ -121,14 +143,22 @@ def check_arguments(arguments: dict[str, Any]) -> None:
 def compile_pipeline(
     path: str | os.PathLike[str], platform: str = "kubernetes", train_gpus: int = 0
 ) -> Path:
-    """Compile the pipeline to KFP IR YAML at ``path`` (``train_gpus``: see build_pipeline)."""
+    """Compile the pipeline to KFP IR YAML at ``path`` (``train_gpus``: see build_pipeline).
+
+    ``path`` follows the one output rule (:func:`multivae.io.claim_output`): a new file, or
+    one this command wrote (KFP's ``# PIPELINE DEFINITION`` header), replaced atomically; never
+    another file, a folder, nor a place inside a dataset or another command's output.
+    """
     from kfp import compiler
 
+    from multivae.io import atomic_write_text, claim_output
     from pipelines.pipeline import build_pipeline
 
-    compiler.Compiler().compile(build_pipeline(platform, train_gpus), package_path=str(path))
-    path = Path(path)
-    path.write_text(_stable_header(path.read_text()))
+    path = claim_output(path, "compiled pipeline", COMPILE_COMMAND, option="--out")
+    with tempfile.TemporaryDirectory() as scratch:
+        package = Path(scratch) / path.name
+        compiler.Compiler().compile(build_pipeline(platform, train_gpus), package_path=str(package))
+        atomic_write_text(path, _stable_header(package.read_text()))
     return path
 
 
@@ -370,7 +400,7 @@ def run_local(
     out = Path(out).resolve()
     # A new or empty folder, or one holding this command's earlier runs, to which a run adds
     # its own timestamped folder (and reuses their step cache); never a folder of other files.
-    claim_output(out, RUNS_KIND, RUN_LOCAL_COMMAND, overwrite=True)
+    claim_output(out, RUNS_KIND, RUN_LOCAL_COMMAND)
     arguments = dict(arguments)
     arguments.setdefault("mlflow_uri", f"sqlite:///{out / 'mlflow.db'}")
     check_arguments(arguments)  # before anything is written
@@ -500,10 +530,18 @@ def report(result: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m pipelines`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__)
+    from multivae.cli.paths import CommandParser, file_argument, output, path_argument
+
+    parser = CommandParser(prog="python -m pipelines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     compile_cmd = commands.add_parser("compile", help="compile the pipeline to KFP IR YAML")
-    compile_cmd.add_argument("--out", default="pipeline.yaml", help="the YAML file to write")
+    path_argument(
+        compile_cmd,
+        "--out",
+        role=output("compiled pipeline", file=True),
+        default="pipeline.yaml",
+        help="the YAML file to write (a new file, or one this command wrote)",
+    )
     compile_cmd.add_argument(
         "--platform", default="kubernetes", choices=("kubernetes", "local"), help="target"
     )
@@ -516,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--missing-rate", type=float, help="missing rate in [0, 1) (0.5)")
         command.add_argument("--model", help="model name (mopoe)")
         command.add_argument("--epochs", type=int, help="training epochs (10)")
-        command.add_argument("--sweep", metavar="FILE", help="a sweep file: tune instead of train")
+        file_argument(
+            command, "--sweep", "sweep file", "a sweep file: tune instead of train", required=False
+        )
         command.add_argument("--sampler", help="latent sampler: prior, gmm, maf, iaf (gmm)")
         command.add_argument("--train-mode", help="local, ray, ray-job or rayjob (local)")
         command.add_argument("--hub-repo", help="Hub repository owner/name")
@@ -541,14 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
             help="GPUs (nvidia.com/gpu) for the train step's pod, when it trains in the step",
         )
     local_cmd = commands.choices["run-local"]
-    local_cmd.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (runs/pipeline)")
+    path_argument(
+        local_cmd,
+        "--out",
+        role=output(RUNS_KIND),
+        default=str(DEFAULT_OUT),
+        help="output folder (runs/pipeline): new or empty, or one where this command ran before",
+    )
     local_cmd.add_argument("--no-cache", action="store_true", help="rerun every step")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, 1 for a failed run)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error (one line)
+        return done.code if isinstance(done.code, int) else 2
     try:
         if args.command == "compile":
             path = compile_pipeline(args.out, args.platform, args.train_gpus)

@@ -160,7 +160,10 @@ def test_train_refuses_a_bad_config_in_one_line(tmp_path, capsys, monkeypatch):
     config = _write_run_config(tmp_path, epoch=3)
     assert main(["train", "--config", str(config)]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"multivae train: error: {config}: training: unknown key 'epoch'")
+    line = config.read_text().splitlines().index("  epoch: 3") + 1  # the file names its line
+    assert error.startswith(
+        f"multivae train: error: {config}, line {line}: training: unknown key 'epoch'"
+    )
     assert "Did you mean 'epochs'?" in error
     assert error.count("\n") == 1
 

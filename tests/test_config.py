@@ -1,5 +1,6 @@
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -177,7 +178,7 @@ def _sweep_base_run(tmp_path):
     base.write_text("model: mvae\nmodel: mopoe\n")
     path = tmp_path / "sweep.yaml"
     path.write_text(
-        "run: base.yaml\noutput_dir: out\nspace: {model_config.beta: {uniform: [0, 1]}}\n"
+        f"run: {base}\noutput_dir: out\nspace: {{model_config.beta: {{uniform: [0, 1]}}}}\n"
     )
     return base, "model", lambda: load_sweep(path)
 
@@ -236,3 +237,125 @@ def test_every_reader_refuses_a_key_given_twice_naming_the_file_and_the_key(read
 def test_dataset_metadata_with_a_key_given_twice_is_refused():
     with pytest.raises(DataFormatError, match="key 'format_version' is given twice"):
         DatasetSchema.from_json('{"format_version": 1, "format_version": 1}', where="x.parquet")
+
+
+# Item 2 of the strict reading: unknown keys of the files read without a config class, the line
+# of the key at fault, empty values.
+
+
+def test_readers_without_a_config_class_refuse_an_unknown_key(tmp_path):
+    config = ModelConfig(modalities={"a": ModalityConfig(shape=(2,))}, latent_dim=2)
+    folder = create_model("mvae", config.to_dict()).save_pretrained(tmp_path / "model")
+    path = folder / MODEL_CONFIG_FILE
+    path.write_text(path.read_text().replace("{", '{"modle": "mvae", ', 1))
+    with pytest.raises(ConfigError, match=r"config.json: unknown key 'modle'.*mean 'model'"):
+        read_model_config(folder)
+    sampler = create_sampler("gmm", n_components=2).fit(torch.randn(20, 2))
+    folder = sampler.save(tmp_path / "sampler")
+    path = folder / SAMPLER_CONFIG_FILE
+    path.write_text(path.read_text().replace("{", '{"dims": 2, ', 1))
+    with pytest.raises(ConfigError, match=r"sampler.json: unknown key 'dims'.*Did you mean 'dim'"):
+        load_sampler(folder)
+    with pytest.raises(DataFormatError, match=r"x.parquet.*unknown key 'nam'"):
+        DatasetSchema.from_json('{"format_version": 1, "nam": "d", "modalities": []}', "x.parquet")
+
+
+RUN = """model: mvae
+data: /data/views
+training:
+  epochs: 3
+  optimizer:
+    name: Adam
+    kwargs: {lr: 1.0e-3}
+output_dir: /runs/x
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "message"),
+    [
+        (("epochs: 3", "epochs: three"), 4, "training.epochs: expected an integer, found 'three'"),
+        (("    name: Adam", "    nme: Adam"), 6, "unknown key 'nme' for OptimizerConfig"),
+        (("output_dir: /runs/x", "output_dir: ''"), 8, "output_dir: expected a value, found an"),
+        (("model: mvae", "model: '  '"), 1, "model: expected a value, found an empty text"),
+        (("data: /data/views", "data: [1]"), 2, "data: expected a string, found [1]"),
+    ],
+)
+def test_a_run_config_error_names_the_file_and_the_line_of_the_key(tmp_path, change, line, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(RUN.replace(*change))
+    with pytest.raises(ConfigError) as error:
+        load_run_config(path)
+    assert str(error.value).startswith(f"{path}, line {line}: ")
+    assert message in str(error.value)
+
+
+def test_a_key_given_by_set_has_no_line_in_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(RUN)
+    with pytest.raises(ConfigError) as error:
+        load_run_config(path, ["training.epochs=three"])
+    assert str(error.value).startswith(f"{path}: training.epochs: expected an integer")
+
+
+def test_a_sweep_file_error_names_its_line(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    run = "run: {model: mvae, data: d, output_dir: o}\noutput_dir: o\n"
+    path.write_text(f"{run}space: {{}}\nnum_samples: 2\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 3: space: expected at least one"):
+        load_sweep(path)
+    path.write_text(f"{run}space: {{a: {{choice: [1]}}}}\nnum_sample: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{path}, line 4: .*unknown key 'num_sample'"):
+        load_sweep(path)
+
+
+# Item 4: a relative path means the same in every process: made absolute once, when read.
+
+
+def test_relative_paths_of_a_run_config_are_made_absolute_against_the_working_directory(
+    tmp_path, monkeypatch
+):
+    from multivae.run_config import absolute_location
+
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "run.yaml"
+    path.write_text(
+        "model: mvae\ndata: data/views\noutput_dir: runs/x\n"
+        "ray: {storage_path: s3://bucket/ray}\n"
+        "mlflow: {tracking_uri: sqlite:///mlflow.db}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    config = load_run_config("configs/run.yaml", ["training.epochs=2"])
+    assert config.data == str(
+        tmp_path / "data" / "views"
+    )  # the working directory's, not the file's
+    assert config.output_dir == str(tmp_path / "runs" / "x")
+    assert config.ray is not None and config.ray.storage_path == "s3://bucket/ray"  # a URI stays
+    assert config.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert absolute_location("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert absolute_location("http://host:5000") == "http://host:5000"
+    assert absolute_location("~/d") == str(Path.home() / "d")
+
+
+def test_a_sweep_resolves_its_run_file_and_paths_against_the_working_directory(
+    tmp_path, monkeypatch
+):
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "base.yaml").write_text("model: mvae\ndata: views\noutput_dir: unused\n")
+    sweep = tmp_path / "sweeps" / "sweep.yaml"
+    sweep.write_text(
+        "run: base.yaml\noutput_dir: out\nspace: {model_config.beta: {uniform: [0, 1]}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    config, base = load_sweep("sweeps/sweep.yaml", ["run.training.epochs=3"])
+    assert base["data"] == str(tmp_path / "views")
+    assert base["training"] == {"epochs": 3}  # an override of the base run is kept
+    assert config.output_dir == str(tmp_path / "out") and config.run == base
+    # From another directory, the file beside the sweep is not found, and the error says where
+    # relative paths point and which file was probably meant.
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "sweeps" / "base.yaml").write_text("model: mvae\n")
+    beside = tmp_path / "sweeps" / "base.yaml"
+    with pytest.raises(FileNotFoundError, match=f"working directory: did you mean run: {beside}"):
+        load_sweep("../sweeps/sweep.yaml")

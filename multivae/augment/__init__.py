@@ -12,9 +12,11 @@ Both write through :class:`~multivae.data.SplitWriter` in chunks, so memory stay
 build the output folder under a temporary name that replaces ``out_dir`` only when every split is
 complete. Generated values are clamped to the value range the dataset declares and cast to its
 dtype, so the output passes the same validation as any dataset. The dataset's description
-records where the data came from under ``extra["provenance"]``: the operation, the model's name
-and folder, the sampler or method, the seed, the sizes, the creation time and the library
-version. The same inputs and seed give the same data.
+records where the data came from under ``extra["provenance"]``: the operation, the model's name,
+folder and ``model_fingerprint`` (:func:`multivae.model_folder.model_fingerprint`; ``None`` for
+a model that was never loaded from or saved to a folder), the sampler with what it was fitted on
+or the method and the source's ``source_fingerprint``, the seed, the sizes, the creation time
+and the library version. The same inputs and seed give the same data.
 
 :func:`sample_command` and :func:`impute_command` load a model folder and check that a dataset
 matches its modalities before calling these; the ``multivae sample`` and ``multivae impute``

@@ -24,11 +24,13 @@ from multivae.augment.common import (
     seeded_eval,
 )
 from multivae.data.batch import Batch
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import MultimodalDataset, list_splits, read_schema
 from multivae.data.schema import SPLITS
 from multivae.data.writer import SplitWriter, check_split_name
 from multivae.factory import load_model
 from multivae.io import staged_folder, write_output_marker
+from multivae.model_folder import model_source
 from multivae.models.base import MultimodalVAE
 
 IMPUTATION_METHODS = ("mean", "sample")
@@ -85,7 +87,8 @@ def impute_dataset(
             ``"sample"``: ``model.predict``, the likelihood mean decoded from one posterior
             draw (and private latents from the prior); the same seed and ``batch_size`` give
             the same data.
-        model_path: The model's folder, recorded in the provenance.
+        model_path: The model's folder, recorded in the provenance (the fingerprint recorded
+            is that of the folder ``model`` was loaded from, when it was).
         overwrite: Replace ``out_dir`` when it holds an earlier output of this command.
 
     Returns:
@@ -122,6 +125,9 @@ def impute_dataset(
     for split, dataset in datasets.items():
         check_model_matches(model, dataset.schema, source / split, model_path)
     device = model_device(model)
+    model_folder = model_source(model)
+    model_fingerprint = None if model_folder is None else model_folder.fingerprint
+    source_fingerprint = dataset_fingerprint(source)
     total = sum(len(dataset) for dataset in datasets.values())
     bar = tqdm(total=total, desc="imputing", unit="sample", disable=not progress)
     try:
@@ -133,8 +139,10 @@ def impute_dataset(
                     "operation": "impute",
                     "model": model.name,
                     "model_path": None if model_path is None else str(model_path),
+                    "model_fingerprint": model_fingerprint,
                     "method": method,
                     "source": str(source),
+                    "source_fingerprint": source_fingerprint,
                     "splits": chosen,
                     "seed": seed,
                     "batch_size": batch_size,

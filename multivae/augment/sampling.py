@@ -24,23 +24,29 @@ from multivae.augment.common import (
     seeded_eval,
 )
 from multivae.data.batch import Batch
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.reader import MultimodalDataset, make_dataloader, read_schema
 from multivae.data.schema import DatasetSchema
 from multivae.data.writer import SplitWriter, check_split_name
 from multivae.factory import load_model
-from multivae.io import staged_folder, write_output_marker
+from multivae.io import claim_output, staged_folder, write_output_marker
+from multivae.model_folder import model_source
 from multivae.models.base import MultimodalVAE
 from multivae.samplers import (
     JointSampler,
     LatentSampler,
+    check_sampler_model,
     create_sampler,
     encode_latents,
     fit_joint_sampler,
     load_sampler,
+    record_fitted_on,
 )
 
 if TYPE_CHECKING:
     from multivae.metrics.classifiers import ClassifierSet
+
+SAMPLE_COMMAND = "multivae sample"
 
 
 def _resolve_sampler(
@@ -53,8 +59,10 @@ def _resolve_sampler(
     """The sampler to draw latents from (``None``: the model's own prior) and its record.
 
     A sampler kind is fitted on the shared latent and, for models with private latents, on
-    each modality's private latent (:func:`~multivae.samplers.fit_joint_sampler`). Must run
-    under the seeded random state: fitting may draw random numbers.
+    each modality's private latent (:func:`~multivae.samplers.fit_joint_sampler`); a sampler
+    fitted here records the model and ``fit_data`` (a folder) by fingerprint. A given fitted
+    sampler is refused when it records another model. Must run under the seeded random state:
+    fitting may draw random numbers.
     """
     latent_dim = model.config.latent_dim
     if isinstance(sampler, LatentSampler | JointSampler):
@@ -72,6 +80,8 @@ def _resolve_sampler(
                     "it first, or give fit_data (a dataset folder whose train split is encoded)"
                 )
             sampler.fit(encode_latents(model, _fit_batches(fit_data, batch_size)))
+            _record_fit(sampler, model, fit_data)
+        check_sampler_model(sampler, model, f"the given {sampler.kind!r} sampler")
         if sampler.dim != latent_dim:
             raise ValueError(
                 f"the {sampler.kind!r} sampler was fitted on latents of dimension {sampler.dim}, "
@@ -84,7 +94,8 @@ def _resolve_sampler(
                 f"the {sampler.kind!r} sampler has private samplers for {unknown}, which the "
                 f"model '{model.name}' does not have (modalities {list(model.modalities)})"
             )
-        return sampler, {"kind": sampler.kind, "options": sampler.config(), "fitted": "given"}
+        record = {"kind": sampler.kind, "options": sampler.config(), "fitted": "given"}
+        return sampler, {**record, "fitted_on": dict(sampler.fitted_on)}
     if not isinstance(sampler, str):
         raise TypeError(
             f"expected a sampler kind or a LatentSampler, found {type(sampler).__name__}"
@@ -100,8 +111,25 @@ def _resolve_sampler(
             "folder whose train split is encoded) or a fitted LatentSampler, or use 'prior'"
         )
     fitted = fit_joint_sampler(model, _fit_batches(fit_data, batch_size), sampler, **options)
+    _record_fit(fitted, model, fit_data)
     record = {"kind": sampler, "options": fitted.config(), "fitted": "fit_data"}
-    return fitted, record
+    return fitted, {**record, "fitted_on": dict(fitted.fitted_on)}
+
+
+def _record_fit(
+    sampler: LatentSampler | JointSampler,
+    model: MultimodalVAE,
+    fit_data: str | os.PathLike[str] | Batch,
+) -> None:
+    """Record the model (by folder and fingerprint) and the ``fit_data`` folder in the sampler."""
+    source = model_source(model)
+    if source is not None:
+        entries = {"model": str(source.folder), "model_fingerprint": source.fingerprint}
+        record_fitted_on(sampler, entries)
+    if not isinstance(fit_data, Batch):
+        folder = Path(fit_data)
+        entries = {"data": str(folder.resolve()), "data_fingerprint": dataset_fingerprint(folder)}
+        record_fitted_on(sampler, entries)
 
 
 def _fit_batches(fit_data: str | os.PathLike[str] | Batch, batch_size: int) -> Any:
@@ -158,20 +186,23 @@ def sample_dataset(
         progress: Show a progress bar.
         schema: Description of the output's modalities; by default ``fit_data``'s, else built
             from the model's config (:func:`schema_from_model`).
-        model_path: The model's folder, recorded in the provenance.
+        model_path: The model's folder, recorded in the provenance (the fingerprint recorded
+            is that of the folder ``model`` was loaded from, when it was).
         label_with: Classifiers whose prediction on the first modality becomes the label
             (the output has no label without them).
         save_sampler: A folder to save the sampler in (not for the prior), so the same
-            latents can be drawn again with :func:`~multivae.samplers.load_sampler`.
-        overwrite: Replace ``out_dir`` when it holds an earlier output of this command.
+            latents can be drawn again with :func:`~multivae.samplers.load_sampler`; the one
+            output rule applies to it (:func:`multivae.io.claim_output`, kind ``sampler``).
+        overwrite: Replace ``out_dir`` (and ``save_sampler``) when it holds an earlier output
+            of this command.
 
     Returns:
         ``out_dir``.
 
     Raises:
         ValueError: For ``n < 1``, a sampler kind to fit without ``fit_data``, a sampler of
-            another latent dimension, a dataset that does not match the model, or an unusable
-            ``out_dir``.
+            another latent dimension or fitted on another model's latents, a dataset that does
+            not match the model, or an unusable ``out_dir``.
     """
     check_int("n", n, 1)
     check_int("batch_size", batch_size, 1)
@@ -180,6 +211,10 @@ def sample_dataset(
     out = Path(out_dir)
     fit_folder = None if fit_data is None or isinstance(fit_data, Batch) else Path(fit_data)
     check_destination(out, fit_folder, command="multivae sample", overwrite=overwrite)
+    if save_sampler is not None:
+        claim_output(
+            save_sampler, "sampler", SAMPLE_COMMAND, overwrite=overwrite, option="--save-sampler"
+        )
     if schema is None:
         schema = (
             schema_from_model(model) if fit_folder is None else read_schema(fit_folder, "train")
@@ -190,6 +225,7 @@ def sample_dataset(
         label_with.require([label_modality])
     device = model_device(model)
     specs = {spec.name: spec for spec in schema.modalities}
+    source = model_source(model)
     with seeded_eval(model, seed):
         fitted, sampler_record = _resolve_sampler(
             model, sampler, fit_data, dict(sampler_options or {}), batch_size
@@ -200,6 +236,7 @@ def sample_dataset(
             if fitted is None:
                 raise ValueError("save_sampler: the prior has nothing to save; fit a sampler")
             fitted.save(save_sampler)
+            write_output_marker(save_sampler, "sampler", SAMPLE_COMMAND)
             sampler_record["saved_to"] = str(save_sampler)
         # Draws start from the seed whether the sampler was fitted here or given: the same
         # seed gives the same data from a sampler and from its saved copy.
@@ -208,6 +245,7 @@ def sample_dataset(
             "operation": "sample",
             "model": model.name,
             "model_path": None if model_path is None else str(model_path),
+            "model_fingerprint": None if source is None else source.fingerprint,
             "latent_dim": model.config.latent_dim,
             "sampler": sampler_record,
             "seed": seed,
@@ -235,7 +273,7 @@ def sample_dataset(
         bar = tqdm(total=n, desc=f"sampling {split}", unit="sample", disable=not progress)
         try:
             with staged_folder(out) as staging, SplitWriter(staging, split, out_schema) as writer:
-                write_output_marker(staging, "dataset", "multivae sample")
+                write_output_marker(staging, "dataset", SAMPLE_COMMAND)
                 for start in range(0, n, batch_size):
                     count = min(batch_size, n - start)
                     generated = model.sample(count, sampler=fitted)
@@ -280,7 +318,8 @@ def sample_command(
             output; it must have the model's modalities and shapes.
         seed: Seed of every random draw.
         sampler_dir: A saved sampler folder (:func:`~multivae.samplers.load_sampler`) to draw
-            latents from.
+            latents from; refused when it records another model than ``model_dir``'s (one
+            saved before samplers recorded their model is taken unchecked).
         sampler_options: Options of the sampler kind to fit.
         batch_size: Samples generated at a time.
         split: The split written.
@@ -302,6 +341,7 @@ def sample_command(
                 f"{sampler_dir}: holds a {loaded.kind!r} sampler, but sampler kind "
                 f"{sampler_kind!r} was asked for"
             )
+        check_sampler_model(loaded, model, sampler_dir)
         sampler = loaded
     return sample_dataset(
         model,

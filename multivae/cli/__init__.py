@@ -14,13 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from multivae.cli import data, evaluation, generation, models, training
+from multivae.cli.paths import CommandParser
 from multivae.data.errors import DataFormatError
 from multivae.redact import redact
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="multivae",
         description="Multimodal VAEs for partially observed data.",
     )
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``multivae`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error (one line, see CommandParser)
+        return done.code if isinstance(done.code, int) else 2
     try:
         args.func(args)
     except KeyboardInterrupt:

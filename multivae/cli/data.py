@@ -6,6 +6,14 @@ import argparse
 import json
 from typing import Any
 
+from multivae.cli.paths import (
+    folder_argument,
+    output,
+    overwrite_argument,
+    path_argument,
+    source,
+)
+
 
 def _parse_parameter(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
@@ -48,12 +56,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prepare.add_argument("name", metavar="NAME", help="built-in dataset (listed below)")
-    prepare.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-    prepare.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace DIR when it holds an earlier output of this command (never other files)",
-    )
+    folder_argument(prepare, "--out", output("dataset"), "folder to write")
+    overwrite_argument(prepare)
     prepare.add_argument(
         "--missing-rate",
         type=float,
@@ -89,7 +93,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Convert the PolyMNIST release: PNGs named <index>.<label>.png under "
         "train/m0 ... test/m4, zipped or extracted.",
     )
-    polymnist.add_argument("source_path", metavar="ZIP_OR_DIR", help="the release")
+    path_argument(
+        polymnist, "source_path", role=source("release"), metavar="ZIP_OR_DIR", help="the release"
+    )
     mnist_svhn = sources.add_parser(
         "mnist-svhn",
         help="MNIST + SVHN from torchvision's download folders, paired by class",
@@ -97,17 +103,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "class (the MMVAE construction). Reads MNIST/raw/*-ubyte[.gz] and "
         "{train,test}_32x32.mat.",
     )
-    mnist_svhn.add_argument("--mnist", required=True, metavar="DIR", help="torchvision MNIST root")
-    mnist_svhn.add_argument("--svhn", required=True, metavar="DIR", help="torchvision SVHN root")
+    for flag, what in (("--mnist", "torchvision MNIST root"), ("--svhn", "torchvision SVHN root")):
+        folder_argument(mnist_svhn, flag, source("release"), what)
     mnist_svhn.add_argument("--pairs-per-image", type=int, default=5, metavar="K")
-    for source in (polymnist, mnist_svhn):
-        source.add_argument("--out", required=True, metavar="DIR", help="folder to write")
-        source.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="replace DIR when it holds an earlier output of this command (never other files)",
-        )
-        source.add_argument(
+    for release in (polymnist, mnist_svhn):
+        folder_argument(release, "--out", output("dataset"), "folder to write")
+        overwrite_argument(release)
+        release.add_argument(
             "--missing-rate",
             type=float,
             default=0.0,
@@ -115,15 +117,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             help="probability that a modality is missing from a train/val sample "
             "(PolyMNIST: every modality but m0)",
         )
-        source.add_argument(
+        release.add_argument(
             "--val-fraction",
             type=float,
             default=0.1,
             metavar="F",
             help="fraction of the release's train split moved to val/, per class",
         )
-        source.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
-        source.set_defaults(func=convert)
+        release.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
+        release.set_defaults(func=convert)
 
     inspect_parser = commands.add_parser(
         "inspect",
@@ -134,8 +136,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "how missingness was generated."
         ),
     )
-    inspect_parser.add_argument(
-        "path", metavar="DIR", help="dataset folder (holding train/, val/, test/)"
+    path_argument(
+        inspect_parser,
+        "path",
+        role=source("dataset"),
+        metavar="DIR",
+        help="dataset folder (holding train/, val/, test/)",
     )
     inspect_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect_parser.add_argument(

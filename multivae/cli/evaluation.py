@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from multivae.cli.paths import (
+    folder_argument,
+    model_argument,
+    output,
+    path_argument,
+    source,
+)
 from multivae.names import EVALUATION_FOLDER, FIGURES_FOLDER, METRICS_FILE
 
 
@@ -20,8 +27,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "finds them there."
         ),
     )
-    classifiers.add_argument("data", metavar="DATA", help="dataset folder")
-    classifiers.add_argument("--out", metavar="DIR", help="output folder (DATA-classifiers)")
+    path_argument(
+        classifiers, "data", role=source("dataset"), metavar="DATA", help="dataset folder"
+    )
+    folder_argument(
+        classifiers,
+        "--out",
+        output("classifiers"),
+        "output folder (DATA-classifiers)",
+        required=False,
+    )
     classifiers.add_argument(
         "--overwrite",
         action="store_true",
@@ -42,11 +57,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "(multivae train-classifiers DATA, or --set classifiers=DIR)."
         ),
     )
-    evaluate_parser.add_argument(
-        "--model", required=True, metavar="DIR", help="model folder or repo id"
+    model_argument(evaluate_parser)
+    folder_argument(evaluate_parser, "--data", source("dataset"), "dataset folder")
+    folder_argument(
+        evaluate_parser,
+        "--out",
+        output("evaluation"),
+        "output folder (MODEL/../evaluation)",
+        required=False,
     )
-    evaluate_parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder")
-    evaluate_parser.add_argument("--out", metavar="DIR", help="output folder (MODEL/../evaluation)")
     evaluate_parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from multivae.cli.paths import (
+    folder_argument,
+    model_argument,
+    output,
+    overwrite_argument,
+    path_argument,
+    source,
+)
+
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``sample`` and ``impute``."""
@@ -17,29 +26,34 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "metadata: model, sampler, seed)."
         ),
     )
-    sample_parser.add_argument(
-        "--model", required=True, metavar="DIR", help="model folder or repo id"
-    )
+    model_argument(sample_parser)
     sample_parser.add_argument("--n", type=int, required=True, help="number of samples")
-    sample_parser.add_argument(
-        "--out", required=True, metavar="DIR", help="dataset folder to write"
-    )
-    sample_parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace DIR when it holds an earlier output of this command (never other files)",
-    )
+    folder_argument(sample_parser, "--out", output("dataset"), "dataset folder to write")
+    overwrite_argument(sample_parser)
     sample_parser.add_argument(
         "--sampler", default="prior", help="prior, gmm, maf or iaf (default: prior)"
     )
-    sample_parser.add_argument(
-        "--fit-data", metavar="DIR", help="dataset whose train latents fit the sampler"
+    folder_argument(
+        sample_parser,
+        "--fit-data",
+        source("dataset"),
+        "dataset whose train latents fit the sampler",
+        required=False,
     )
-    sample_parser.add_argument(
-        "--sampler-dir", metavar="DIR", help="a saved, fitted sampler instead"
+    folder_argument(
+        sample_parser,
+        "--sampler-dir",
+        source("sampler"),
+        "a saved, fitted sampler instead",
+        required=False,
     )
-    sample_parser.add_argument(
-        "--save-sampler", metavar="DIR", help="save the fitted sampler there (reuse: --sampler-dir)"
+    path_argument(
+        sample_parser,
+        "--save-sampler",
+        role=output("sampler"),
+        metavar="DIR",
+        help="save the fitted sampler there (reuse: --sampler-dir); a new or empty folder, or "
+        "with --overwrite a sampler it saved earlier",
     )
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.set_defaults(func=sample)
@@ -53,18 +67,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "<modality>__imputed column marks each imputed cell."
         ),
     )
-    impute_parser.add_argument(
-        "--model", required=True, metavar="DIR", help="model folder or repo id"
-    )
-    impute_parser.add_argument("--data", required=True, metavar="DIR", help="dataset with gaps")
-    impute_parser.add_argument(
-        "--out", required=True, metavar="DIR", help="dataset folder to write"
-    )
-    impute_parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace DIR when it holds an earlier output of this command (never other files)",
-    )
+    model_argument(impute_parser)
+    folder_argument(impute_parser, "--data", source("dataset"), "dataset with gaps")
+    folder_argument(impute_parser, "--out", output("dataset"), "dataset folder to write")
+    overwrite_argument(impute_parser)
     impute_parser.add_argument(
         "--method",
         default="mean",

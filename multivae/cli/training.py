@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from multivae.names import MODEL_FOLDER
+from multivae.cli.paths import config_path, file_argument, output, source
+from multivae.names import MODEL_FOLDER, RUN_KIND, SWEEP_KIND
 
 
 def _train_epilog() -> str:
@@ -42,9 +43,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         epilog=_train_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train_parser.add_argument(
-        "--config", required=True, metavar="FILE", help="run config (.yaml, .yml or .json)"
-    )
+    file_argument(train_parser, "--config", "run config", "run config (.yaml, .yml or .json)")
+    config_path(train_parser, "output_dir", output(RUN_KIND))
+    config_path(train_parser, "data", source("dataset"))
     train_parser.add_argument(
         "--resume",
         action="store_true",
@@ -87,7 +88,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         epilog="example:\n  multivae tune --sweep examples/sweep-mopoe.yaml",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tune_parser.add_argument("--sweep", required=True, metavar="FILE", help="sweep file (YAML)")
+    file_argument(tune_parser, "--sweep", "sweep file", "sweep file (YAML)")
+    config_path(tune_parser, "output_dir", output(SWEEP_KIND))
+    config_path(tune_parser, "run.data", source("dataset"))
     tune_parser.add_argument(
         "--set",
         dest="overrides",

@@ -21,17 +21,29 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from multivae.config import read_json
+from multivae.config import check_known_keys, read_json
 from multivae.data.errors import DataFormatError
 
 FORMAT_VERSION = 1
 METADATA_KEY = b"multivae"
+SCHEMA_KEYS = (
+    "format_version",
+    "name",
+    "modalities",
+    "num_classes",
+    "class_names",
+    "missingness",
+    "extra",
+    "imputed",
+    "split",
+)
+"""The keys of a dataset's JSON description (:meth:`DatasetSchema.to_json`)."""
 SPLITS = ("train", "val", "test")
 PRESENCE_SUFFIX = "__present"
 IMPUTED_SUFFIX = "__imputed"
@@ -148,6 +160,7 @@ class ModalitySpec:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ModalitySpec:
         """Inverse of :meth:`to_dict`."""
+        check_known_keys(raw, [f.name for f in fields(cls)], f"modality {raw.get('name')!r}")
         value_range = raw.get("value_range")
         return cls(
             name=raw["name"],
@@ -257,6 +270,7 @@ class DatasetSchema:
                 raise DataFormatError(
                     f"expected format_version {FORMAT_VERSION}, found {version!r}", where=where
                 )
+            check_known_keys(raw, SCHEMA_KEYS, "multivae schema metadata")
             class_names = raw.get("class_names")
             return cls(
                 modalities=tuple(ModalitySpec.from_dict(m) for m in raw["modalities"]),

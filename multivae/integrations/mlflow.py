@@ -479,10 +479,19 @@ class MLflowCallback(Callback):
         client.set_terminated(self.run_id, "FINISHED")
 
     def on_train_error(self, error: BaseException) -> None:
-        """End the run ``FAILED`` (``KILLED`` on ``KeyboardInterrupt``); never raises."""
+        """End the run ``FAILED``; ``KILLED`` when it was stopped; never raises.
+
+        Stopped: ``KeyboardInterrupt``, or a clean ``SystemExit`` (code 0 or none), which is
+        how Ray Tune stops a trial that its scheduler (ASHA) ends early. The sweep marks such
+        runs ``KILLED`` as well once Tune returns, but Tune does not wait for the trial's thread
+        to unwind, so this end may come after that mark, and must agree with it.
+        """
         if self.run_id is None:
             return
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        stopped = isinstance(error, KeyboardInterrupt) or (
+            isinstance(error, SystemExit) and error.code in (0, None)
+        )
+        status = "KILLED" if stopped else "FAILED"
         try:
             self.client.set_terminated(self.run_id, status)
         except Exception as failure:  # the training error is the one to propagate

@@ -54,7 +54,7 @@ from multivae.data.schema import (
     presence_column,
 )
 from multivae.data.validation import check_chunk
-from multivae.io import atomic_copy_tree
+from multivae.io import atomic_copy_tree, mark_output_once
 from multivae.names import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -62,6 +62,8 @@ from multivae.names import (
     MODEL_FOLDER,
     RAY_STORAGE_FOLDER,
     RUN_CONFIG_FILE,
+    RUN_KIND,
+    TRAIN_COMMAND,
 )
 from multivae.training.checkpoint import load_checkpoint
 from multivae.training.loop import (
@@ -477,6 +479,7 @@ def train_with_ray(
     callbacks = [*tracking_callbacks(run, setup.folder), *callbacks]
     output_dir = Path(run.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    mark_output_once(output_dir, RUN_KIND, TRAIN_COMMAND)
     run.save(output_dir / RUN_CONFIG_FILE)
     if not ray.is_initialized():
         if run.ray.address or os.environ.get("RAY_ADDRESS"):

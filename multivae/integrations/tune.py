@@ -2,7 +2,7 @@
 
 A sweep file (YAML) names a base run config and a search space over dotted keys of it::
 
-    run: mopoe.yaml                 # base run config: a file (relative to this one) or a mapping
+    run: examples/mopoe.yaml        # base run config: a file or a mapping
     output_dir: runs/sweep-mopoe
     metric: val_loss
     mode: min
@@ -51,7 +51,8 @@ from typing import Any, Literal
 
 import yaml
 
-from multivae.config import Config, ConfigError, read_yaml
+from multivae.config import Config, ConfigError, locate, read_yaml
+from multivae.io import claim_output, write_output_marker
 from multivae.names import (
     BEST_FILE,
     BEST_FOLDER,
@@ -59,7 +60,9 @@ from multivae.names import (
     MLFLOW_RUN_FILE,
     MODEL_FOLDER,
     RUN_CONFIG_FILE,
+    SWEEP_KIND,
     TRIALS_FOLDER,
+    TUNE_COMMAND,
 )
 from multivae.training.loop import Callback
 
@@ -84,7 +87,8 @@ class SweepConfig(Config):
     """A sweep file (see the module docstring).
 
     Attributes:
-        run: The base run config: a file name (relative to the sweep file) or a mapping.
+        run: The base run config: a file name (relative to the working directory) or a
+            mapping.
         space: Dotted run-config key -> ``{distribution: arguments}``; distributions are
             ``choice: [values]``, ``uniform: [low, high]``, ``loguniform: [low, high]``,
             ``randint: [low, high)``.
@@ -169,37 +173,65 @@ class SweepConfig(Config):
         return list(arguments)
 
 
-def load_sweep(path: str | os.PathLike[str]) -> tuple[SweepConfig, dict[str, Any]]:
-    """Read a sweep file and its base run config (as plain data, unchecked).
+def load_sweep(
+    path: str | os.PathLike[str], overrides: Sequence[str] = ()
+) -> tuple[SweepConfig, dict[str, Any]]:
+    """Read a sweep file and its base run config (as plain data, its values unchecked).
+
+    ``overrides`` (``--set`` entries) apply to the sweep file with its base run in place of
+    ``run`` (``run.training.epochs=3``). Relative paths are relative to the working directory,
+    as everywhere (``run:`` when it names a file, ``output_dir``, and the base run's paths):
+    they are made absolute here, before the trials run in their own working directories
+    (:func:`multivae.run_config.absolute_paths`).
 
     Raises:
         ConfigError: For malformed YAML, unknown keys or bad distributions.
         FileNotFoundError: When the sweep file or its base run file does not exist.
     """
+    from multivae.run_config import absolute_location, absolute_paths, apply_overrides
+
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: expected a sweep file (YAML), found a folder")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: expected a sweep file (YAML), found nothing")
+    text = path.read_text()
     try:
-        raw = read_yaml(path.read_text())
+        raw = read_yaml(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sweep settings, found {raw!r}")
-    try:
-        sweep = SweepConfig.from_dict(raw)
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    if isinstance(sweep.run, str):
-        run_path = (path.parent / sweep.run).resolve()
-        if not run_path.exists():
-            raise FileNotFoundError(f"{path}: run: the base run config {run_path} does not exist")
+    run = raw.get("run")
+    if isinstance(run, str) and run.strip():
+        run_path = Path(run).expanduser().resolve()
+        if not run_path.is_file():
+            beside = (path.parent / run).resolve()
+            hint = (
+                f"; relative paths are relative to the working directory: did you mean "
+                f"run: {beside}?"
+                if beside.is_file()
+                else ""
+            )
+            raise FileNotFoundError(
+                f"{path}: run: expected a run config file, found nothing at {run_path}{hint}"
+            )
         try:
-            base = read_yaml(run_path.read_text())
+            run = read_yaml(run_path.read_text())
         except yaml.YAMLError as error:
             raise ConfigError(f"{run_path}: not valid YAML ({error})") from None
-    else:
-        base = copy.deepcopy(sweep.run)
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: run: expected a run config mapping, found {base!r}")
-    return sweep, base
+        if not isinstance(run, dict):
+            raise ConfigError(f"{run_path}: expected a run config mapping, found {run!r}")
+    try:
+        raw = apply_overrides({**raw, "run": run}, overrides)
+        sweep = SweepConfig.from_dict(raw)
+    except ConfigError as error:
+        given = [override.partition("=")[0] for override in overrides]
+        raise locate(error, path, text, given) from None
+    if not isinstance(sweep.run, dict):
+        raise ConfigError(f"{path}: run: expected a run config mapping, found {sweep.run!r}")
+    base = absolute_paths(sweep.run)
+    return replace(sweep, run=base, output_dir=absolute_location(sweep.output_dir)), base
 
 
 def with_params(base: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -518,6 +550,8 @@ def run_sweep(
     from multivae.integrations.endpoints import check_ray_address, check_tracking_uri
 
     check_sweep(sweep, base)
+    # The one output rule, before Ray starts: a sweep never writes over another or into files.
+    claim_output(sweep.output_dir, SWEEP_KIND, TUNE_COMMAND, option="output_dir")
     tracking = dict(base.get("mlflow") or {})
     if tracking.get("enabled", True):
         # Before anything is written or started: an MLflow server that does not answer.
@@ -557,6 +591,7 @@ def run_sweep(
     print(f"sweep: {plan.describe()}", flush=True)
     output_dir = Path(sweep.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_output_marker(output_dir, SWEEP_KIND, TUNE_COMMAND)
     epochs = int(with_params(base, {}).get("training", {}).get("epochs", 10))
     mlflow_settings = dict(base.get("mlflow") or {})
     parent_run_id = None
@@ -770,11 +805,5 @@ def _export_best(
 
 def sweep_from_file(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> SweepResult:
     """``multivae tune --sweep FILE``: read, check and run a sweep."""
-    from multivae.run_config import apply_overrides
-
-    sweep, base = load_sweep(path)
-    if overrides:
-        raw = apply_overrides(sweep.to_dict(), overrides)
-        raw["run"] = base
-        sweep = SweepConfig.from_dict(raw)
+    sweep, base = load_sweep(path, overrides)
     return run_sweep(sweep, base)

@@ -18,6 +18,12 @@
   and the accuracy of a linear probe trained on train latents, per subset of modalities;
 * figures: conditional generations from each subset, unconditional samples per sampler, a 2-D
   embedding of the latents coloured by label, reconstructions.
+
+``metrics.json`` also records what it is the evaluation of: the model (``model``, ``model_path``
+and ``model_fingerprint``, :func:`multivae.model_folder.model_fingerprint`; ``None`` for a model
+that was never loaded from or saved to a folder) and the data (``data`` and
+``data_fingerprint``), so that publishing it with another model is refused
+(:func:`multivae.hub.hub_folder`).
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from multivae.metrics.latents import clustering_scores, linear_probe_accuracy
 from multivae.metrics.likelihood import likelihood_report
 from multivae.metrics.reconstruction import mse, ssim
 from multivae.metrics.shared import select_rows
+from multivae.model_folder import model_source
 from multivae.models.base import MultimodalVAE
 from multivae.names import (
     FIGURES_FOLDER,
@@ -286,6 +293,11 @@ def evaluate(
     out_dir = Path(out_dir)
     model = model_dir if isinstance(model_dir, MultimodalVAE) else load_model(model_dir)
     model.eval()
+    # What the evaluation is of, by fingerprint: publishing it with another model is refused.
+    source = model_source(model)
+    model_path = None if isinstance(model_dir, MultimodalVAE) else str(model_dir)
+    if model_path is None and source is not None:
+        model_path = str(source.folder)
     test_set = MultimodalDataset(data_dir, config.split)
     train_set = MultimodalDataset(data_dir, "train")
     check_compatible(model, test_set)
@@ -303,7 +315,10 @@ def evaluate(
         figures = staging / FIGURES_FOLDER
         metrics: dict[str, Any] = {
             "model": model.name,
+            "model_path": model_path,
+            "model_fingerprint": None if source is None else source.fingerprint,
             "data": str(data_dir),
+            "data_fingerprint": dataset_fingerprint(data_dir),
             "split": config.split,
             "samples": len(test),
             "config": config.to_dict(),

@@ -18,7 +18,9 @@ Kinds: ``prior`` (:class:`PriorSampler`, ``N(0, I)``), ``gmm``
 :func:`fit_joint_sampler` also fits one sampler per modality's private latent and returns a
 :class:`JointSampler` that ``model.sample`` uses for both. Saved samplers are a
 JSON config and safetensors tensors (a joint sampler: one such folder per space);
-:func:`load_sampler` loads either, and executes nothing from the folder.
+:func:`load_sampler` loads either, and executes nothing from the folder. A sampler fitted on a
+model's latents records that model (and the data, when fitted from a dataset folder) by
+fingerprint; :func:`check_sampler_model` refuses it for another model.
 """
 
 from multivae.samplers.base import (
@@ -30,11 +32,13 @@ from multivae.samplers.base import (
 )
 from multivae.samplers.encode import (
     JointSampler,
+    check_sampler_model,
     encode_latents,
     encode_private_latents,
     fit_joint_sampler,
     fit_sampler,
     load_sampler,
+    record_fitted_on,
 )
 from multivae.samplers.flows import AutoregressiveFlowSampler, IAFSampler, MAFSampler
 from multivae.samplers.gmm import GaussianMixtureSampler
@@ -50,11 +54,13 @@ __all__ = [
     "MAFSampler",
     "PriorSampler",
     "SamplerNotFittedError",
+    "check_sampler_model",
     "create_sampler",
     "encode_latents",
     "encode_private_latents",
     "fit_joint_sampler",
     "fit_sampler",
     "load_sampler",
+    "record_fitted_on",
     "register_sampler",
 ]

@@ -3,8 +3,13 @@
 A saved sampler is a folder:
 
 * ``sampler.json``: ``{"format_version": 1, "kind": KIND, "config": {...}, "dim": D}``: the
-  sampler's constructor options as plain data and the dimension it was fitted on;
+  sampler's constructor options as plain data and the dimension it was fitted on, and
+  ``"fitted_on"`` when known: the model whose latents it was fitted on (``model``, its folder,
+  and ``model_fingerprint``, :func:`multivae.model_folder.model_fingerprint`) and the data
+  (``data`` and ``data_fingerprint``, :func:`multivae.data.fingerprint.dataset_fingerprint`);
 * ``sampler.safetensors``: its fitted tensors (none for the prior).
+
+A folder saved before samplers recorded ``fitted_on`` still loads, with nothing recorded.
 
 Loading reads the JSON, builds the registered sampler class from its options and restores the
 tensors; nothing in the folder is executed and nothing is unpickled.
@@ -25,9 +30,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from multivae.config import ConfigError, read_json
+from multivae.config import ConfigError, check_known_keys, read_json
 from multivae.io import staged_folder
-from multivae.names import SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE
+from multivae.names import OUTPUT_MARKER_FILE, SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE
 
 FORMAT_VERSION = 1
 CONFIG_FILE = SAMPLER_CONFIG_FILE
@@ -102,7 +107,7 @@ def _write_folder_atomically(directory: Path, write: Callable[[Path], None]) -> 
         foreign = [
             p.name
             for p in directory.iterdir()
-            if p.name not in (SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE)
+            if p.name not in (SAMPLER_CONFIG_FILE, SAMPLER_WEIGHTS_FILE, OUTPUT_MARKER_FILE)
         ]
         if foreign:
             raise ValueError(
@@ -126,6 +131,10 @@ class LatentSampler(abc.ABC):
 
     def __init__(self) -> None:
         self._dim: int | None = None
+        self.fitted_on: dict[str, str] = {}
+        """What the latents were encoded with and from: ``model`` and ``model_fingerprint``,
+        ``data`` and ``data_fingerprint``, each when known; empty after :meth:`fit` until the
+        caller records it (:func:`~multivae.samplers.fit_sampler` records the model)."""
 
     # ----------------------------------------------------------------------------------------
     # What subclasses implement
@@ -226,6 +235,7 @@ class LatentSampler(abc.ABC):
             )
         self._fit(latents)
         self._dim = int(latents.shape[1])
+        self.fitted_on = {}
         return self
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -277,6 +287,8 @@ class LatentSampler(abc.ABC):
             "config": self.config(),
             "dim": dim,
         }
+        if self.fitted_on:
+            document["fitted_on"] = dict(self.fitted_on)
         state = {name: t.detach().cpu().contiguous() for name, t in self._state().items()}
 
         def write(staging: Path) -> None:
@@ -318,6 +330,9 @@ class LatentSampler(abc.ABC):
             raise ConfigError(f"{where}unreadable sampler config ({error!r})") from None
         if version != FORMAT_VERSION:
             raise ConfigError(f"{where}expected format_version {FORMAT_VERSION}, found {version}")
+        check_known_keys(
+            document, ("format_version", "kind", "config", "dim", "fitted_on"), str(config_path)
+        )
         sampler_cls = _sampler_class(kind, where)
         if not issubclass(sampler_cls, cls):
             raise ConfigError(f"{where}holds a {kind!r} sampler, not a {cls.__name__}")
@@ -325,6 +340,13 @@ class LatentSampler(abc.ABC):
             raise ConfigError(f"{where}expected a mapping of options, found {options!r}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"{where}expected a dimension dim >= 1, found {dim!r}")
+        fitted_on = document.get("fitted_on", {})
+        if not isinstance(fitted_on, dict) or not all(
+            isinstance(value, str) for value in fitted_on.values()
+        ):
+            raise ConfigError(
+                f"{where}expected 'fitted_on' to map names to strings, found {fitted_on!r}"
+            )
         _check_options(sampler_cls, options, where)
         try:
             sampler = sampler_cls(**options)
@@ -341,6 +363,7 @@ class LatentSampler(abc.ABC):
         except ValueError as error:
             raise ValueError(f"{folder / SAMPLER_WEIGHTS_FILE}: {error}") from None
         sampler._dim = dim
+        sampler.fitted_on = dict(fitted_on)
         if not isinstance(sampler, cls):  # pragma: no cover - ruled out by issubclass above
             raise TypeError(f"expected a {cls.__name__}")
         return sampler

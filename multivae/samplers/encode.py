@@ -1,18 +1,24 @@
-"""The latents a sampler is fitted on, and fitting a sampler on a model's encoded data."""
+"""The latents a sampler is fitted on, and fitting a sampler on a model's encoded data.
+
+A sampler fitted here records the model whose latents it models (its folder and fingerprint,
+when the model was loaded from or saved to a folder: :func:`multivae.model_folder.model_source`);
+:func:`check_sampler_model` refuses to draw a model's latents from a sampler of another model.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from multivae.config import ConfigError, read_json
+from multivae.config import ConfigError, check_known_keys, read_json
 from multivae.data.batch import Batch
 from multivae.io import staged_folder
+from multivae.model_folder import ModelSource, model_source
 from multivae.models.base import MultimodalVAE
 from multivae.names import JOINT_SAMPLER_FILE, PRIVATE_SAMPLERS_FOLDER, SHARED_SAMPLER_FOLDER
 from multivae.samplers.base import CONFIG_FILE, LatentSampler, create_sampler
@@ -120,10 +126,63 @@ def fit_sampler(
         options: The sampler's options (see its class).
 
     Returns:
-        The fitted sampler; pass it to ``model.sample(n, sampler=...)``.
+        The fitted sampler; pass it to ``model.sample(n, sampler=...)``. Its ``fitted_on``
+        records the model's folder and fingerprint when the model has one.
     """
     sampler = create_sampler(kind, **options)
-    return sampler.fit(encode_latents(model, data, cond=cond, use_mean=use_mean))
+    sampler.fit(encode_latents(model, data, cond=cond, use_mean=use_mean))
+    record_fitted_on(sampler, _model_record(model_source(model)))
+    return sampler
+
+
+def _model_record(source: ModelSource | None) -> dict[str, str]:
+    if source is None:
+        return {}
+    return {"model": str(source.folder), "model_fingerprint": source.fingerprint}
+
+
+def record_fitted_on(sampler: LatentSampler | JointSampler, entries: Mapping[str, str]) -> None:
+    """Add ``entries`` (``model``, ``data`` and their fingerprints) to the sampler's record.
+
+    A :class:`JointSampler` records them in its shared and every private sampler.
+    """
+    parts = (
+        [sampler]
+        if isinstance(sampler, LatentSampler)
+        else [sampler.shared, *sampler.private_samplers.values()]
+    )
+    for part in parts:
+        part.fitted_on.update(entries)
+
+
+def check_sampler_model(
+    sampler: LatentSampler | JointSampler, model: MultimodalVAE, where: str | os.PathLike[str]
+) -> None:
+    """Refuse a sampler fitted on the latents of another model than ``model``.
+
+    The sampler's recorded ``model_fingerprint`` is compared with the fingerprint of the folder
+    ``model`` was loaded from. Nothing is checked when either is unknown: a sampler saved
+    before samplers recorded their model, or fitted on latents alone, and a model built in
+    memory (or changed since it was loaded) are accepted as they are.
+
+    Args:
+        sampler: The fitted sampler.
+        model: The model whose latents it is to draw.
+        where: The sampler (its folder, or a description), for the message.
+
+    Raises:
+        ValueError: Naming both models, by folder and fingerprint.
+    """
+    recorded = sampler.fitted_on.get("model_fingerprint")
+    source = model_source(model)
+    if recorded is None or source is None or recorded == source.fingerprint:
+        return
+    raise ValueError(
+        f"{where}: expected a sampler fitted on the latents of {source.folder} (fingerprint "
+        f"{source.fingerprint}), found one fitted on those of "
+        f"{sampler.fitted_on.get('model', 'another model')} (fingerprint {recorded}); fit a "
+        "sampler on this model's latents instead"
+    )
 
 
 def encode_private_latents(
@@ -161,7 +220,8 @@ class JointSampler:
 
     Saved as a folder: ``joint.json`` (``{"format_version": 1, "kind": "joint", "shared":
     KIND, "private": [modalities]}``), the shared sampler's folder in ``shared/`` and each
-    private one in ``private/<modality>/`` (see :meth:`LatentSampler.save`).
+    private one in ``private/<modality>/`` (see :meth:`LatentSampler.save`; each records what
+    it was fitted on, and the shared one's record is the joint sampler's :attr:`fitted_on`).
     """
 
     def __init__(self, shared: LatentSampler, private: dict[str, LatentSampler]) -> None:
@@ -177,6 +237,11 @@ class JointSampler:
     def dim(self) -> int:
         """Dimension of the shared latent."""
         return self.shared.dim
+
+    @property
+    def fitted_on(self) -> dict[str, str]:
+        """What the shared sampler was fitted on (see :attr:`LatentSampler.fitted_on`)."""
+        return self.shared.fitted_on
 
     @property
     def is_fitted(self) -> bool:
@@ -235,6 +300,7 @@ class JointSampler:
             raise ConfigError(f"{path}: unreadable joint sampler config ({error!r})") from None
         if version != JOINT_FORMAT_VERSION:
             raise ConfigError(f"{path}: expected format_version 1, found {version!r}")
+        check_known_keys(document, ("format_version", "kind", "shared", "private"), str(path))
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ConfigError(f"{path}: expected 'private' to list modality names, found {names}")
         return cls(
@@ -282,4 +348,8 @@ def fit_joint_sampler(
         name: create_sampler(kind, **options).fit(latents)
         for name, latents in encode_private_latents(model, data).items()
     }
-    return JointSampler(shared, private) if private else shared
+    if not private:
+        return shared
+    joint = JointSampler(shared, private)
+    record_fitted_on(joint, shared.fitted_on)
+    return joint

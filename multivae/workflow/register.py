@@ -38,7 +38,8 @@ def register_step(
     Raises:
         PermissionError: When pushing without a Hugging Face token (``HF_TOKEN`` or a saved
             login), with what to do.
-        ValueError: When pushing without ``hub_repo``.
+        ValueError: When pushing without ``hub_repo``, or for ``metrics`` that record the
+            evaluation of another model (by fingerprint, :func:`multivae.hub.hub_folder`).
 
     Returns:
         ``{"hub_folder", "pushed", "repo_url", "registered_model", "registered_version"}``.

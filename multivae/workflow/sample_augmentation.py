@@ -27,10 +27,16 @@ def augment_step(
     """Fit ``sampler`` on the train latents and write ``n`` synthetic samples to ``out``.
 
     The output is labelled by the classifiers in ``classifiers`` (the preprocess step's; by
-    default the dataset's own, beside it) when there are some. Returns the synthetic dataset's
-    summary (validated).
+    default the dataset's own, beside it) when there are some. The fitted sampler saved in
+    ``sampler_dir`` and the dataset's provenance record the model and the data by
+    fingerprint. Returns the synthetic dataset's summary (validated).
+
+    Raises:
+        ValueError: When the dataset's own classifiers (``classifiers`` not given) were trained
+            on other data (by fingerprint), as :func:`multivae.metrics.evaluate` refuses them.
     """
     from multivae.augment import sample_dataset
+    from multivae.data.fingerprint import dataset_fingerprint
     from multivae.data.summary import summarize
     from multivae.factory import load_model
     from multivae.metrics.classifiers import ClassifierSet, default_classifier_dir
@@ -39,6 +45,15 @@ def augment_step(
     classifier_dir = Path(classifiers) if classifiers else default_classifier_dir(data)
     has_set = (classifier_dir / CLASSIFIERS_CONFIG_FILE).is_file()
     label_with = ClassifierSet.load(classifier_dir) if has_set else None
+    if label_with is not None and classifiers is None:
+        trained_on = label_with.dataset.get("fingerprint")
+        expected = dataset_fingerprint(data)
+        if trained_on is not None and trained_on != expected:
+            raise ValueError(
+                f"{classifier_dir}: expected the classifiers of {data} (fingerprint {expected}), "
+                f"found ones trained on other data (fingerprint {trained_on}); retrain them "
+                f"with `multivae train-classifiers {data} --overwrite`, or name a folder"
+            )
     out = Path(out)
     tracking_uri = tracking_uri_for(tracking_uri, out.parent)
     params = {"sampler": sampler, "n": n, "seed": seed}

@@ -123,9 +123,15 @@ class RaiseAt(Callback):
 
 def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path, dataset, tracking_uri, client):
     output_dir = tmp_path / "run"
-    (output_dir / "figures").mkdir(parents=True)
-    (output_dir / "loss.png").write_bytes(b"\x89PNG loss")
-    (output_dir / "figures" / "latent.png").write_bytes(b"\x89PNG latent")
+
+    class Figures(Callback):
+        """Draws the run's figures into its folder, as a plotting callback would."""
+
+        def on_train_begin(self, trainer):
+            (output_dir / "figures").mkdir(parents=True)
+            (output_dir / "loss.png").write_bytes(b"\x89PNG loss")
+            (output_dir / "figures" / "latent.png").write_bytes(b"\x89PNG latent")
+
     config = run_config(output_dir, dataset)
     callback = MLflowCallback(
         tracking_uri=tracking_uri,
@@ -135,7 +141,7 @@ def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path, dataset, trackin
         dataset=dataset,
         extra_tags={"team": "vae"},
     )
-    result = run_training(config, callbacks=[callback])
+    result = run_training(config, callbacks=[Figures(), callback])
 
     run = client.get_run(callback.run_id)
     assert run.info.status == "FINISHED"
@@ -274,6 +280,20 @@ def test_an_interrupted_run_ends_killed(tmp_path, dataset, tracking_uri, client)
             callbacks=[callback, RaiseAt(1, KeyboardInterrupt())],
         )
     assert client.get_run(callback.run_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize(("code", "status"), [(0, "KILLED"), (None, "KILLED"), (3, "FAILED")])
+def test_a_run_that_exits_cleanly_was_stopped_and_one_that_exits_with_an_error_failed(
+    tmp_path, dataset, tracking_uri, client, code, status
+):
+    # Ray Tune stops a trial that ASHA ends early by sys.exit(0) in the trial's thread.
+    callback = MLflowCallback(tracking_uri=tracking_uri, experiment="stopped")
+    with pytest.raises(SystemExit):
+        run_training(
+            run_config(tmp_path / "run", dataset, epochs=2),
+            callbacks=[callback, RaiseAt(1, SystemExit(code))],
+        )
+    assert client.get_run(callback.run_id).info.status == status
 
 
 def test_registered_model_loads_as_pyfunc_and_predicts(

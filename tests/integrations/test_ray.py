@@ -122,7 +122,7 @@ def test_optuna_sweep_with_asha_reports_the_best_trial_and_nests_mlflow_runs(ray
     assert len(children) == 6
     statuses = sorted(run.info.status for run in children)
     assert statuses.count("FINISHED") == len(finished)
-    assert set(statuses) <= {"FINISHED", "KILLED"}
+    assert set(statuses) <= {"FINISHED", "KILLED"}, result.trials
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_loss")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
@@ -145,12 +145,11 @@ def test_a_sweep_that_cannot_fit_the_cluster_is_refused_before_any_trial(ray_clu
 FAILING_SWEEP = """
 run:
   model: mvae
-  builtin: {{name: gaussian-views, missing_rate: 0.3, seed: 0,
-            params: {{n_train: 200, n_val: 50, n_test: 50}}}}
+  data: views    # relative to the working directory, not to the trials' own
   model_config: {{latent_dim: 2}}
   training: {{epochs: 2, batch_size: 50, progress_bar: false}}
   output_dir: unused
-output_dir: {output_dir}
+output_dir: sweep
 num_samples: 4
 max_concurrent_trials: 2
 seed: 1
@@ -163,11 +162,19 @@ space:
 
 
 def test_a_failed_trial_does_not_end_the_sweep_and_the_best_finished_one_is_exported(
-    ray_cluster, tmp_path
+    ray_cluster, tmp_path, monkeypatch
 ):
-    path = tmp_path / "sweep.yaml"
-    path.write_text(FAILING_SWEEP.format(output_dir=tmp_path / "sweep"))
+    # The sweep names its dataset and its output by paths relative to the working directory;
+    # the trials run in Tune's own working directories, where those paths would find nothing.
+    monkeypatch.chdir(tmp_path)
+    params = {"n_train": 200, "n_val": 50, "n_test": 50}
+    prepare_builtin("gaussian-views", "views", missing_rate=0.3, seed=0, **params)
+    (tmp_path / "sweeps").mkdir()
+    path = tmp_path / "sweeps" / "sweep.yaml"
+    path.write_text(FAILING_SWEEP.format())
     sweep, base = load_sweep(path)
+    assert base["data"] == str(tmp_path / "views") and sweep.output_dir == str(tmp_path / "sweep")
+    monkeypatch.chdir(tmp_path / "sweeps")  # resolved once: moving away changes nothing
     result = run_sweep(sweep, base)
 
     failed = [t for t in result.trials if t["error"] is not None]

@@ -316,7 +316,8 @@ def test_bad_parameters_are_refused_with_the_parameter_named(tmp_path, overrides
 def test_the_command_line_names_a_missing_sweep_file(tmp_path, capsys):
     status = main(["run-local", "--out", str(tmp_path), "--sweep", str(tmp_path / "none.yaml")])
     assert status == 2
-    assert f"the sweep file {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
+    expected = f"--sweep {tmp_path / 'none.yaml'}: expected a sweep file (YAML), found nothing"
+    assert expected in capsys.readouterr().err
     assert not (tmp_path / "kfp").exists()
     status = main(["run-local", "--out", str(tmp_path), "--set", "modle_name=mvae"])
     assert status == 2

@@ -13,14 +13,10 @@ tests/reliability -q`` prints them as the number of cases); add a case for every
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from kit.cli import SECRET, run_config, snapshot
 
 from multivae.cli import main
 from pipelines.cli import main as pipelines_main
-
-SECRET = "pa55-w0rd"
 
 
 @dataclass
@@ -46,86 +41,6 @@ class Case:
     hides: tuple[str, ...] = field(default=(SECRET,))
     program: str = "multivae"  # or "pipelines" (python -m pipelines)
     hub: str | None = None  # the Hub endpoint: "closed" (nothing listens) or "sNNN" (status)
-
-
-class _Status(BaseHTTPRequestHandler):
-    """Answers every request under ``/sNNN/`` with HTTP status NNN and an empty JSON body."""
-
-    def _answer(self):
-        status = int(self.path.split("/")[1][1:])
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def endpoints():
-    """A server answering any HTTP status asked, and a local port where nothing listens."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]
-    yield {"http": f"http://127.0.0.1:{server.server_port}", "closed": f"127.0.0.1:{closed}"}
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory, endpoints):
-    """A small dataset and a model trained on it, made once (read-only for the cases)."""
-    root = tmp_path_factory.mktemp("shared")
-    data = root / "views"
-    assert (
-        main(
-            [
-                "prepare-data",
-                "gaussian-views",
-                "--out",
-                str(data),
-                "--missing-rate",
-                "0.3",
-                "--param",
-                "n_train=64",
-                "--param",
-                "n_val=16",
-                "--param",
-                "n_test=16",
-            ]
-        )
-        == 0
-    )
-    config = run_config(root / "run", data)
-    assert main(["train", "--config", str(config)]) == 0
-    assert main(["train-classifiers", str(data), "--epochs", "1"]) == 0
-    return {
-        "data": data,
-        "classifiers": root / "views-classifiers",
-        "endpoints": endpoints,
-        "model": root / "run" / "model",
-        "run": root / "run",
-    }
-
-
-def run_config(output_dir: Path, data: Path, **training) -> Path:
-    path = output_dir.parent / f"{output_dir.name}.yaml"
-    raw = {
-        "model": "mvae",
-        "data": str(data),
-        "model_config": {"latent_dim": 2},
-        "training": {"epochs": 1, "batch_size": 32, "progress_bar": False, **training},
-        "mlflow": {"enabled": False},
-        "output_dir": str(output_dir),
-    }
-    path.write_text(yaml.safe_dump(raw))
-    return path
 
 
 def copy_dataset(shared: dict[str, Path], tmp: Path) -> Path:
@@ -653,7 +568,7 @@ CASES = [
     Case("train-classifiers into the dataset", classifiers_inside_the_dataset, "refused",
          ("inside the dataset", "outputs never land inside")),
     Case("train-classifiers over its earlier set", classifiers_over_their_earlier_set, "refused",
-         ("copy-classifiers holds an earlier classifiers", "--overwrite")),
+         ("copy-classifiers: holds an earlier classifiers", "--overwrite")),
     Case("train-classifiers --overwrite over its earlier set",
          classifiers_over_their_earlier_set_with_overwrite, "accepted"),
     Case("evaluate with the classifiers of other data", evaluate_with_the_classifiers_of_other_data,
@@ -699,15 +614,6 @@ CASES = [
     Case("tune, a misspelled model option", tune_with_an_unknown_space_key, "refused",
          ("space.model_config.betta", "Did you mean 'beta'")),
 ]  # fmt: skip
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (hidden ones too) by its content's digest."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -107,6 +107,7 @@ def test_run_training_writes_a_loadable_model_and_resumes(toy_dataset, tmp_path)
     result = run_training(run_config(out, toy_dataset))
     # MLflow tracking is on by default: the SQLite store and its artifacts sit in the run folder.
     assert sorted(p.name for p in out.iterdir()) == [
+        ".multivae-output.json",  # the run's marker (multivae.io.claim_output)
         "checkpoint.pt",
         "metrics.json",
         "mlartifacts",

@@ -816,9 +816,15 @@ def convert_mnist_svhn(
         raise ValueError(f"expected pairs_per_image >= 1, found {pairs_per_image}")
     mnist_root, svhn_root = Path(mnist_root), Path(svhn_root)
     out = claim_output(Path(out), "dataset", "multivae convert mnist-svhn", overwrite=overwrite)
+    for prefix in ("train", "t10k"):
+        for stem in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            _find_mnist_file(mnist_root, f"{prefix}-{stem}")  # each file there, before reading
+    svhn_train_path, svhn_test_path = svhn_root / "train_32x32.mat", svhn_root / "test_32x32.mat"
+    for path in (svhn_train_path, svhn_test_path):
+        if not path.is_file():  # before MNIST is read: a missing release is refused at once
+            raise DataFormatError("missing SVHN file", file=path)
     mnist_train, mnist_train_labels, train_files = _read_mnist(mnist_root, "train")
     mnist_test, mnist_test_labels, test_files = _read_mnist(mnist_root, "t10k")
-    svhn_train_path, svhn_test_path = svhn_root / "train_32x32.mat", svhn_root / "test_32x32.mat"
     svhn_train, svhn_train_labels = _read_svhn(svhn_train_path)
     svhn_test, svhn_test_labels = _read_svhn(svhn_test_path)
 

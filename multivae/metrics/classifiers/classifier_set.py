@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from multivae.config import read_json
+from multivae.config import check_known_keys, read_json
 from multivae.io import staged_folder, write_output_marker
 from multivae.metrics.classifiers.architectures import ClassifierError, ModalityClassifier
 from multivae.names import CLASSIFIERS_CONFIG_FILE, CLASSIFIERS_WEIGHTS_FILE
@@ -208,6 +208,11 @@ class ClassifierSet:
                 )
         try:
             document = read_json(config_path.read_text())
+            check_known_keys(
+                document,
+                ("format_version", "num_classes", "dataset", "modalities"),
+                str(config_path),
+            )
             version = document["format_version"]
             num_classes = int(document["num_classes"])
             entries = document["modalities"]
