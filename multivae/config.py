@@ -334,7 +334,19 @@ def _to_plain(value: Any) -> Any:
 
 @dataclasses.dataclass
 class Config:
-    """Base of every config dataclass: strict conversion from and to plain data."""
+    """Base of every config dataclass: strict conversion from and to plain data.
+
+    Every option is checked against its type when the config is built, from a file or in
+    Python (``MoPoEConfig(mixture_sampling="bogus")`` is refused like the same entry in a
+    file): subclasses that check more in ``__post_init__`` call ``super().__post_init__()``
+    first.
+    """
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for entry in dataclasses.fields(self):
+            if entry.init:
+                _convert(getattr(self, entry.name), hints[entry.name], entry.name)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (tuples become lists)."""

@@ -99,6 +99,7 @@ class RayConfig(Config):
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_workers < 1:
             raise ConfigError(f"ray.num_workers: expected at least 1, found {self.num_workers}")
         for option in (
@@ -171,6 +172,7 @@ class RunConfig(Config):
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if (self.data is None) == (self.builtin is None):
             found = "both" if self.data is not None else "neither"
             raise ConfigError(

@@ -124,6 +124,7 @@ class SweepConfig(Config):
     verbose: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.space:
             raise ConfigError("space: expected at least one parameter to search, found none")
         for key, spec in self.space.items():

@@ -301,8 +301,14 @@ class MultimodalVAE(nn.Module):
         return module
 
     def encode_modality(self, name: str, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and (clamped) log-variance from one modality's encoder, each ``(N, D + P_m)``."""
-        out = self.encoders[name](values)
+        """Mean and (clamped) log-variance from one modality's encoder, each ``(N, D + P_m)``.
+
+        Always float32, whatever autocast made the encoder compute in: the posteriors, their
+        noise, their fusion and every log-density downstream stay in float32 (in bf16 a
+        reparameterized draw takes a few thousand values and the importance weights lose their
+        tails).
+        """
+        out = self.encoders[name](values).float()
         mean, logvar = out.chunk(2, dim=-1)
         return mean, logvar.clamp(*LOGVAR_BOUNDS)
 
@@ -408,6 +414,8 @@ class MultimodalVAE(nn.Module):
         params: dict[str, torch.Tensor],
         batch: Batch,
         mask: torch.Tensor | None = None,
+        *,
+        weighted: bool = True,
     ) -> torch.Tensor:
         """Masked per-sample log-likelihood of each modality: ``(M, ..., N)``.
 
@@ -418,13 +426,17 @@ class MultimodalVAE(nn.Module):
             batch: The targets.
             mask: ``(M, N)`` which cells count, or ``(M, ..., N)`` to vary it per sample draw
                 (broadcast against the leading dimensions); the batch's presence by default.
+            weighted: Times each modality's training ``weight``; false gives ``log p(x_m | .)``
+                itself (what the likelihood estimates use).
         """
         mask = self.condition_mask(batch, None) if mask is None else mask
         terms = []
         for i, name in enumerate(self.modalities):
             if name not in params:
                 continue
-            log_p = self.likelihood(name).log_prob(params[name], batch.data[name])
+            log_p = self.likelihood(name).log_prob(
+                params[name], batch.data[name], weighted=weighted
+            )
             terms.append(torch.where(mask[i], log_p, torch.zeros((), dtype=log_p.dtype)))
         return torch.stack(terms)
 
@@ -457,8 +469,10 @@ class MultimodalVAE(nn.Module):
             # Every cell is decoded (and the false ones masked) when all are true; when none is
             # (the decoder's parameters must still take part in the step, with zero gradient, or
             # DistributedDataParallel fails); and in a compiled forward, where selecting cells
-            # has a data-dependent shape (a graph break, and a recompile per count).
-            index = None if torch.compiler.is_compiling() else keep.reshape(-1).nonzero()[:, 0]
+            # has a data-dependent shape (a graph break, and a recompile per count), or on the
+            # meta device, which has no data to select by.
+            select = not torch.compiler.is_compiling() and keep.device.type != "meta"
+            index = keep.reshape(-1).nonzero()[:, 0] if select else None
             if index is None or index.numel() in (0, keep.numel()):
                 params = self.decoders[name](latent.reshape(-1, latent.shape[-1]))
                 log_p = likelihood.log_prob(params.reshape(*shape, *params.shape[1:]), target)
@@ -675,8 +689,8 @@ class MultimodalVAE(nn.Module):
         posteriors = self.private_posteriors(
             batch, [m for m in with_private if proposal_set is None or m in proposal_set]
         )
-        zero = torch.zeros((), dtype=z.dtype)
-        private, private_ratio = {}, torch.zeros((n_samples, rows), dtype=z.dtype)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        private, private_ratio = {}, z.new_zeros((n_samples, rows))
         for name in with_private:
             prior = self.private_prior_sample(name, (n_samples, rows)).to(z.dtype)
             if name not in posteriors:
@@ -691,7 +705,8 @@ class MultimodalVAE(nn.Module):
             name: self.decode(self.generation_latent(z, name, private.get(name)), [name])[name]
             for name in scored
         }
-        log_w = self.log_likelihoods(params, batch, gen_mask).sum(0)
+        # The model's log p(X), not its training objective: no modality weight.
+        log_w = self.log_likelihoods(params, batch, gen_mask, weighted=False).sum(0)
         if cond is not None:
             return log_w
         return log_w + self.prior_log_prob(z) - posterior.log_prob(z) + private_ratio

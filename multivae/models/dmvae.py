@@ -91,6 +91,7 @@ class DMVAEConfig(ModelConfig):
     normalize_terms: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for option, mapping in (
             ("private_dims", self.private_dims),
             ("private_betas", self.private_betas),

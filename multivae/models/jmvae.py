@@ -199,7 +199,7 @@ class JMVAE(MultimodalVAE):
         product_mean, product_logvar = product_of_experts(means, logvars, mask, prior_expert=False)
         if cond is not None and set(self.modalities) - set(cond):
             return product_mean, product_logvar, means, logvars
-        joint_mean, joint_logvar = self.joint_encoder(batch.data).chunk(2, dim=-1)
+        joint_mean, joint_logvar = self.joint_encoder(batch.data).float().chunk(2, dim=-1)
         complete = mask.all(0).unsqueeze(-1)
         mean = torch.where(complete, joint_mean, product_mean)
         logvar = torch.where(complete, joint_logvar.clamp(*LOGVAR_BOUNDS), product_logvar)

@@ -67,8 +67,8 @@ def latent_distribution(
 ) -> distributions.Distribution:
     """A factorized Laplace or normal distribution with the given location and scale."""
     if family == "laplace":
-        return distributions.Laplace(loc, scale)
-    return distributions.Normal(loc, scale)
+        return distributions.Laplace(loc, scale, validate_args=False)
+    return distributions.Normal(loc, scale, validate_args=False)
 
 
 @dataclass
@@ -92,6 +92,7 @@ class MMVAEConfig(ModelConfig):
     learn_prior_scale: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.samples_per_expert < 1:
             raise ConfigError(
                 f"mmvae: samples_per_expert must be >= 1, found {self.samples_per_expert}"
@@ -168,7 +169,8 @@ class MMVAE(MultimodalVAE):
                 locs.append(placeholder)
                 scales.append(placeholder + 1)
                 continue
-            loc, scale_logits = self.encoders[name](batch.data[name]).chunk(2, dim=-1)
+            # float32 whatever autocast computed in (see MultimodalVAE.encode_modality).
+            loc, scale_logits = self.encoders[name](batch.data[name]).float().chunk(2, dim=-1)
             locs.append(loc)
             # The reference's Laplace scale: positive, and its dimensions sum to about D.
             scales.append(

@@ -59,12 +59,12 @@ Deliberate differences from the reference code (MultiVae's ``mmvaePlus_model.py`
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from multivae.config import ConfigError
@@ -104,8 +104,10 @@ class MMVAEPlusConfig(ModelConfig):
             the paper's PolyMNIST recipe uses 2.5.
         bound: ``dreg`` (the looser IWAE bound with DReG gradients, as the reference trains),
             ``iwae`` (the same bound, plain gradient) or ``elbo`` (the ``K``-sample beta-ELBO).
-        latent_distribution: ``laplace`` (softmax scales, the paper's choice) or ``normal``, for
-            the posteriors, the prior and the auxiliary distributions.
+        latent_distribution: ``laplace`` (softmax scales, the paper's choice), ``normal``
+            (posterior scales ``exp(h/2)``) or ``normal_with_softplus`` (posterior scales
+            ``softplus(h) + 1e-6``), for the posteriors, the prior and the auxiliary
+            distributions (the prior's and auxiliaries' scales are softmax ones in every case).
         learn_shared_prior: Learn the logits ``a`` of the prior's scales ``softmax(a)*(D+Dw)``.
         learn_modality_prior: Learn the logits ``b_n`` of the auxiliary scales
             ``softmax(b_n) * Dw`` (the reference's default; key to the method).
@@ -118,12 +120,13 @@ class MMVAEPlusConfig(ModelConfig):
     samples_per_expert: int = 10
     beta: float = 1.0
     bound: Bound = "dreg"
-    latent_distribution: LatentFamily = "laplace"
+    latent_distribution: Literal["laplace", "normal", "normal_with_softplus"] = "laplace"
     learn_shared_prior: bool = False
     learn_modality_prior: bool = True
     private_generation: PrivateGeneration = "prior"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.private_dim < 1:
             raise ConfigError(f"mmvaeplus: private_dim must be >= 1, found {self.private_dim}")
         if self.samples_per_expert < 1:
@@ -132,18 +135,6 @@ class MMVAEPlusConfig(ModelConfig):
             )
         if self.beta < 0:
             raise ConfigError(f"mmvaeplus: beta must be >= 0, found {self.beta}")
-        choices = {
-            "bound": Bound,
-            "latent_distribution": LatentFamily,
-            "private_generation": PrivateGeneration,
-        }
-        for key, allowed in choices.items():
-            value = getattr(self, key)
-            if value not in typing.get_args(allowed):
-                raise ConfigError(
-                    f"mmvaeplus: {key} must be one of {list(typing.get_args(allowed))}, found "
-                    f"{value!r}"
-                )
 
 
 @register_model
@@ -163,6 +154,11 @@ class MMVAEPlus(MultimodalVAE):
         # With the default (Laplace, DReG), every bound with every latent family.
         "normal-dreg": {"latent_distribution": "normal", "samples_per_expert": 2, "private_dim": 2},
         "normal-elbo": {"latent_distribution": "normal", "bound": "elbo", "private_dim": 2},
+        "softplus-dreg": {
+            "latent_distribution": "normal_with_softplus",
+            "samples_per_expert": 2,
+            "private_dim": 2,
+        },
         "laplace-iwae": {"bound": "iwae", "samples_per_expert": 2, "private_dim": 2},
         "normal-iwae": {
             "latent_distribution": "normal",
@@ -222,7 +218,7 @@ class MMVAEPlus(MultimodalVAE):
     def _centred_sample(self, scale: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """Reparameterized draws ``(*shape, P)`` of the centred family with scales ``(P,)``."""
         scale = scale.expand((*shape, scale.shape[-1]))
-        return family_rsample(self.config.latent_distribution, torch.zeros_like(scale), scale, 1)[0]
+        return family_rsample(self.family, torch.zeros_like(scale), scale, 1)[0]
 
     def prior_sample(self, n: int) -> torch.Tensor:
         """``n`` draws from ``p(z)``: ``(n, D)``."""
@@ -231,7 +227,7 @@ class MMVAEPlus(MultimodalVAE):
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(z)``, shape ``z.shape[:-1]``."""
         scale = self.prior_scale()[: self.config.latent_dim].to(z.dtype)
-        return family_log_density(self.config.latent_distribution, z, torch.zeros_like(z), scale)
+        return family_log_density(self.family, z, torch.zeros_like(z), scale)
 
     def private_prior_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
         """Draws ``(*shape, Dw)`` from ``p(w_m)``, the ``w`` part of the joint prior."""
@@ -240,7 +236,12 @@ class MMVAEPlus(MultimodalVAE):
     def private_prior_log_prob(self, modality: str, w: torch.Tensor) -> torch.Tensor:
         """``log p(w_m)``, shape ``w.shape[:-1]``."""
         scale = self.prior_scale()[self.config.latent_dim :].to(w.dtype)
-        return family_log_density(self.config.latent_distribution, w, torch.zeros_like(w), scale)
+        return family_log_density(self.family, w, torch.zeros_like(w), scale)
+
+    @property
+    def family(self) -> LatentFamily:
+        """The latent family of every distribution: ``laplace`` or ``normal``."""
+        return "laplace" if self.config.latent_distribution == "laplace" else "normal"
 
     def auxiliary_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
         """Reparameterized draws ``(*shape, Dw)`` from ``r_m``."""
@@ -250,6 +251,8 @@ class MMVAEPlus(MultimodalVAE):
         """Posterior scales ``[z | w]`` from an encoder's second output half ``[h_z | h_w]``."""
         if self.config.latent_distribution == "normal":
             return torch.exp(0.5 * logits)
+        if self.config.latent_distribution == "normal_with_softplus":
+            return F.softplus(logits) + POSTERIOR_SCALE_EPS
         shared = self.config.latent_dim
         return torch.cat(
             [
@@ -297,6 +300,9 @@ class MMVAEPlus(MultimodalVAE):
             loc, logits = encoded[name]
             if self.config.latent_distribution == "normal":
                 posteriors[name] = GaussianPosterior(loc[..., shared:], logits[..., shared:])
+            elif self.config.latent_distribution == "normal_with_softplus":
+                scale = self.expert_scales(logits)[..., shared:]
+                posteriors[name] = GaussianPosterior(loc[..., shared:], 2.0 * torch.log(scale))
             else:
                 scale = self.expert_scales(logits)[..., shared:]
                 posteriors[name] = LaplacePosterior(loc[..., shared:], scale)
@@ -322,7 +328,7 @@ class MMVAEPlus(MultimodalVAE):
         (``reconstruction``) and of ``log q(z|X) q(w_m|x_m) - log p(z) p(w_m)`` (``kl``).
         """
         self.check_batch(batch)
-        family = self.config.latent_distribution
+        family = self.family
         k = self.config.samples_per_expert
         mask = self.condition_mask(batch, None)
         experts, rows = mask.shape
@@ -398,7 +404,7 @@ class MMVAEPlus(MultimodalVAE):
             torch.cat([loc, prior_loc]),
             torch.cat([scale, prior_scale.expand_as(prior_loc)]),
             torch.cat([mask, ~mask.any(0, keepdim=True)]),
-            self.config.latent_distribution,
+            self.family,
         )
 
     def generation_privates(
@@ -450,7 +456,7 @@ class MMVAEPlus(MultimodalVAE):
         """
         if cond is not None:
             return super().importance_log_weights(batch, cond, gen, n_samples)
-        family = self.config.latent_distribution
+        family = self.family
         posterior = self.posterior(batch, gen)
         present = posterior.mask  # (C, N), at least one component per sample
         rank = torch.arange(n_samples, device=present.device).unsqueeze(1) % present.sum(0)
@@ -469,7 +475,7 @@ class MMVAEPlus(MultimodalVAE):
 
         gen_mask = self.condition_mask(batch, gen)
         scored = [m for m in self.modalities if gen is None or m in gen]
-        zero = torch.zeros((), dtype=z.dtype)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
         private_ratio = torch.zeros_like(log_psi)
         params = {}
         for name, q in self.private_posteriors(batch, scored).items():
@@ -479,5 +485,5 @@ class MMVAEPlus(MultimodalVAE):
                 gen_mask[self.modalities.index(name)], ratio, zero
             )
             params[name] = self.decode(self.generation_latent(z, name, w), [name])[name]
-        log_px = self.log_likelihoods(params, batch, gen_mask).sum(0)
+        log_px = self.log_likelihoods(params, batch, gen_mask, weighted=False).sum(0)
         return log_px + self.prior_log_prob(z) - log_psi + private_ratio

@@ -89,6 +89,7 @@ class MoPoEConfig(ModelConfig):
     conditioning: Literal["product", "mixture"] = "product"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.private_dim < 0:
             raise ConfigError(f"mopoe: private_dim must be >= 0, found {self.private_dim}")
         if self.subsets is None:

@@ -85,6 +85,7 @@ class MVTCAEConfig(ModelConfig):
     incomplete_weights: Literal["observed", "reference"] = "reference"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"mvtcae: alpha must be in [0, 1], found {self.alpha}")
         if self.beta < 0:

@@ -55,12 +55,19 @@ class ModalityLikelihood(nn.Module):
         else:
             self.register_buffer("log_scale", log_scale)
 
-    def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def log_prob(
+        self, params: torch.Tensor, target: torch.Tensor, *, weighted: bool = True
+    ) -> torch.Tensor:
         """``log p(target | params)`` summed over the modality's dimensions: shape ``(N,)``.
 
         ``params`` may have extra leading sample dimensions ``(..., N, ...)`` matching
-        ``target`` broadcast from the left.
+        ``target`` broadcast from the left. Computed in float32 (or float64 when ``params``
+        are), whatever autocast made the decoder compute in. ``weighted`` multiplies by the
+        modality's training ``weight``; the likelihood estimates use ``weighted=False``.
         """
+        if params.dtype in (torch.float16, torch.bfloat16):
+            params = params.float()
+        factor = self.weight if weighted else 1.0
         batch_dims = params.dim() - (target.dim() - 1)
         if self.kind == "categorical":
             batch_dims = params.dim() - 1
@@ -69,7 +76,7 @@ class ModalityLikelihood(nn.Module):
                 target.long().expand(params.shape[:-1]).reshape(-1),
                 reduction="none",
             ).reshape(params.shape[:-1])
-            return self.weight * log_p
+            return factor * log_p
         target = target.to(params.dtype)
         if self.kind == "bernoulli":
             elementwise = -F.binary_cross_entropy_with_logits(
@@ -84,7 +91,7 @@ class ModalityLikelihood(nn.Module):
             log_scale = self.log_scale.to(params.dtype)
             elementwise = -(target - params).abs() / log_scale.exp() - log_scale - math.log(2.0)
         summed = elementwise.reshape(*elementwise.shape[:batch_dims], -1).sum(-1)
-        return self.weight * summed
+        return factor * summed
 
     def masked_log_prob(
         self, params: torch.Tensor, target: torch.Tensor, mask: torch.Tensor

@@ -88,8 +88,8 @@ def family_rsample(
 ) -> torch.Tensor:
     """``(n_samples, *loc.shape)`` reparameterized draws of a Laplace or normal family."""
     if family == "laplace":
-        return distributions.Laplace(loc, scale).rsample((n_samples,))
-    return distributions.Normal(loc, scale).rsample((n_samples,))
+        return distributions.Laplace(loc, scale, validate_args=False).rsample((n_samples,))
+    return distributions.Normal(loc, scale, validate_args=False).rsample((n_samples,))
 
 
 def family_log_density(

@@ -124,6 +124,7 @@ class OptimizerConfig(Config):
     kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         cls = _torch_class(torch.optim, self.name, torch.optim.Optimizer, "optimizer")
         _check_kwargs(cls, self.kwargs, "params", "training.optimizer")
         _try_build(lambda: self.build([_probe()]), self.kwargs, "training.optimizer")
@@ -155,6 +156,7 @@ class SchedulerConfig(Config):
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         cls = _torch_class(
             torch.optim.lr_scheduler, self.name, torch.optim.lr_scheduler.LRScheduler, "scheduler"
         )
@@ -240,6 +242,7 @@ class TrainingConfig(Config):
     cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         positive = {"epochs": self.epochs, "batch_size": self.batch_size}
         positive.update({f"stage_epochs.{k}": v for k, v in (self.stage_epochs or {}).items()})
         if self.early_stopping_patience is not None:

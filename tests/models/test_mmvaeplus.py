@@ -36,7 +36,7 @@ MASKS = {
         "c": [True, True, False, False, False],
     },
 }
-FAMILIES = {"laplace": Laplace, "normal": Normal}
+FAMILIES = {"laplace": Laplace, "normal": Normal, "normal_with_softplus": Normal}
 
 
 def make_config(sizes=SIZES, **options):
@@ -84,6 +84,9 @@ def hand_experts(model, batch, family, names=NAMES):
         if family == "laplace":
             scale_z = torch.softmax(logits[:, :d], dim=-1) * d + 1e-6
             scale_w = torch.softmax(logits[:, d:], dim=-1) * p + 1e-6
+        elif family == "normal_with_softplus":  # the spec's third family: softplus(h) + 1e-6
+            scale_z = torch.nn.functional.softplus(logits[:, :d]) + 1e-6
+            scale_w = torch.nn.functional.softplus(logits[:, d:]) + 1e-6
         else:
             scale_z, scale_w = torch.exp(0.5 * logits[:, :d]), torch.exp(0.5 * logits[:, d:])
         experts.append((loc[:, :d], scale_z, loc[:, d:], scale_w))
@@ -199,7 +202,14 @@ def test_one_modality_one_sample_is_a_plain_vae_on_z_and_w():
 @pytest.mark.parametrize("mask", ["complete", "missing"])
 @pytest.mark.parametrize(
     ("bound", "family"),
-    [("dreg", "laplace"), ("iwae", "laplace"), ("elbo", "laplace"), ("iwae", "normal")],
+    [
+        ("dreg", "laplace"),
+        ("iwae", "laplace"),
+        ("elbo", "laplace"),
+        ("iwae", "normal"),
+        ("iwae", "normal_with_softplus"),
+        ("elbo", "normal_with_softplus"),
+    ],
 )
 def test_loss_is_the_looser_bound_computed_by_hand(bound, family, mask):
     model = make_model(bound=bound, latent_distribution=family, beta=2.5, learn_shared_prior=True)
@@ -432,9 +442,9 @@ def test_config_is_validated_and_round_trips():
         ("private_dim", 0, "private_dim must be >= 1, found 0"),
         ("samples_per_expert", 0, "samples_per_expert must be >= 1, found 0"),
         ("beta", -1.0, "beta must be >= 0, found -1.0"),
-        ("bound", "dreg_looser", "bound must be one of"),
-        ("latent_distribution", "laplace_with_softmax", "latent_distribution must be one of"),
-        ("private_generation", "single_prior", "private_generation must be one of"),
+        ("bound", "dreg_looser", r"bound: expected one of \['dreg', 'iwae', 'elbo'\]"),
+        ("latent_distribution", "laplace_with_softmax", "latent_distribution: expected one of"),
+        ("private_generation", "single_prior", "private_generation: expected one of"),
     ]:
         with pytest.raises(ConfigError, match=message):
             make_config(**{key: value})
