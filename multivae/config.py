@@ -342,11 +342,15 @@ class Config:
     first.
     """
 
+    key_prefix: typing.ClassVar[str] = ""
+    """How files spell this config's place (``training.``), prefixed to the keys of messages."""
+
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for entry in dataclasses.fields(self):
             if entry.init:
-                _convert(getattr(self, entry.name), hints[entry.name], entry.name)
+                where = f"{self.key_prefix}{entry.name}"
+                _convert(getattr(self, entry.name), hints[entry.name], where)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (tuples become lists)."""

@@ -34,6 +34,7 @@ from multivae.nn.fusion import LOGVAR_BOUNDS, normal_log_density
 from multivae.nn.likelihoods import LIKELIHOODS, ModalityLikelihood
 from multivae.nn.posteriors import GaussianPosterior, Posterior
 from multivae.objectives.bounds import log_mean_exp
+from multivae.objectives.warmup import linear_warmup
 
 __all__ = [
     "Capabilities",
@@ -134,6 +135,43 @@ class Capabilities:
     hierarchical: bool = False
     adversarial: bool = False
     clustering: bool = False
+
+
+LOSS_PARTS: dict[str, str] = {
+    "reconstruction": "sum over the observed modalities of log p(x_m | latents), times each "
+    "modality's training weight: a log-likelihood, higher is better",
+    "kl": "KL divergence (or its Monte Carlo estimate log q - log p) of the shared latent's "
+    "posterior to its prior, >= 0",
+    "kl_private": "the same for the private latents, summed over the modalities that have one",
+    "kl_experts": "sum over the observed modalities of KL(q(z | X) || q(z | x_m)), the joint "
+    "posterior to each unimodal expert (JMVAE's and MVTCAE's regularizer), >= 0",
+    "bound": "the per-sample bound the loss maximizes (ELBO, IWAE), a log-likelihood scale",
+    "regularizer": "a model's own extra term, added to the loss as it is (its docstring says "
+    "what it is)",
+}
+"""The one vocabulary of loss parts: each quantity has one name and one sign in every model.
+
+:meth:`MultimodalVAE.forward` logs each part a model's :class:`Objective` gives as its mean over
+the batch (``train_reconstruction``, ``val_kl``, ...), and ``kl_weight``, the warm-up factor of
+the KL terms (0 to 1; ``beta`` is separate), when the model has a warm-up. A part outside this
+table is refused, so a new model cannot log a quantity under a new name or the other sign.
+"""
+
+
+@dataclass
+class Objective:
+    """A model's training objective on a batch, per sample.
+
+    Attributes:
+        loss: ``(N,)``: the negative objective of each sample (what training minimizes, with
+            its gradient); :meth:`MultimodalVAE.forward` averages it over the batch.
+        parts: Names of :data:`LOSS_PARTS` -> ``(N,)`` values, logged as batch means.
+        kl_weight: The warm-up factor the KL terms had (0 to 1), or ``None`` without warm-up.
+    """
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor]
+    kl_weight: float | None = None
 
 
 @dataclass
@@ -513,7 +551,45 @@ class MultimodalVAE(nn.Module):
     # The model's API
 
     def forward(self, batch: Batch) -> ModelOutput:
-        """The training objective on a batch."""
+        """The training loss on a batch: the mean of :meth:`objective`, its parts as metrics.
+
+        The one ``forward`` of every model: it checks the batch, asks the model for its
+        per-sample :class:`Objective` and reports the parts in the vocabulary of
+        :data:`LOSS_PARTS` (refusing any other name).
+        """
+        self.check_batch(batch)
+        objective = self.objective(batch)
+        unknown = sorted(set(objective.parts) - set(LOSS_PARTS))
+        if unknown:
+            raise ValueError(
+                f"{self.name}: loss parts {unknown} are not in the vocabulary "
+                f"(multivae.models.base.LOSS_PARTS: {sorted(LOSS_PARTS)})"
+            )
+        loss = objective.loss.mean()
+        metrics = {name: value.detach().mean() for name, value in objective.parts.items()}
+        if objective.kl_weight is not None:
+            # A tensor op, not torch.tensor(float): no new compiled graph for every weight value.
+            metrics["kl_weight"] = loss.detach().new_zeros(()) + objective.kl_weight
+        return ModelOutput(loss=loss, metrics=metrics)
+
+    @property
+    def kl_warmup(self) -> float:
+        """The warm-up factor of the KL terms: 0 to 1 over the config's ``warmup`` epochs.
+
+        1 in evaluation mode: validation losses of every epoch then score the objective
+        training converges to, so best-model tracking compares like with like (scored with the
+        warm-up factor, epoch 1's low KL weight gives the lowest validation loss). 1 for a
+        model without a ``warmup`` option.
+        """
+        if not self.training:
+            return 1.0
+        return linear_warmup(self.progress, float(getattr(self.config, "warmup", 0.0)))
+
+    def objective(self, batch: Batch) -> Objective:
+        """The model's training objective on a (checked) batch, per sample.
+
+        The one method a model writes for training; :meth:`forward` calls it.
+        """
         raise NotImplementedError
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> Posterior:

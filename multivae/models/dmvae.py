@@ -58,8 +58,8 @@ from multivae.models.base import (
     Capabilities,
     GaussianPosterior,
     ModelConfig,
-    ModelOutput,
     MultimodalVAE,
+    Objective,
 )
 from multivae.nn.fusion import product_of_experts
 from multivae.objectives import kl_standard_normal
@@ -141,9 +141,20 @@ class DMVAE(MultimodalVAE):
         """Weight ``beta_n`` of the modality's private KL."""
         return self.config.private_betas.get(modality, self.config.beta_private)
 
-    def per_sample_objective(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The loss and its parts for each sample, each of shape ``(N,)`` (see :meth:`forward`)."""
-        self.check_batch(batch)
+    def objective(self, batch: Batch) -> Objective:
+        """The DMVAE loss (module docstring) per sample.
+
+        Randomness, in order (tests replay it): one ``torch.randn((1 + M, N, D))`` for the
+        shared latents of the terms (the PoE first, then each modality's own posterior in the
+        config's order); then, for each modality with a private latent in the config's order,
+        one ``torch.randn((1 + M, N, P_m))`` for its private latent in every term.
+
+        Parts, per sample, sums over the sample's terms (divided by
+        ``1 + |O|`` with ``normalize_terms``): ``reconstruction`` (weighted log-likelihoods),
+        ``kl`` (shared KLs) and ``kl_private`` (private KLs, without their ``beta_n``), so
+        ``loss = -reconstruction + beta * kl + beta_private * kl_private`` when every
+        ``beta_n`` is ``beta_private``.
+        """
         mask = self.condition_mask(batch, None)
         outputs = self.encoder_outputs(batch)
         means, logvars = self.unimodal_posteriors(batch, None, outputs)
@@ -184,36 +195,14 @@ class DMVAE(MultimodalVAE):
         kl_private = count * kl_private
         kl_private_weighted = count * kl_private_weighted
         loss = -reconstruction + self.config.beta * kl + kl_private_weighted
-        parts = {
-            "loss": loss,
-            "reconstruction": reconstruction,
-            "kl": kl,
-            "kl_private": kl_private,
-        }
+        parts = {"reconstruction": reconstruction, "kl": kl}
+        if self.private_dims:
+            parts["kl_private"] = kl_private
         if self.config.normalize_terms:
-            parts = {key: value / count.clamp(min=1.0) for key, value in parts.items()}
-        return parts
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The DMVAE loss (module docstring), averaged over the batch.
-
-        Randomness, in order (tests replay it): one ``torch.randn((1 + M, N, D))`` for the
-        shared latents of the terms (the PoE first, then each modality's own posterior in the
-        config's order); then, for each modality with a private latent in the config's order,
-        one ``torch.randn((1 + M, N, P_m))`` for its private latent in every term.
-
-        Metrics, per-sample means over the batch of sums over the sample's terms (divided by
-        ``1 + |O|`` with ``normalize_terms``): ``reconstruction`` (weighted log-likelihoods),
-        ``kl`` (shared KLs) and ``kl_private`` (private KLs, without their ``beta_n``), so
-        ``loss = -reconstruction + beta * kl + beta_private * kl_private`` when every
-        ``beta_n`` is ``beta_private``.
-        """
-        parts = {key: value.mean() for key, value in self.per_sample_objective(batch).items()}
-        loss = parts.pop("loss")
-        metrics = {key: value.detach() for key, value in parts.items()}
-        if not self.private_dims:
-            metrics.pop("kl_private")
-        return ModelOutput(loss=loss, metrics=metrics)
+            terms = count.clamp(min=1.0)
+            loss = loss / terms
+            parts = {key: value / terms for key, value in parts.items()}
+        return Objective(loss, parts)
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
         """The product of the prior and the observed experts of ``cond`` (all by default).

@@ -68,12 +68,12 @@ from multivae.models.base import (
     Capabilities,
     GaussianPosterior,
     ModelConfig,
-    ModelOutput,
     MultimodalVAE,
+    Objective,
 )
 from multivae.nn.architectures import ArchitectureConfig, MLPEncoder, build_encoder
 from multivae.nn.fusion import LOGVAR_BOUNDS, product_of_experts
-from multivae.objectives import kl_normal, kl_standard_normal, linear_warmup
+from multivae.objectives import kl_normal, kl_standard_normal
 from multivae.registry import register_model
 
 
@@ -205,19 +205,17 @@ class JMVAE(MultimodalVAE):
         logvar = torch.where(complete, joint_logvar.clamp(*LOGVAR_BOUNDS), product_logvar)
         return mean, logvar, means, logvars
 
-    def per_sample_objective(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The loss and its parts for each sample, each of shape ``(N,)``.
+    def objective(self, batch: Batch) -> Objective:
+        """``loss = -reconstruction + kl_warmup * (beta * kl + alpha * kl_experts)`` per sample.
 
-        ``loss = recon + kl_weight * (beta * kl + alpha * kl_unimodal)``; ``recon`` is the
-        negative log-likelihood of the observed modalities, ``kl`` the KL to the prior and
-        ``kl_unimodal`` the sum of the KLs to the observed unimodal posteriors (see the module
-        docstring).
+        ``reconstruction`` is the log-likelihood of the observed modalities, ``kl`` the KL to
+        the prior and ``kl_experts`` the sum of the KLs to the observed unimodal posteriors
+        (see the module docstring).
         """
-        self.check_batch(batch)
         presence = self.condition_mask(batch, None)
         mean, logvar, expert_means, expert_logvars = self._fused_posterior(batch, presence)
         z = GaussianPosterior(mean, logvar).rsample(1)[0]
-        recon = -self.log_likelihoods(self.decode(z), batch).sum(0)
+        reconstruction = self.log_likelihoods(self.decode(z), batch).sum(0)
         kl = kl_standard_normal(mean, logvar)
         zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
         observed = presence.unsqueeze(-1)
@@ -229,30 +227,12 @@ class JMVAE(MultimodalVAE):
             torch.where(observed, expert_means, zero),
             torch.where(observed, expert_logvars, zero),
         )
-        kl_unimodal = torch.where(presence, kl_experts, zero).sum(0)
-        regularizer = self.config.beta * kl + self.config.alpha * kl_unimodal
-        loss = recon + self.kl_weight * regularizer
-        return {"loss": loss, "recon": recon, "kl": kl, "kl_unimodal": kl_unimodal}
-
-    @property
-    def kl_weight(self) -> float:
-        """The current warmup factor of the KL terms: from 0 to 1 in training.
-
-        In evaluation mode it is 1: validation losses of every epoch then score the same
-        objective, the one training converges to, so best-model tracking compares like with
-        like (with the warmup factor, epoch 1's low KL weight wins).
-        """
-        if not self.training:
-            return 1.0
-        return linear_warmup(self.progress, self.config.warmup)
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The JMVAE-kl loss averaged over the samples, with its parts as metrics."""
-        parts = {name: value.mean() for name, value in self.per_sample_objective(batch).items()}
-        loss = parts.pop("loss")
-        # A tensor op, not torch.tensor(float): no new compiled graph for every weight value.
-        parts["kl_weight"] = loss.new_zeros(()) + self.kl_weight
-        return ModelOutput(loss=loss, metrics=parts)
+        kl_to_experts = torch.where(presence, kl_experts, zero).sum(0)
+        regularizer = self.config.beta * kl + self.config.alpha * kl_to_experts
+        warmup = self.kl_warmup
+        loss = -reconstruction + warmup * regularizer
+        parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_to_experts}
+        return Objective(loss, parts, kl_weight=warmup)
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
         """``q(z | observed cond modalities)``: joint encoder if all are there, else a product.

@@ -45,7 +45,7 @@ from torch import distributions, nn
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
-from multivae.models.base import Capabilities, ModelConfig, ModelOutput, MultimodalVAE
+from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
 from multivae.nn.fusion import (
     laplace_log_density,
     mixture_log_density,
@@ -181,18 +181,17 @@ class MMVAE(MultimodalVAE):
     # ----------------------------------------------------------------------------------------
     # Objective and inference
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The negative looser bound (IWAE, DReG or ELBO), averaged over the batch.
+    def objective(self, batch: Batch) -> Objective:
+        """The negative looser bound (IWAE, DReG or ELBO) per sample.
 
         Randomness, in order (tests replay it): one call
         ``latent_distribution(family, loc, scale).rsample((K,))`` with ``loc`` and ``scale`` the
         stacked ``(M, N, D)`` expert parameters, giving ``z`` of shape ``(K, M, N, D)``.
 
-        Metrics: ``bound`` (the bound's value: for ``dreg``, the IWAE bound whose gradient the
+        Parts: ``bound`` (the bound's value: for ``dreg``, the IWAE bound whose gradient the
         loss carries), and the stratified ``K``-sample averages of ``log p(X|z)``
         (``reconstruction``) and of ``log q(z|X) - log p(z)`` (``kl``).
         """
-        self.check_batch(batch)
         family = self.config.latent_distribution
         mask = self.condition_mask(batch, None)
         loc, scale = self.expert_parameters(batch)
@@ -226,12 +225,12 @@ class MMVAE(MultimodalVAE):
                 # The value of the bound, the gradient of the DReG surrogate.
                 objective = surrogate + (bound - surrogate).detach()
 
-        metrics = {
-            "bound": bound.detach().mean(),
-            "reconstruction": average_over_experts(log_px.detach().mean(0)).mean(),
-            "kl": average_over_experts((log_q - log_pz).detach().mean(0)).mean(),
+        parts = {
+            "bound": bound,
+            "reconstruction": average_over_experts(log_px.detach().mean(0)),
+            "kl": average_over_experts((log_q - log_pz).detach().mean(0)),
         }
-        return ModelOutput(loss=-objective.mean(), metrics=metrics)
+        return Objective(-objective, parts)
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> MixturePosterior:
         """The mixture of the observed ``cond`` experts (all modalities by default).

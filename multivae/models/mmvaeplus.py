@@ -69,7 +69,7 @@ from torch import nn
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
-from multivae.models.base import Capabilities, ModelConfig, ModelOutput, MultimodalVAE
+from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
 from multivae.nn.fusion import mixture_log_density, stratified_mixture_weights
 from multivae.nn.posteriors import (
     GaussianPosterior,
@@ -311,8 +311,8 @@ class MMVAEPlus(MultimodalVAE):
     # ----------------------------------------------------------------------------------------
     # Objective
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The negative looser bound (DReG, IWAE or ELBO), averaged over the batch.
+    def objective(self, batch: Batch) -> Objective:
+        """The negative looser bound (DReG, IWAE or ELBO) per sample.
 
         Randomness, in order (tests replay it), with ``family`` the configured
         ``torch.distributions`` class: ``family(loc_z, scale_z).rsample((K,))`` on the stacked
@@ -323,11 +323,10 @@ class MMVAEPlus(MultimodalVAE):
         latent of decoder ``n`` for expert ``m``'s draw ``k`` of sample ``i``; the diagonal
         ``n = m`` is drawn and unused).
 
-        Metrics: ``bound`` (the bound's value: for ``dreg``, the IWAE bound whose gradient the
+        Parts: ``bound`` (the bound's value: for ``dreg``, the IWAE bound whose gradient the
         loss carries), and the stratified ``K``-sample averages of ``sum_n log p(x_n | z, w_n)``
         (``reconstruction``) and of ``log q(z|X) q(w_m|x_m) - log p(z) p(w_m)`` (``kl``).
         """
-        self.check_batch(batch)
         family = self.family
         k = self.config.samples_per_expert
         mask = self.condition_mask(batch, None)
@@ -380,12 +379,12 @@ class MMVAEPlus(MultimodalVAE):
                 # The value of the bound, the gradient of the DReG surrogate.
                 objective = surrogate + (bound - surrogate).detach()
 
-        metrics = {
-            "bound": bound.detach().mean(),
-            "reconstruction": average_over_experts(log_px.detach().mean(0)).mean(),
-            "kl": average_over_experts(-log_ratio.detach().mean(0)).mean(),
+        parts = {
+            "bound": bound,
+            "reconstruction": average_over_experts(log_px.detach().mean(0)),
+            "kl": average_over_experts(-log_ratio.detach().mean(0)),
         }
-        return ModelOutput(loss=-objective.mean(), metrics=metrics)
+        return Objective(-objective, parts)
 
     # ----------------------------------------------------------------------------------------
     # Inference and generation

@@ -52,7 +52,7 @@ import torch
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
-from multivae.models.base import Capabilities, ModelConfig, ModelOutput, MultimodalVAE
+from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
 from multivae.nn.fusion import mixture_of_products, product_of_experts, subset_masks, subsets
 from multivae.nn.posteriors import GaussianPosterior, MixturePosterior
 from multivae.objectives import kl_standard_normal
@@ -210,17 +210,16 @@ class MoPoE(MultimodalVAE):
     # ----------------------------------------------------------------------------------------
     # Objective and inference
 
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The negative MoPoE ELBO, averaged over the batch.
+    def objective(self, batch: Batch) -> Objective:
+        """The negative MoPoE ELBO per sample.
 
         Randomness, in order (tests replay it): with ``mixture_sampling="random"``, one
         ``torch.rand((N,))`` for the subset choice; then ``torch.randn((N, D))`` for ``z`` and
         ``torch.randn((M, N, private_dim))`` for the private latents.
 
-        Metrics: ``reconstruction`` (``sum_m log p(x_m | z, w_m)``), ``kl`` (the mean KL of the
+        Parts: ``reconstruction`` (``sum_m log p(x_m | z, w_m)``), ``kl`` (the mean KL of the
         available subsets) and, with private latents, ``kl_private``.
         """
-        self.check_batch(batch)
         mask = self.condition_mask(batch, None)
         shared_mean, shared_logvar, private_mean, private_logvar = self.split_posteriors(batch)
         subset_mean, subset_logvar, available = self.subset_posteriors(
@@ -249,13 +248,10 @@ class MoPoE(MultimodalVAE):
         usable = count > 0
         objective = reconstruction - self.config.beta * kl - self.config.beta_style * kl_private
         objective = torch.where(usable, objective, zero)
-        metrics = {
-            "reconstruction": torch.where(usable, reconstruction, zero).detach().mean(),
-            "kl": kl.detach().mean(),
-        }
+        parts = {"reconstruction": torch.where(usable, reconstruction, zero), "kl": kl}
         if self.config.private_dim > 0:
-            metrics["kl_private"] = torch.where(usable, kl_private, zero).detach().mean()
-        return ModelOutput(loss=-objective.mean(), metrics=metrics)
+            parts["kl_private"] = torch.where(usable, kl_private, zero)
+        return Objective(-objective, parts)
 
     def posterior(
         self, batch: Batch, cond: Sequence[str] | None = None

@@ -55,11 +55,11 @@ from multivae.models.base import (
     Capabilities,
     GaussianPosterior,
     ModelConfig,
-    ModelOutput,
     MultimodalVAE,
+    Objective,
 )
 from multivae.nn.fusion import product_of_experts, subset_masks, subsets
-from multivae.objectives import kl_standard_normal, linear_warmup
+from multivae.objectives import kl_standard_normal
 from multivae.registry import register_model
 
 
@@ -135,13 +135,12 @@ class MVAE(MultimodalVAE):
             chosen += [self.random_candidates[i] for i in order.tolist()]
         return chosen
 
-    def per_sample_objective(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The loss and its parts for each sample, each of shape ``(N,)``.
+    def objective(self, batch: Batch) -> Objective:
+        """``loss = -reconstruction + beta * kl_warmup * kl`` per sample, summed over the terms.
 
-        ``loss = recon + kl_weight * kl`` with ``recon`` and ``kl`` summed over the terms (see
-        the module docstring).
+        ``reconstruction`` and ``kl`` are summed over the sub-sampled terms (see the module
+        docstring).
         """
-        self.check_batch(batch)
         presence = self.condition_mask(batch, None)
         chosen = self.objective_subsets()
         membership, _ = subset_masks(chosen, self.modalities, presence)
@@ -161,40 +160,20 @@ class MVAE(MultimodalVAE):
         logvar = logvar.reshape(n_terms, n_samples, latent_dim)
         z = GaussianPosterior(mean, logvar).rsample(1)[0]
         zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
-        recon = torch.zeros(n_samples, dtype=mean.dtype, device=mean.device)
+        reconstruction = torch.zeros(n_samples, dtype=mean.dtype, device=mean.device)
         for name in self.modalities:
             # Each decoder runs only on the latents of the terms that reconstruct its modality
             # (joint + its own single term + the random subsets holding it), not on all T.
             rows = [t for t, subset in enumerate(chosen) if name in subset]
             params = self.decode(z[rows], [name])[name]
             log_p = self.likelihood(name).log_prob(params, batch.data[name])  # (T_m, N)
-            recon = recon - torch.where(batch.mask[name], log_p, zero).sum(0)
+            reconstruction = reconstruction + torch.where(batch.mask[name], log_p, zero).sum(0)
         # A term with no observed member is the prior itself; masking states the rule instead of
         # relying on its KL being zero.
         kl = torch.where(experts.any(1), kl_standard_normal(mean, logvar), zero).sum(0)
-        loss = recon + self.kl_weight * kl
-        return {"loss": loss, "recon": recon, "kl": kl}
-
-    @property
-    def kl_weight(self) -> float:
-        """The current weight of the KL terms: warmup from 0 to ``beta`` in training.
-
-        In evaluation mode it is ``beta``: validation losses of every epoch then score the same
-        objective, the one training converges to, so best-model tracking compares like with
-        like. (Scored with the warmup weight, the first epoch's low KL weight gives the lowest
-        validation loss, and the model kept as "best" was that of epoch 1.)
-        """
-        if not self.training:
-            return self.config.beta
-        return linear_warmup(self.progress, self.config.warmup, self.config.beta)
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The sub-sampled MVAE loss averaged over the samples, with its parts as metrics."""
-        parts = {name: value.mean() for name, value in self.per_sample_objective(batch).items()}
-        loss = parts.pop("loss")
-        # A tensor op, not torch.tensor(float): no new compiled graph for every weight value.
-        parts["kl_weight"] = loss.new_zeros(()) + self.kl_weight
-        return ModelOutput(loss=loss, metrics=parts)
+        warmup = self.kl_warmup
+        loss = -reconstruction + self.config.beta * warmup * kl
+        return Objective(loss, {"reconstruction": reconstruction, "kl": kl}, kl_weight=warmup)
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
         """The product of the prior and the observed experts of ``cond`` (all by default).

@@ -61,7 +61,7 @@ import torch
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
-from multivae.models.base import Capabilities, ModelConfig, ModelOutput, MultimodalVAE
+from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
 from multivae.nn.fusion import product_of_experts
 from multivae.nn.posteriors import GaussianPosterior
 from multivae.objectives import kl_normal, kl_standard_normal
@@ -113,21 +113,20 @@ class MVTCAE(MultimodalVAE):
     }
     config: MVTCAEConfig
 
-    def per_sample_objective(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """The loss and its parts for each sample, each of shape ``(N,)``.
+    def objective(self, batch: Batch) -> Objective:
+        """The MVTCAE loss per sample.
 
-        ``loss = recon_weight * recon + beta * ((1 - alpha) * kl + (alpha / count) *
-        kl_conditional)`` with ``recon = -sum_{m in O} log p(x_m | z)``, ``kl = KL(q(z|X_O) ||
-        p)``, ``kl_conditional = sum_{m in O} KL(q(z|X_O) || q_m)``, ``count = |O|`` (or ``M``
+        ``loss = -recon_weight * reconstruction + beta * ((1 - alpha) * kl + (alpha / count) *
+        kl_experts)`` with ``reconstruction = sum_{m in O} log p(x_m | z)``, ``kl = KL(q(z|X_O)
+        || p)``, ``kl_experts = sum_{m in O} KL(q(z|X_O) || q_m)``, ``count = |O|`` (or ``M``
         with ``incomplete_weights="reference"``) and ``recon_weight = (count - alpha) / count``.
         """
-        self.check_batch(batch)
         alpha, beta = self.config.alpha, self.config.beta
         presence = self.condition_mask(batch, None)
         means, logvars = self.unimodal_posteriors(batch)
         mean, logvar = product_of_experts(means, logvars, presence, prior_expert=False)
         z = GaussianPosterior(mean, logvar).rsample(1)[0]
-        recon = -self.log_likelihoods(self.decode(z), batch, presence).sum(0)
+        reconstruction = self.log_likelihoods(self.decode(z), batch, presence).sum(0)
 
         zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
         observed = presence.unsqueeze(-1)
@@ -138,7 +137,7 @@ class MVTCAE(MultimodalVAE):
             torch.where(observed, means, zero),
             torch.where(observed, logvars, zero),
         )
-        kl_conditional = torch.where(presence, kl_experts, zero).sum(0)
+        kl_to_experts = torch.where(presence, kl_experts, zero).sum(0)
         kl = kl_standard_normal(mean, logvar)
 
         observed_count = presence.sum(0).to(mean.dtype)
@@ -147,20 +146,14 @@ class MVTCAE(MultimodalVAE):
         else:
             count = torch.full_like(observed_count, float(len(self.modalities)))
         recon_weight = (count - alpha) / count
-        loss = recon_weight * recon + beta * ((1 - alpha) * kl + alpha / count * kl_conditional)
+        regularizer = (1 - alpha) * kl + alpha / count * kl_to_experts
+        loss = -recon_weight * reconstruction + beta * regularizer
         usable = observed_count > 0
-        return {
-            "loss": torch.where(usable, loss, zero),
-            "recon": torch.where(usable, recon, zero),
-            "kl": torch.where(usable, kl, zero),
-            "kl_conditional": torch.where(usable, kl_conditional, zero),
-        }
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        """The MVTCAE loss averaged over the samples, with its parts as metrics."""
-        parts = {name: value.mean() for name, value in self.per_sample_objective(batch).items()}
-        loss = parts.pop("loss")
-        return ModelOutput(loss=loss, metrics={k: v.detach() for k, v in parts.items()})
+        parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_to_experts}
+        return Objective(
+            torch.where(usable, loss, zero),
+            {name: torch.where(usable, value, zero) for name, value in parts.items()},
+        )
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
         """The product of the observed ``cond`` experts (all by default), without the prior.

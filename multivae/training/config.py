@@ -6,7 +6,7 @@ import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -120,6 +120,8 @@ class OptimizerConfig(Config):
         kwargs: Its keyword arguments besides the parameters, e.g. ``{"lr": 1e-3}``.
     """
 
+    key_prefix: ClassVar[str] = "training.optimizer."
+
     name: str = "Adam"
     kwargs: dict[str, Any] = field(default_factory=lambda: {"lr": 1e-3})
 
@@ -151,6 +153,8 @@ class SchedulerConfig(Config):
         name: Class name in ``torch.optim.lr_scheduler``, e.g. ``StepLR``, ``CosineAnnealingLR``.
         kwargs: Its keyword arguments besides the optimizer.
     """
+
+    key_prefix: ClassVar[str] = "training.scheduler."
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -223,6 +227,8 @@ class TrainingConfig(Config):
             steps are short. Needs ``compile: true`` and a CUDA device; refused otherwise.
     """
 
+    key_prefix: ClassVar[str] = "training."
+
     epochs: int = 10
     stage_epochs: dict[str, int] | None = None
     batch_size: int = 64
@@ -256,8 +262,6 @@ class TrainingConfig(Config):
         }.items():
             if value < 0:
                 raise ConfigError(f"training.{name}: expected an integer >= 0, found {value}")
-        if not isinstance(self.compile, bool):
-            raise ConfigError(f"training.compile: expected true or false, found {self.compile!r}")
         if self.cuda_graphs and not self.compile:
             raise ConfigError(
                 "training.cuda_graphs: CUDA graphs replay the compiled step; set "

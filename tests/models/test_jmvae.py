@@ -118,8 +118,8 @@ def test_loss_equals_the_papers_formula_by_hand(present):
     assert output.metrics["kl_weight"].item() == 0.25
     torch.testing.assert_close(
         output.loss,
-        output.metrics["recon"]
-        + 0.25 * (0.7 * output.metrics["kl"] + 0.3 * output.metrics["kl_unimodal"]),
+        -output.metrics["reconstruction"]
+        + 0.25 * (0.7 * output.metrics["kl"] + 0.3 * output.metrics["kl_experts"]),
     )
 
 
@@ -127,7 +127,7 @@ def test_before_warmup_the_loss_is_the_reconstruction_alone():
     model = make_model()
     output = model(make_batch({"a": [True, False]}, n=2))
     assert output.metrics["kl_weight"].item() == 0.0
-    torch.testing.assert_close(output.loss, output.metrics["recon"])
+    torch.testing.assert_close(output.loss, -output.metrics["reconstruction"])
 
 
 def test_a_complete_samples_loss_does_not_depend_on_other_samples_missingness():
@@ -135,9 +135,9 @@ def test_a_complete_samples_loss_does_not_depend_on_other_samples_missingness():
     complete = make_batch({}, n=3)
     partial = make_batch({"b": [True, False, True], "c": [True, True, False]}, n=3)
     torch.manual_seed(2)
-    first = model.per_sample_objective(complete)["loss"]
+    first = model.objective(complete).loss
     torch.manual_seed(2)
-    second = model.per_sample_objective(partial)["loss"]
+    second = model.objective(partial).loss
     assert torch.equal(first[0], second[0])
     assert not torch.equal(first[1:], second[1:])
 
@@ -145,7 +145,7 @@ def test_a_complete_samples_loss_does_not_depend_on_other_samples_missingness():
 def test_the_joint_encoder_gets_exactly_zero_gradient_from_incomplete_samples():
     model = make_model(warmup=0.0)
     batch = make_batch({"a": [True, False, True], "c": [True, True, False]}, n=3)
-    losses = model.per_sample_objective(batch)["loss"]
+    losses = model.objective(batch).loss
     losses[1:].sum().backward(retain_graph=True)
     for name, parameter in model.joint_encoder.named_parameters():
         assert parameter.grad is None or torch.all(parameter.grad == 0), name
@@ -158,12 +158,12 @@ def test_incomplete_samples_ignore_the_joint_encoder_and_absent_values():
     model = make_model(warmup=0.0)
     batch = make_batch({"a": [False, True], "b": [True, False]}, n=2)
     torch.manual_seed(4)
-    first = model.per_sample_objective(batch)["loss"]
+    first = model.objective(batch).loss
     with torch.no_grad():
         for parameter in model.joint_encoder.parameters():
             parameter.normal_()
     torch.manual_seed(4)
-    second = model.per_sample_objective(replace_values(batch, batch.mask))["loss"]
+    second = model.objective(replace_values(batch, batch.mask)).loss
     assert torch.equal(first, second)
 
 

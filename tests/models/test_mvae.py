@@ -108,7 +108,7 @@ PRESENCE = {
 @pytest.mark.parametrize("k", [0, 2])
 def test_loss_equals_the_papers_formula_by_hand(present, k):
     model = make_model(k=k, beta=2.0, warmup=10.0)
-    model.progress = 2.5  # KL weight 2.0 * 2.5 / 10
+    model.progress = 2.5  # warm-up factor 2.5 / 10, KL weight beta * 0.25 = 0.5
     batch = make_batch(present, n=4)
     torch.manual_seed(5)
     output = model(batch)
@@ -120,8 +120,10 @@ def test_loss_equals_the_papers_formula_by_hand(present, k):
     with torch.no_grad():
         expected = hand_loss(model, batch, terms, noise, weight=0.5)
     torch.testing.assert_close(output.loss, expected)
-    assert output.metrics["kl_weight"].item() == 0.5
-    torch.testing.assert_close(output.loss, output.metrics["recon"] + 0.5 * output.metrics["kl"])
+    assert output.metrics["kl_weight"].item() == 0.25  # the warm-up factor, beta apart
+    torch.testing.assert_close(
+        output.loss, -output.metrics["reconstruction"] + 2.0 * 0.25 * output.metrics["kl"]
+    )
 
 
 def test_k_zero_gives_the_joint_and_single_modality_terms_only():

@@ -104,8 +104,9 @@ def test_alpha_zero_is_the_beta_elbo_of_the_product_without_prior_expert():
     model = make_model(alpha=0.0, beta=2.0)
     batch = make_batch()
     torch.manual_seed(3)
-    parts = model.per_sample_objective(batch)
-    torch.testing.assert_close(parts["loss"], parts["recon"] + 2.0 * parts["kl"])
+    objective = model.objective(batch)
+    parts = {"loss": objective.loss, **objective.parts}
+    torch.testing.assert_close(parts["loss"], -parts["reconstruction"] + 2.0 * parts["kl"])
 
 
 def test_one_modality_is_a_scaled_vae():
@@ -113,9 +114,10 @@ def test_one_modality_is_a_scaled_vae():
     model = make_model(sizes=sizes, alpha=0.4, beta=1.5)
     batch = make_batch(sizes=sizes)
     torch.manual_seed(3)
-    parts = model.per_sample_objective(batch)
-    torch.testing.assert_close(parts["kl_conditional"], torch.zeros(N))
-    torch.testing.assert_close(parts["loss"], 0.6 * (parts["recon"] + 1.5 * parts["kl"]))
+    objective = model.objective(batch)
+    parts = {"loss": objective.loss, **objective.parts}
+    torch.testing.assert_close(parts["kl_experts"], torch.zeros(N))
+    torch.testing.assert_close(parts["loss"], 0.6 * (-parts["reconstruction"] + 1.5 * parts["kl"]))
 
 
 def test_a_single_observed_modality_has_no_conditional_kl():
@@ -123,10 +125,13 @@ def test_a_single_observed_modality_has_no_conditional_kl():
     batch = make_batch("missing")
     torch.manual_seed(3)
     with torch.no_grad():
-        parts = model.per_sample_objective(batch)
+        objective = model.objective(batch)
+        parts = {"loss": objective.loss, **objective.parts}
     # Sample 2 has only modality a: its product is q_a itself.
-    assert abs(parts["kl_conditional"][2].item()) < 1e-6
-    torch.testing.assert_close(parts["loss"][2], 0.5 * (parts["recon"][2] + 2.5 * parts["kl"][2]))
+    assert abs(parts["kl_experts"][2].item()) < 1e-6
+    torch.testing.assert_close(
+        parts["loss"][2], 0.5 * (-parts["reconstruction"][2] + 2.5 * parts["kl"][2])
+    )
     # Sample 4 has nothing: it contributes exactly zero.
     assert parts["loss"][4] == 0.0
 
