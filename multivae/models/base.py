@@ -12,6 +12,7 @@ contribute exactly zero value and gradient.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -30,9 +31,10 @@ from multivae.nn.architectures import (
     build_encoder,
     default_architectures,
 )
-from multivae.nn.fusion import LOGVAR_BOUNDS, normal_log_density
+from multivae.nn.fusion import LOGVAR_BOUNDS
 from multivae.nn.likelihoods import LIKELIHOODS, ModalityLikelihood
 from multivae.nn.posteriors import GaussianPosterior, Posterior
+from multivae.nn.priors import Prior, StandardNormalPrior
 from multivae.objectives.bounds import log_mean_exp
 from multivae.objectives.warmup import linear_warmup
 
@@ -255,6 +257,12 @@ class MultimodalVAE(nn.Module):
             self.likelihoods[name] = ModalityLikelihood(
                 spec.likelihood, spec.scale, spec.learn_scale, spec.weight
             )
+        # The priors (multivae.nn.priors): N(0, I) by default; a model declares others by
+        # replacing these modules in its __init__ (their parameters are then the model's).
+        self.shared_prior: Prior = StandardNormalPrior(config.latent_dim)
+        self.private_priors = nn.ModuleDict(
+            {name: StandardNormalPrior(dim) for name, dim in self.private_dims.items()}
+        )
 
     # ----------------------------------------------------------------------------------------
     # Sizes, capabilities and checks
@@ -416,20 +424,23 @@ class MultimodalVAE(nn.Module):
             for name in names
         }
 
+    def private_prior(self, modality: str) -> Prior:
+        """The prior of a modality's private latent (``N(0, I)`` by default)."""
+        prior = self.private_priors[modality]
+        assert isinstance(prior, Prior)
+        return prior
+
     def private_prior_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
-        """Draws ``(*shape, P_m)`` from the prior of a modality's private latent (``N(0, I)``)."""
-        device = next(self.parameters()).device
-        return torch.randn((*shape, self.private_dim(modality)), device=device)
+        """Draws ``(*shape, P_m)`` from the prior of a modality's private latent."""
+        return self.private_prior(modality).sample(shape)
 
     def private_prior_log_prob(self, modality: str, w: torch.Tensor) -> torch.Tensor:
         """``log p(w_m)`` under the private prior, shape ``w.shape[:-1]``."""
-        zero = torch.zeros((), dtype=w.dtype, device=w.device)
-        return normal_log_density(w, zero, zero)
+        return self.private_prior(modality).log_prob(w)
 
     def private_prior_mean(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
-        """The private prior's mean, ``(*shape, P_m)`` (zeros for a centred prior)."""
-        device = next(self.parameters()).device
-        return torch.zeros((*shape, self.private_dim(modality)), device=device)
+        """The private prior's mean, ``(*shape, P_m)``."""
+        return self.private_prior(modality).mean(shape)
 
     def decode(
         self, z: torch.Tensor, modalities: Sequence[str] | None = None
@@ -700,15 +711,12 @@ class MultimodalVAE(nn.Module):
         return out
 
     def prior_sample(self, n: int) -> torch.Tensor:
-        """``n`` draws from the prior over the shared latent: ``(n, D)``."""
-        device = next(self.parameters()).device
-        return torch.randn(n, self.config.latent_dim, device=device)
+        """``n`` draws from the prior over the shared latent (:attr:`shared_prior`): ``(n, D)``."""
+        return self.shared_prior.sample((n,))
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log p(z)`` under the prior, shape ``z.shape[:-1]``."""
-        return normal_log_density(
-            z, torch.zeros((), device=z.device), torch.zeros((), device=z.device)
-        )
+        """``log p(z)`` under :attr:`shared_prior`, shape ``z.shape[:-1]``."""
+        return self.shared_prior.log_prob(z)
 
     @torch.no_grad()
     def sample(self, n: int, sampler: Any = None) -> dict[str, torch.Tensor]:
@@ -733,6 +741,21 @@ class MultimodalVAE(nn.Module):
             out[name] = self.likelihood(name).mean(params)
         return out
 
+    def joint_proposal(
+        self, batch: Batch, gen: Sequence[str] | None, n_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hook of the joint :meth:`nll`: draws of the shared latent and their density.
+
+        Returns ``z`` of shape ``(K, N, D)`` and ``log psi(z)``, ``(K, N)``, the log-density of
+        the distribution the draws come from. By default the posterior given ``gen``
+        (:meth:`posterior`); a model with a better proposal (MMVAE+'s stratified mixture), or a
+        posterior without a closed-form density, overrides this one method: the weights, the
+        private latents, the chunking and the log-mean-exp stay the base class's.
+        """
+        posterior = self.posterior(batch, gen)
+        z = posterior.rsample(n_samples)
+        return z, posterior.log_prob(z)
+
     def importance_log_weights(
         self,
         batch: Batch,
@@ -740,26 +763,26 @@ class MultimodalVAE(nn.Module):
         gen: Sequence[str] | None,
         n_samples: int,
     ) -> torch.Tensor:
-        """The hook of :meth:`nll`: ``n_samples`` importance log-weights per sample, ``(K, N)``.
+        """``n_samples`` importance log-weights per sample for :meth:`nll`, ``(K, N)``.
 
-        Joint (``cond is None``): ``log p(x_gen | z, w) + log p(z) - log q(z | x_gen) +
-        sum_m [log p(w_m) - log q(w_m | x_m)]`` with ``z`` from :meth:`posterior` given
-        ``gen`` and ``w_m`` from :meth:`private_posteriors` for the observed scored modalities
-        (from the prior for the others, which then cancel out). Conditional: ``log p(x_gen |
-        z, w)`` with ``z ~ q(z | x_cond)`` and ``w_m`` as in :meth:`generation_privates`.
-        Only present ``gen`` modalities are scored.
-
-        A model whose posterior has no closed-form density (``log_prob`` raises
-        ``NotImplementedError``), or that has a better proposal, overrides this one method.
+        Joint (``cond is None``): ``log p(x_gen | z, w) + log p(z) - log psi(z) + sum_m [log
+        p(w_m) - log q(w_m | x_m)]`` with ``z ~ psi`` from :meth:`joint_proposal` and ``w_m``
+        from :meth:`private_posteriors` for the observed scored modalities (from the prior for
+        the others, which then cancel out). Conditional: ``log p(x_gen | z, w)`` with ``z ~
+        q(z | x_cond)`` and ``w_m`` as in :meth:`generation_privates`. Only present ``gen``
+        modalities are scored, and always with unweighted likelihoods (every modality's
+        training ``weight`` 1, no ``beta``): the estimate is of the model's ``p(X)``.
         """
         proposal_set = gen if cond is None else cond
-        posterior = self.posterior(batch, proposal_set)
+        if cond is None:
+            z, log_psi = self.joint_proposal(batch, gen, n_samples)
+        else:
+            z = self.posterior(batch, cond).rsample(n_samples)
         gen_mask = self.condition_mask(batch, gen)
         # Private latents from their posterior where the modality is observed, proposed and
         # scored; elsewhere from the prior (their prior/proposal ratio is then 1).
         from_posterior = self.condition_mask(batch, proposal_set) & gen_mask
         scored = [m for m in self.modalities if gen is None or m in gen]
-        z = posterior.rsample(n_samples)
         rows = gen_mask.shape[1]
         with_private = [m for m in scored if self.private_dim(m) > 0]
         posteriors = self.private_posteriors(
@@ -785,7 +808,7 @@ class MultimodalVAE(nn.Module):
         log_w = self.log_likelihoods(params, batch, gen_mask, weighted=False).sum(0)
         if cond is not None:
             return log_w
-        return log_w + self.prior_log_prob(z) - posterior.log_prob(z) + private_ratio
+        return log_w + self.prior_log_prob(z) - log_psi + private_ratio
 
     @torch.no_grad()
     def nll(
@@ -809,6 +832,23 @@ class MultimodalVAE(nn.Module):
         of what was observed. The K samples are drawn ``chunk_size`` at a time so memory stays
         bounded whatever ``k``.
         """
+        return self.nll_with_error(batch, cond, gen, k, chunk_size)[0]
+
+    @torch.no_grad()
+    def nll_with_error(
+        self,
+        batch: Batch,
+        cond: Sequence[str] | None = None,
+        gen: Sequence[str] | None = None,
+        k: int = 1000,
+        chunk_size: int = 100,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`nll` and its standard error, each ``(N,)``.
+
+        The error is the delta-method estimate for ``-log mean_k w_k``: the standard deviation
+        of the normalized weights ``w_k / mean(w)`` over the ``K`` draws, divided by
+        ``sqrt(K)`` (0 when every weight is equal; large when a few draws dominate).
+        """
         if not self.capabilities.tractable_likelihood:
             raise ValueError(f"{self.name} defines no likelihood: nll is not applicable")
         self.check_batch(batch)
@@ -816,7 +856,13 @@ class MultimodalVAE(nn.Module):
             self.importance_log_weights(batch, cond, gen, min(chunk_size, k - start))
             for start in range(0, k, chunk_size)
         ]
-        return -log_mean_exp(torch.cat(chunks), dim=0)
+        log_w = torch.cat(chunks).float()
+        relative = torch.exp(log_w - log_w.max(0).values)
+        relative = relative / relative.mean(0)
+        error = (
+            relative.std(0, correction=1) / math.sqrt(k) if k > 1 else torch.zeros_like(log_w[0])
+        )
+        return -log_mean_exp(log_w, dim=0), error
 
     # ----------------------------------------------------------------------------------------
     # Saving and loading (safetensors + JSON; see multivae.model_folder)

@@ -73,7 +73,7 @@ from multivae.models.base import (
 )
 from multivae.nn.architectures import ArchitectureConfig, MLPEncoder, build_encoder
 from multivae.nn.fusion import LOGVAR_BOUNDS, product_of_experts
-from multivae.objectives import kl_normal, kl_standard_normal
+from multivae.objectives import kl_standard_normal, kl_to_experts
 from multivae.registry import register_model
 
 
@@ -217,21 +217,11 @@ class JMVAE(MultimodalVAE):
         z = GaussianPosterior(mean, logvar).rsample(1)[0]
         reconstruction = self.log_likelihoods(self.decode(z), batch).sum(0)
         kl = kl_standard_normal(mean, logvar)
-        zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
-        observed = presence.unsqueeze(-1)
-        # Absent experts become N(0, I) before the KL: the masked-out values must keep finite
-        # derivatives, or the where's zero gradient times an infinite derivative gives NaN.
-        kl_experts = kl_normal(
-            mean,
-            logvar,
-            torch.where(observed, expert_means, zero),
-            torch.where(observed, expert_logvars, zero),
-        )
-        kl_to_experts = torch.where(presence, kl_experts, zero).sum(0)
-        regularizer = self.config.beta * kl + self.config.alpha * kl_to_experts
+        kl_experts = kl_to_experts(mean, logvar, expert_means, expert_logvars, presence)
+        regularizer = self.config.beta * kl + self.config.alpha * kl_experts
         warmup = self.kl_warmup
         loss = -reconstruction + warmup * regularizer
-        parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_to_experts}
+        parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_experts}
         return Objective(loss, parts, kl_weight=warmup)
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:

@@ -41,19 +41,17 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch import distributions, nn
+from torch import distributions
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
 from multivae.nn.fusion import (
-    laplace_log_density,
     mixture_log_density,
-    normal_log_density,
-    stratified_mixture_weights,
 )
 from multivae.nn.posteriors import LatentFamily, MixturePosterior, component_log_densities
-from multivae.objectives import dreg_surrogate, iwae_bound
+from multivae.nn.priors import SoftmaxScalePrior
+from multivae.objectives import average_over_experts, mixture_of_experts_bound
 from multivae.registry import register_model
 
 LatentDistribution = LatentFamily
@@ -99,6 +97,15 @@ class MMVAEConfig(ModelConfig):
             )
 
 
+def _rename_prior_logits(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object
+) -> None:
+    """``prior_scale_logits`` (folders saved before priors were objects) -> the prior's key."""
+    old = f"{prefix}prior_scale_logits"
+    if old in state:
+        state[f"{prefix}shared_prior.scale_logits"] = state.pop(old)
+
+
 @register_model
 class MMVAE(MultimodalVAE):
     """MMVAE (Shi et al. 2019): mixture-of-experts posterior, cross-reconstruction, IWAE/DReG.
@@ -122,32 +129,19 @@ class MMVAE(MultimodalVAE):
 
     def __init__(self, config: MMVAEConfig) -> None:
         super().__init__(config)
-        logits = torch.zeros(config.latent_dim)
-        self.prior_scale_logits: torch.Tensor
-        if config.learn_prior_scale:
-            self.prior_scale_logits = nn.Parameter(logits)
-        else:
-            self.register_buffer("prior_scale_logits", logits)
+        self.shared_prior = SoftmaxScalePrior(
+            config.latent_dim, config.latent_distribution, config.learn_prior_scale
+        )
+        # Model folders saved before the prior was an object name its logits so.
+        self.register_load_state_dict_pre_hook(_rename_prior_logits)  # type: ignore[no-untyped-call]
 
     # ----------------------------------------------------------------------------------------
     # Prior and experts
 
     def prior_scale(self) -> torch.Tensor:
         """The prior's per-dimension scale, ``(D,)``: ``softmax(a) * D``."""
-        return torch.softmax(self.prior_scale_logits, dim=-1) * self.config.latent_dim
-
-    def prior_sample(self, n: int) -> torch.Tensor:
-        """``n`` draws from the prior: ``(n, D)``."""
-        scale = self.prior_scale()
-        prior = latent_distribution(self.config.latent_distribution, torch.zeros_like(scale), scale)
-        return prior.sample((n,))
-
-    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log p(z)`` under the prior, shape ``z.shape[:-1]``."""
-        scale = self.prior_scale().to(z.dtype)
-        if self.config.latent_distribution == "laplace":
-            return laplace_log_density(z, torch.zeros((), dtype=z.dtype), scale)
-        return normal_log_density(z, torch.zeros((), dtype=z.dtype), 2.0 * torch.log(scale))
+        assert isinstance(self.shared_prior, SoftmaxScalePrior)
+        return self.shared_prior.scale()
 
     def expert_parameters(
         self, batch: Batch, cond: Sequence[str] | None = None
@@ -207,28 +201,12 @@ class MMVAE(MultimodalVAE):
         log_pz = self.prior_log_prob(z)
         log_w = log_px + log_pz - log_q  # (K, M, N): expert m's samples, all modalities scored
 
-        weights = stratified_mixture_weights(mask).to(log_w.dtype)
-
-        def average_over_experts(per_expert: torch.Tensor) -> torch.Tensor:
-            # torch.where, not a product: an absent expert must pass no value and no gradient.
-            weighted = torch.where(mask, weights * per_expert, torch.zeros((), dtype=log_w.dtype))
-            return weighted.sum(0)
-
-        if self.config.bound == "elbo":
-            bound = average_over_experts(log_w.mean(0))
-            objective = bound
-        else:
-            bound = average_over_experts(iwae_bound(log_w))
-            objective = bound
-            if dreg:
-                surrogate = average_over_experts(dreg_surrogate(log_w, z))
-                # The value of the bound, the gradient of the DReG surrogate.
-                objective = surrogate + (bound - surrogate).detach()
+        objective, bound = mixture_of_experts_bound(log_w, mask, self.config.bound, [z])
 
         parts = {
             "bound": bound,
-            "reconstruction": average_over_experts(log_px.detach().mean(0)),
-            "kl": average_over_experts((log_q - log_pz).detach().mean(0)),
+            "reconstruction": average_over_experts(log_px.detach().mean(0), mask),
+            "kl": average_over_experts((log_q - log_pz).detach().mean(0), mask),
         }
         return Objective(-objective, parts)
 

@@ -70,7 +70,7 @@ from torch import nn
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
-from multivae.nn.fusion import mixture_log_density, stratified_mixture_weights
+from multivae.nn.fusion import mixture_log_density
 from multivae.nn.posteriors import (
     GaussianPosterior,
     LaplacePosterior,
@@ -82,7 +82,7 @@ from multivae.nn.posteriors import (
     family_rsample,
     softmax_scale,
 )
-from multivae.objectives import dreg_surrogate, iwae_bound
+from multivae.objectives import average_over_experts, mixture_of_experts_bound
 from multivae.registry import register_model
 
 Bound = Literal["dreg", "iwae", "elbo"]
@@ -361,28 +361,12 @@ class MMVAEPlus(MultimodalVAE):
         log_ratio = log_prior - log_qz - log_qw
         log_w = log_px + self.config.beta * log_ratio  # (K, M, N): expert m's draws
 
-        weights = stratified_mixture_weights(mask).to(log_w.dtype)
-
-        def average_over_experts(per_expert: torch.Tensor) -> torch.Tensor:
-            # torch.where, not a product: an absent expert must pass no value and no gradient.
-            weighted = torch.where(mask, weights * per_expert, torch.zeros((), dtype=log_w.dtype))
-            return weighted.sum(0)
-
-        if self.config.bound == "elbo":
-            bound = average_over_experts(log_w.mean(0))
-            objective = bound
-        else:
-            bound = average_over_experts(iwae_bound(log_w))
-            objective = bound
-            if dreg:
-                surrogate = average_over_experts(dreg_surrogate(log_w, [z, w]))
-                # The value of the bound, the gradient of the DReG surrogate.
-                objective = surrogate + (bound - surrogate).detach()
+        objective, bound = mixture_of_experts_bound(log_w, mask, self.config.bound, [z, w])
 
         parts = {
             "bound": bound,
-            "reconstruction": average_over_experts(log_px.detach().mean(0)),
-            "kl": average_over_experts(-log_ratio.detach().mean(0)),
+            "reconstruction": average_over_experts(log_px.detach().mean(0), mask),
+            "kl": average_over_experts(-log_ratio.detach().mean(0), mask),
         }
         return Objective(-objective, parts)
 
@@ -430,31 +414,18 @@ class MMVAEPlus(MultimodalVAE):
             privates[name] = torch.where(observed, drawn, auxiliary)
         return privates
 
-    def importance_log_weights(
-        self,
-        batch: Batch,
-        cond: Sequence[str] | None,
-        gen: Sequence[str] | None,
-        n_samples: int,
-    ) -> torch.Tensor:
-        """Importance log-weights ``(K, N)`` of :meth:`nll`, joint ones from a stratified proposal.
+    def joint_proposal(
+        self, batch: Batch, gen: Sequence[str] | None, n_samples: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draws of ``z`` for the joint :meth:`nll` from a stratified ``MoE_O(z)``.
 
-        Joint (``cond is None``): ``z`` is drawn from ``MoE_O(z)`` (``O``: the observed ``gen``
-        modalities; the prior where there is none) stratified, draw ``k`` of a sample coming
-        from its ``(k mod |O|)``-th component, and each observed ``w_n`` from ``q(w_n|x_n)``::
-
-            log w = sum_{n in O} log p(x_n | z, w_n) + log p(z) - log psi(z)
-                    + sum_{n in O} [log p(w_n) - log q(w_n | x_n)],
-
-        with ``psi = sum_c (K_c / K) q_c`` the density of the stratified draws (``K_c`` of the
-        ``K`` come from component ``c``; it is ``MoE_O`` when ``|O|`` divides ``K``). The mean
-        of these weights is unbiased for ``p(X_O)`` for any ``K``, so chunks may be pooled.
-        Randomness: one reparameterized draw of ``z`` on the chosen components' ``(K, N, D)``
-        parameters, then ``rsample(K)`` of each scored ``q(w_n|x_n)`` in modality order.
-        Conditional: as the base.
+        ``O``: the observed ``gen`` modalities (the prior where there is none); draw ``k`` of a
+        sample comes from its ``(k mod |O|)``-th component, and ``log psi = log sum_c (K_c / K)
+        q_c(z)`` is the density of the stratified draws (``K_c`` of the ``K`` come from
+        component ``c``; it is ``MoE_O`` when ``|O|`` divides ``K``). The mean of the weights is
+        then unbiased for ``p(X_O)`` for any ``K``, so chunks may be pooled. The base class adds
+        each observed ``w_n ~ q(w_n | x_n)`` and scores the weights.
         """
-        if cond is not None:
-            return super().importance_log_weights(batch, cond, gen, n_samples)
         family = self.family
         posterior = self.posterior(batch, gen)
         present = posterior.mask  # (C, N), at least one component per sample
@@ -470,19 +441,4 @@ class MMVAEPlus(MultimodalVAE):
         )[0]
         share = chosen.sum(1).to(z.dtype) / n_samples  # (C, N): K_c / K
         densities = component_log_densities(z, posterior.loc, posterior.scale, family)
-        log_psi = torch.logsumexp(densities + torch.log(share).unsqueeze(1), dim=0)
-
-        gen_mask = self.condition_mask(batch, gen)
-        scored = [m for m in self.modalities if gen is None or m in gen]
-        zero = torch.zeros((), dtype=z.dtype, device=z.device)
-        private_ratio = torch.zeros_like(log_psi)
-        params = {}
-        for name, q in self.private_posteriors(batch, scored).items():
-            w = q.rsample(n_samples)
-            ratio = self.private_prior_log_prob(name, w) - q.log_prob(w)
-            private_ratio = private_ratio + torch.where(
-                gen_mask[self.modalities.index(name)], ratio, zero
-            )
-            params[name] = self.decode(self.generation_latent(z, name, w), [name])[name]
-        log_px = self.log_likelihoods(params, batch, gen_mask, weighted=False).sum(0)
-        return log_px + self.prior_log_prob(z) - log_psi + private_ratio
+        return z, torch.logsumexp(densities + torch.log(share).unsqueeze(1), dim=0)

@@ -64,7 +64,7 @@ from multivae.data.batch import Batch
 from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
 from multivae.nn.fusion import product_of_experts
 from multivae.nn.posteriors import GaussianPosterior
-from multivae.objectives import kl_normal, kl_standard_normal
+from multivae.objectives import kl_standard_normal, kl_to_experts
 from multivae.registry import register_model
 
 
@@ -129,15 +129,7 @@ class MVTCAE(MultimodalVAE):
         reconstruction = self.log_likelihoods(self.decode(z), batch, presence).sum(0)
 
         zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
-        observed = presence.unsqueeze(-1)
-        # Absent experts become N(0, I) before the KL so the masked-out branch stays finite.
-        kl_experts = kl_normal(
-            mean,
-            logvar,
-            torch.where(observed, means, zero),
-            torch.where(observed, logvars, zero),
-        )
-        kl_to_experts = torch.where(presence, kl_experts, zero).sum(0)
+        kl_experts = kl_to_experts(mean, logvar, means, logvars, presence)
         kl = kl_standard_normal(mean, logvar)
 
         observed_count = presence.sum(0).to(mean.dtype)
@@ -146,10 +138,10 @@ class MVTCAE(MultimodalVAE):
         else:
             count = torch.full_like(observed_count, float(len(self.modalities)))
         recon_weight = (count - alpha) / count
-        regularizer = (1 - alpha) * kl + alpha / count * kl_to_experts
+        regularizer = (1 - alpha) * kl + alpha / count * kl_experts
         loss = -recon_weight * reconstruction + beta * regularizer
         usable = observed_count > 0
-        parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_to_experts}
+        parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_experts}
         return Objective(
             torch.where(usable, loss, zero),
             {name: torch.where(usable, value, zero) for name, value in parts.items()},

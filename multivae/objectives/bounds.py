@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import torch
 
+from multivae.nn.fusion import stratified_mixture_weights
+
 
 def elbo(log_likelihood: torch.Tensor, kl: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     """``log p(x|z) - beta * KL``, per sample (the beta-ELBO with an analytic KL)."""
@@ -61,3 +63,49 @@ def dreg_surrogate(
         if tensor.requires_grad:
             tensor.register_hook(lambda grad: normalized.unsqueeze(-1) * grad)  # type: ignore[no-untyped-call]
     return (normalized * log_w).sum(0)
+
+
+def average_over_experts(per_expert: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The average over each sample's observed experts of ``(M, N)`` values: ``(N,)``.
+
+    An absent expert passes no value and no gradient (``torch.where``, not a product); a sample
+    with no observed expert gets 0.
+    """
+    weights = stratified_mixture_weights(mask).to(per_expert.dtype)
+    zero = torch.zeros((), dtype=per_expert.dtype, device=per_expert.device)
+    return torch.where(mask, weights * per_expert, zero).sum(0)
+
+
+def mixture_of_experts_bound(
+    log_w: torch.Tensor,
+    mask: torch.Tensor,
+    kind: str,
+    samples: Sequence[torch.Tensor] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The looser mixture-of-experts bound of MMVAE and MMVAE+, per sample.
+
+    ``(1/|O|) sum_{m in O} B_m`` with ``B_m`` expert ``m``'s bound over its ``K`` draws:
+    ``elbo`` (``mean_k log w_mk``), ``iwae`` (``log mean_k w_mk``) or ``dreg`` (the IWAE value,
+    with the gradient of :func:`dreg_surrogate` through ``samples``; ``log_w`` must then have
+    the posteriors' parameters detached inside ``log q``).
+
+    Args:
+        log_w: ``(K, M, N)`` log-weights of expert ``m``'s draws.
+        mask: ``(M, N)`` observed experts.
+        kind: ``elbo``, ``iwae`` or ``dreg``.
+        samples: For ``dreg``, the reparameterized draws ``(K, M, N, D)`` behind ``log_w``.
+
+    Returns:
+        ``(objective, bound)``, each ``(N,)``: what to maximize (its gradient) and its value.
+    """
+    if kind == "elbo":
+        bound = average_over_experts(log_w.mean(0), mask)
+        return bound, bound
+    if kind not in ("iwae", "dreg"):
+        raise ValueError(f"mixture_of_experts_bound: unknown kind {kind!r}")
+    bound = average_over_experts(iwae_bound(log_w), mask)
+    if kind == "iwae":
+        return bound, bound
+    surrogate = average_over_experts(dreg_surrogate(log_w, samples), mask)
+    # The value of the bound, the gradient of the DReG surrogate.
+    return surrogate + (bound - surrogate).detach(), bound

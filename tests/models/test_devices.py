@@ -97,3 +97,15 @@ def test_the_nll_does_not_use_the_training_weights_of_the_likelihoods(name):
     loss = model(batch).loss
     torch.manual_seed(0)
     assert not torch.isclose(weighted(batch).loss, loss)
+
+
+def test_the_nll_standard_error_is_the_delta_method_over_the_weights(monkeypatch):
+    model = tiny_model("mvae", "default", "vectors").eval()
+    weights = torch.tensor([[1.0, 2.0], [3.0, 2.0], [2.0, 2.0]])  # K = 3 draws, N = 2 samples
+    monkeypatch.setattr(
+        model, "importance_log_weights", lambda batch, cond, gen, n: weights.log()[:n]
+    )
+    nll, error = model.nll_with_error(tiny_batch("vectors"), k=3, chunk_size=3)
+    torch.testing.assert_close(nll, -torch.log(torch.tensor([2.0, 2.0])))
+    # Sample 0: w / mean(w) = (0.5, 1.5, 1.0), standard deviation 0.5; sample 1: all equal.
+    torch.testing.assert_close(error, torch.tensor([0.5 / 3**0.5, 0.0]))

@@ -104,3 +104,49 @@ def test_dreg_without_a_sample_reweights_nothing():
 def test_linear_warmup(progress, warmup, expected):
     assert linear_warmup(progress, warmup) == pytest.approx(expected)
     assert linear_warmup(progress, warmup, final=2.0) == pytest.approx(2 * expected)
+
+
+def test_the_mixture_of_experts_bound_averages_each_observed_experts_bound():
+    from multivae.objectives import average_over_experts, mixture_of_experts_bound
+
+    torch.manual_seed(0)
+    log_w = torch.randn(4, 3, 2, requires_grad=True)  # K=4 draws, M=3 experts, N=2 samples
+    mask = torch.tensor([[True, True], [False, True], [True, False]])
+    for kind in ("elbo", "iwae"):
+        objective, bound = mixture_of_experts_bound(log_w, mask, kind)
+        for n in range(2):
+            per_expert = [
+                log_w[:, m, n].mean()
+                if kind == "elbo"
+                else torch.logsumexp(log_w[:, m, n], 0) - math.log(4)
+                for m in range(3)
+                if mask[m, n]
+            ]
+            torch.testing.assert_close(bound[n], torch.stack(per_expert).mean())
+        torch.testing.assert_close(objective, bound)
+    # An absent expert passes no gradient.
+    average_over_experts(log_w.mean(0), mask).sum().backward()
+    assert torch.all(log_w.grad[:, 1, 0] == 0) and torch.all(log_w.grad[:, 2, 1] == 0)
+    assert torch.all(log_w.grad[:, 0, 0] != 0)
+    with pytest.raises(ValueError, match="unknown kind"):
+        mixture_of_experts_bound(log_w, mask, "dreg_looser")
+
+
+def test_kl_to_experts_sums_the_kls_to_the_observed_experts_only():
+    from torch.distributions import Normal, kl_divergence
+
+    from multivae.objectives import kl_to_experts
+
+    torch.manual_seed(1)
+    mean, logvar = torch.randn(2, 3), torch.randn(2, 3)
+    means, logvars = torch.randn(2, 2, 3), torch.randn(2, 2, 3)
+    mask = torch.tensor([[True, False], [True, True]])
+    got = kl_to_experts(mean, logvar, means, logvars, mask)
+    joint = [Normal(mean[n], (0.5 * logvar[n]).exp()) for n in range(2)]
+    for n in range(2):
+        expected = sum(
+            kl_divergence(joint[n], Normal(means[m, n], (0.5 * logvars[m, n]).exp())).sum()
+            for m in range(2)
+            if mask[m, n]
+        )
+        torch.testing.assert_close(got[n], expected)

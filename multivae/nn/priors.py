@@ -1,0 +1,215 @@
+"""Priors over latents as objects: each one samples, scores and, where one exists, gives its KL.
+
+A model declares the prior of its shared latent (:attr:`MultimodalVAE.shared_prior`) and of each
+private latent (:meth:`MultimodalVAE.private_prior`); the base class samples from them
+(:meth:`~MultimodalVAE.sample`, generation), scores with them (importance weights) and, in the
+models' objectives, takes their closed-form KL to a posterior where one exists.
+
+* :class:`StandardNormalPrior`: ``N(0, I)``; closed-form KL to a Gaussian posterior.
+* :class:`SoftmaxScalePrior`: a centred Laplace (:class:`LaplacePrior`) or normal with scales
+  ``softmax(a) * D``, learned or fixed at 1 (MMVAE's and MMVAE+'s parameterization);
+  closed-form KL to a posterior of its family.
+* :class:`MixturePrior`: ``sum_c pi_c N(mu_c, diag(sigma_c^2))`` with learned means, weights
+  and (optionally) scales (CMVAE's clusters); no closed-form KL, a log-density by logsumexp.
+
+Every prior is an ``nn.Module`` (its learned parameters are the model's, saved with it) and
+makes its draws on its own device, in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import distributions, nn
+
+from multivae.nn.fusion import laplace_log_density, normal_log_density
+from multivae.nn.posteriors import GaussianPosterior, LaplacePosterior, Posterior
+from multivae.objectives.kl import kl_normal, kl_standard_normal
+
+
+class Prior(nn.Module):
+    """A distribution over ``D``-dimensional latents.
+
+    Args:
+        dim: ``D``.
+    """
+
+    anchor: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"a prior needs a dimension >= 1, found {dim}")
+        self.dim = dim
+        # Where draws are made: follows the model to its device, never saved.
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+
+    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+        """Draws of shape ``(*shape, D)``, reparameterized where the family allows."""
+        raise NotImplementedError
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z)`` of shape ``z.shape[:-1]``."""
+        raise NotImplementedError
+
+    def mean(self, shape: Sequence[int]) -> torch.Tensor:
+        """The prior's mean, ``(*shape, D)``."""
+        return self.anchor.new_zeros((*shape, self.dim))
+
+    def kl(self, posterior: Posterior) -> torch.Tensor:
+        """``KL(posterior || prior)`` in closed form, shape ``(N,)``.
+
+        Raises:
+            NotImplementedError: Where no closed form exists for this pair (the objective then
+                estimates it by sampling: ``log q(z) - log p(z)``).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form KL to a {type(posterior).__name__}"
+        )
+
+
+class StandardNormalPrior(Prior):
+    """``N(0, I)``."""
+
+    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+        """Draws ``(*shape, D)``."""
+        return torch.randn((*shape, self.dim), device=self.anchor.device)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log N(z; 0, I)``."""
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        return normal_log_density(z, zero, zero)
+
+    def kl(self, posterior: Posterior) -> torch.Tensor:
+        """``KL(N(mean, var) || N(0, I))`` for a Gaussian posterior."""
+        if isinstance(posterior, GaussianPosterior):
+            return kl_standard_normal(posterior.mean, posterior.logvar)
+        return super().kl(posterior)
+
+
+def _learned_or_fixed(module: nn.Module, name: str, value: torch.Tensor, learn: bool) -> None:
+    """Register ``value`` as a parameter when learned, else as a (saved) buffer.
+
+    A frozen parameter would take no gradient, which the training contract reads as a broken
+    graph.
+    """
+    if learn:
+        module.register_parameter(name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
+
+
+class SoftmaxScalePrior(Prior):
+    """A centred Laplace or normal with scales ``softmax(a) * D``: positive, summing to ``D``.
+
+    Args:
+        dim: ``D``.
+        family: ``laplace`` or ``normal``.
+        learn_scale: Learn the logits ``a`` (initialized at 0: unit scales); otherwise the
+            scales stay 1.
+    """
+
+    scale_logits: torch.Tensor
+
+    def __init__(self, dim: int, family: str = "laplace", learn_scale: bool = False) -> None:
+        super().__init__(dim)
+        if family not in ("laplace", "normal"):
+            raise ValueError(f"expected family 'laplace' or 'normal', found {family!r}")
+        self.family = family
+        _learned_or_fixed(self, "scale_logits", torch.zeros(dim), learn_scale)
+
+    def scale(self) -> torch.Tensor:
+        """The scales, ``(D,)``."""
+        return torch.softmax(self.scale_logits.float(), dim=-1) * self.dim
+
+    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+        """Reparameterized draws ``(*shape, D)`` (``torch.distributions``' own)."""
+        scale = self.scale()
+        family = distributions.Laplace if self.family == "laplace" else distributions.Normal
+        return family(torch.zeros_like(scale), scale, validate_args=False).rsample(tuple(shape))
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(z)`` of the centred family with these scales."""
+        scale = self.scale().to(z.dtype)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
+        if self.family == "laplace":
+            return laplace_log_density(z, zero, scale)
+        return normal_log_density(z, zero, 2.0 * torch.log(scale))
+
+    def kl(self, posterior: Posterior) -> torch.Tensor:
+        """``KL(posterior || prior)`` for a posterior of the prior's family.
+
+        Laplace, per dimension: ``log(c / b) + |m| / c + (b / c) exp(-|m| / b) - 1``; normal:
+        the Gaussian KL to ``N(0, c^2)``; summed over the dimensions.
+        """
+        if self.family == "laplace" and isinstance(posterior, LaplacePosterior):
+            c = self.scale().to(posterior.loc.dtype)
+            m, b = posterior.loc, posterior.scale
+            return (torch.log(c / b) + m.abs() / c + (b / c) * torch.exp(-m.abs() / b) - 1).sum(-1)
+        if self.family == "normal" and isinstance(posterior, GaussianPosterior):
+            logvar_p = 2.0 * torch.log(self.scale().to(posterior.mean.dtype))
+            return kl_normal(posterior.mean, posterior.logvar, torch.zeros_like(logvar_p), logvar_p)
+        return super().kl(posterior)
+
+
+class LaplacePrior(SoftmaxScalePrior):
+    """``Laplace(0, softmax(a) * D)`` (see :class:`SoftmaxScalePrior`)."""
+
+    def __init__(self, dim: int, learn_scale: bool = False) -> None:
+        super().__init__(dim, "laplace", learn_scale)
+
+
+class MixturePrior(Prior):
+    """``sum_c pi_c N(mu_c, diag(sigma_c^2))``: learned means, weights and scales.
+
+    Args:
+        dim: ``D``.
+        components: ``C``.
+        learn_scale: Learn each component's log-variance (initialized at 0); otherwise unit
+            variances.
+        spread: Standard deviation of the means' initialization (reproducible given the torch
+            seed at construction).
+    """
+
+    logvars: torch.Tensor
+
+    def __init__(
+        self, dim: int, components: int, learn_scale: bool = False, spread: float = 1.0
+    ) -> None:
+        super().__init__(dim)
+        if components < 1:
+            raise ValueError(f"a mixture prior needs >= 1 components, found {components}")
+        self.components = components
+        self.means = nn.Parameter(spread * torch.randn(components, dim))
+        self.weight_logits = nn.Parameter(torch.zeros(components))
+        _learned_or_fixed(self, "logvars", torch.zeros(components, dim), learn_scale)
+
+    def log_weights(self) -> torch.Tensor:
+        """``log pi``, ``(C,)``."""
+        return torch.log_softmax(self.weight_logits.float(), dim=-1)
+
+    def component_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """``log pi_c + log N(z; mu_c, sigma_c^2)`` for every component: ``(..., C)``."""
+        densities = normal_log_density(
+            z.unsqueeze(-2), self.means.to(z.dtype), self.logvars.to(z.dtype)
+        )
+        return densities + self.log_weights().to(z.dtype)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log sum_c pi_c N(z; mu_c, sigma_c^2)`` (a logsumexp)."""
+        return torch.logsumexp(self.component_log_probs(z), dim=-1)
+
+    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+        """Draws ``(*shape, D)``: a component by its weight, then a draw from it."""
+        count = math.prod(shape)
+        component = torch.multinomial(self.log_weights().exp(), count, replacement=True)
+        noise = torch.randn((count, self.dim), device=self.means.device)
+        draws = self.means[component] + torch.exp(0.5 * self.logvars[component]) * noise
+        return draws.reshape(*shape, self.dim)
+
+    def mean(self, shape: Sequence[int]) -> torch.Tensor:
+        """``sum_c pi_c mu_c``, expanded to ``(*shape, D)``."""
+        mean = (self.log_weights().exp().unsqueeze(-1) * self.means).sum(0)
+        return mean.expand(*shape, self.dim)
