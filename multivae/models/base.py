@@ -146,7 +146,7 @@ LOSS_PARTS: dict[str, str] = {
     "posterior to its prior, >= 0",
     "kl_private": "the same for the private latents, summed over the modalities that have one",
     "kl_experts": "sum over the observed modalities of KL(q(z | X) || q(z | x_m)), the joint "
-    "posterior to each unimodal expert (JMVAE's and MVTCAE's regularizer), >= 0",
+    "posterior to each unimodal expert (JMVAE's, MVTCAE's and CRMVAE's regularizer), >= 0",
     "bound": "the per-sample bound the loss maximizes (ELBO, IWAE), a log-likelihood scale",
     "regularizer": "a model's own extra term, added to the loss as it is (its docstring says "
     "what it is)",
@@ -424,6 +424,10 @@ class MultimodalVAE(nn.Module):
             for name in names
         }
 
+    def _device(self) -> torch.device:
+        """The device of the model's parameters."""
+        return next(self.parameters()).device
+
     def private_prior(self, modality: str) -> Prior:
         """The prior of a modality's private latent (``N(0, I)`` by default)."""
         prior = self.private_priors[modality]
@@ -432,7 +436,7 @@ class MultimodalVAE(nn.Module):
 
     def private_prior_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
         """Draws ``(*shape, P_m)`` from the prior of a modality's private latent."""
-        return self.private_prior(modality).sample(shape)
+        return self.private_prior(modality).sample(shape, self._device())
 
     def private_prior_log_prob(self, modality: str, w: torch.Tensor) -> torch.Tensor:
         """``log p(w_m)`` under the private prior, shape ``w.shape[:-1]``."""
@@ -440,7 +444,7 @@ class MultimodalVAE(nn.Module):
 
     def private_prior_mean(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
         """The private prior's mean, ``(*shape, P_m)``."""
-        return self.private_prior(modality).mean(shape)
+        return self.private_prior(modality).mean(shape, self._device())
 
     def decode(
         self, z: torch.Tensor, modalities: Sequence[str] | None = None
@@ -583,6 +587,13 @@ class MultimodalVAE(nn.Module):
             metrics["kl_weight"] = loss.detach().new_zeros(()) + objective.kl_weight
         return ModelOutput(loss=loss, metrics=metrics)
 
+    def after_optimizer_step(self) -> None:
+        """Called by the training loop after every optimizer step; nothing by default.
+
+        For constraints that a gradient step may break and a projection restores (gPoE keeps
+        its fusion weights in ``[0, 1]``); under ``torch.no_grad``'s rules the model decides.
+        """
+
     @property
     def kl_warmup(self) -> float:
         """The warm-up factor of the KL terms: 0 to 1 over the config's ``warmup`` epochs.
@@ -712,7 +723,7 @@ class MultimodalVAE(nn.Module):
 
     def prior_sample(self, n: int) -> torch.Tensor:
         """``n`` draws from the prior over the shared latent (:attr:`shared_prior`): ``(n, D)``."""
-        return self.shared_prior.sample((n,))
+        return self.shared_prior.sample((n,), self._device())
 
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log p(z)`` under :attr:`shared_prior`, shape ``z.shape[:-1]``."""

@@ -53,7 +53,13 @@ import torch
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
-from multivae.nn.fusion import mixture_of_products, product_of_experts, subset_masks, subsets
+from multivae.nn.fusion import (
+    mixture_of_products,
+    product_of_experts,
+    select_components,
+    subset_masks,
+    subsets,
+)
 from multivae.nn.posteriors import GaussianPosterior, MixturePosterior
 from multivae.objectives import kl_standard_normal
 from multivae.registry import register_model
@@ -198,14 +204,7 @@ class MoPoE(MultimodalVAE):
             ``(S, N)`` one-hot choice among each sample's available subsets (all false for a
             sample with none).
         """
-        count = available.sum(0)
-        if self.config.mixture_sampling == "split":
-            position = torch.arange(available.shape[1], device=available.device)
-            rank = position * count // available.shape[1]
-        else:
-            # Rank among the available subsets; a sample with none draws 0 and matches nothing.
-            rank = (torch.rand(count.shape, device=available.device) * count).long()
-        return available & (available.long().cumsum(0) == rank + 1)
+        return select_components(available, self.config.mixture_sampling)
 
     # ----------------------------------------------------------------------------------------
     # Objective and inference

@@ -90,11 +90,6 @@ class MVTCAEConfig(ModelConfig):
             raise ConfigError(f"mvtcae: alpha must be in [0, 1], found {self.alpha}")
         if self.beta < 0:
             raise ConfigError(f"mvtcae: beta must be >= 0, found {self.beta}")
-        if self.incomplete_weights not in ("observed", "reference"):
-            raise ConfigError(
-                "mvtcae: incomplete_weights must be 'observed' or 'reference', found "
-                f"{self.incomplete_weights!r}"
-            )
 
 
 @register_model

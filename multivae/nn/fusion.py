@@ -168,3 +168,59 @@ def mixture_of_products(
     prior = torch.as_tensor(prior_expert, device=means.device).reshape(-1, 1, 1)
     precision = precision + prior.to(precision.dtype)
     return weighted / precision, -torch.log(precision)
+
+
+def weighted_product_of_experts(
+    means: torch.Tensor,
+    logvars: torch.Tensor,
+    weights: torch.Tensor,
+    mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generalized product of experts (Cao & Fleet 2014): each expert's precision weighted.
+
+    Per dimension ``precision = sum_m w_m / var_m`` and ``mean = sum_m w_m mean_m / var_m /
+    precision`` over the present experts, no prior expert. A dimension whose present weights
+    sum to 0 (no expert, or only zero weights) gets the standard normal, so it stays finite.
+
+    Args:
+        means: ``(M, N, D)`` expert means.
+        logvars: ``(M, N, D)`` expert log-variances.
+        weights: ``(M, N, D)`` non-negative weights (broadcastable).
+        mask: ``(M, N)`` presence of each expert.
+
+    Returns:
+        Mean and log-variance of the product, each ``(N, D)``.
+    """
+    zero = torch.zeros((), dtype=means.dtype, device=means.device)
+    present = mask.unsqueeze(-1)
+    weights = torch.where(present, weights.expand_as(means), zero)
+    precisions = weights * torch.exp(-logvars.clamp(*LOGVAR_BOUNDS))
+    precision = precisions.sum(0)
+    empty = weights.sum(0) <= 0
+    safe = torch.where(empty, torch.ones((), dtype=means.dtype, device=means.device), precision)
+    mean = torch.where(empty, zero, (precisions * means).sum(0) / safe)
+    return mean, torch.where(empty, zero, -torch.log(safe))
+
+
+def select_components(available: torch.Tensor, mode: str) -> torch.Tensor:
+    """Which available component each sample's mixture draw comes from: ``(C, N)`` one-hot.
+
+    ``split``: the batch is divided evenly, sample ``i`` taking its available component of rank
+    ``floor(i * count_i / N)`` (the references' deterministic split); ``random``: a uniform draw
+    among each sample's available components (one ``torch.rand((N,))``). A sample with none gets
+    an all-false column. MoPoE chooses among subsets, mmJSD among experts.
+
+    Args:
+        available: ``(C, N)`` which components each sample may draw from.
+        mode: ``split`` or ``random``.
+    """
+    count = available.sum(0)
+    if mode == "split":
+        position = torch.arange(available.shape[1], device=available.device)
+        rank = position * count // available.shape[1]
+    elif mode == "random":
+        # Rank among the available components; a sample with none draws 0 and matches nothing.
+        rank = (torch.rand(count.shape, device=available.device) * count).long()
+    else:
+        raise ValueError(f"select_components: expected 'split' or 'random', found {mode!r}")
+    return available & (available.long().cumsum(0) == rank + 1)

@@ -13,7 +13,9 @@ models' objectives, takes their closed-form KL to a posterior where one exists.
   and (optionally) scales (CMVAE's clusters); no closed-form KL, a log-density by logsumexp.
 
 Every prior is an ``nn.Module`` (its learned parameters are the model's, saved with it) and
-makes its draws on its own device, in float32.
+makes its draws in float32 on its parameters' device, or on the ``device`` its caller gives
+(a prior without parameters holds no buffer either: DistributedDataParallel would broadcast it
+inside every forward, which a compiled forward cannot trace).
 """
 
 from __future__ import annotations
@@ -36,17 +38,22 @@ class Prior(nn.Module):
         dim: ``D``.
     """
 
-    anchor: torch.Tensor
-
     def __init__(self, dim: int) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"a prior needs a dimension >= 1, found {dim}")
         self.dim = dim
-        # Where draws are made: follows the model to its device, never saved.
-        self.register_buffer("anchor", torch.zeros(()), persistent=False)
 
-    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+    def device(self, device: torch.device | str | None = None) -> torch.device:
+        """Where draws are made: ``device`` when given, else the parameters', else the CPU."""
+        if device is not None:
+            return torch.device(device)
+        parameter = next(self.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def sample(
+        self, shape: Sequence[int], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Draws of shape ``(*shape, D)``, reparameterized where the family allows."""
         raise NotImplementedError
 
@@ -54,9 +61,9 @@ class Prior(nn.Module):
         """``log p(z)`` of shape ``z.shape[:-1]``."""
         raise NotImplementedError
 
-    def mean(self, shape: Sequence[int]) -> torch.Tensor:
+    def mean(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
         """The prior's mean, ``(*shape, D)``."""
-        return self.anchor.new_zeros((*shape, self.dim))
+        return torch.zeros((*shape, self.dim), device=self.device(device))
 
     def kl(self, posterior: Posterior) -> torch.Tensor:
         """``KL(posterior || prior)`` in closed form, shape ``(N,)``.
@@ -73,9 +80,11 @@ class Prior(nn.Module):
 class StandardNormalPrior(Prior):
     """``N(0, I)``."""
 
-    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+    def sample(
+        self, shape: Sequence[int], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Draws ``(*shape, D)``."""
-        return torch.randn((*shape, self.dim), device=self.anchor.device)
+        return torch.randn((*shape, self.dim), device=self.device(device))
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """``log N(z; 0, I)``."""
@@ -124,7 +133,9 @@ class SoftmaxScalePrior(Prior):
         """The scales, ``(D,)``."""
         return torch.softmax(self.scale_logits.float(), dim=-1) * self.dim
 
-    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+    def sample(
+        self, shape: Sequence[int], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Reparameterized draws ``(*shape, D)`` (``torch.distributions``' own)."""
         scale = self.scale()
         family = distributions.Laplace if self.family == "laplace" else distributions.Normal
@@ -201,7 +212,9 @@ class MixturePrior(Prior):
         """``log sum_c pi_c N(z; mu_c, sigma_c^2)`` (a logsumexp)."""
         return torch.logsumexp(self.component_log_probs(z), dim=-1)
 
-    def sample(self, shape: Sequence[int]) -> torch.Tensor:
+    def sample(
+        self, shape: Sequence[int], device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Draws ``(*shape, D)``: a component by its weight, then a draw from it."""
         count = math.prod(shape)
         component = torch.multinomial(self.log_weights().exp(), count, replacement=True)
@@ -209,7 +222,7 @@ class MixturePrior(Prior):
         draws = self.means[component] + torch.exp(0.5 * self.logvars[component]) * noise
         return draws.reshape(*shape, self.dim)
 
-    def mean(self, shape: Sequence[int]) -> torch.Tensor:
+    def mean(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
         """``sum_c pi_c mu_c``, expanded to ``(*shape, D)``."""
         mean = (self.log_weights().exp().unsqueeze(-1) * self.means).sum(0)
         return mean.expand(*shape, self.dim)

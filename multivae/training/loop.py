@@ -683,6 +683,10 @@ class Trainer:
             # After backward (the gradients exist) and before the step (which uses them).
             nn.utils.clip_grad_norm_(parameters, self.config.grad_clip_norm)
         optimizer.step()
+        # A model's post-step hook (gPoE projects its fusion weights back into range).
+        after_step = getattr(self.module, "after_optimizer_step", None)
+        if after_step is not None:
+            after_step()
         return output
 
     def _epoch(

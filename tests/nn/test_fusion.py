@@ -155,3 +155,17 @@ def test_mixture_of_products_per_subset_prior_flags():
         )
         torch.testing.assert_close(mix_mean[s], mean)
         torch.testing.assert_close(mix_logvar[s], logvar)
+
+
+def test_select_components_splits_the_batch_or_draws_among_the_available():
+    from multivae.nn.fusion import select_components
+
+    available = torch.tensor([[True, True, True, False], [True, False, True, False]])
+    split = select_components(available, "split")
+    # Sample i takes its available component of rank floor(i * count_i / N).
+    assert split.T.tolist() == [[True, False], [True, False], [False, True], [False, False]]
+    torch.manual_seed(0)
+    drawn = select_components(available, "random")
+    assert (drawn.sum(0) == available.any(0)).all() and not (drawn & ~available).any()
+    with pytest.raises(ValueError, match="expected 'split' or 'random'"):
+        select_components(available, "stratified")

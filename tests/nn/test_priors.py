@@ -74,9 +74,11 @@ def test_the_mixture_prior_is_a_logsumexp_of_its_weighted_components():
     torch.testing.assert_close(single.log_prob(z), StandardNormalPrior(2).log_prob(z))
 
 
-def test_priors_draw_on_their_modules_device():
-    for prior in (StandardNormalPrior(2), LaplacePrior(2), MixturePrior(2, 2)):
+def test_priors_draw_on_their_parameters_device_or_the_one_given():
+    for prior in (LaplacePrior(2, learn_scale=True), MixturePrior(2, 2)):
         assert prior.to("meta").sample((3,)).device.type == "meta"
+    assert StandardNormalPrior(2).sample((3,), "meta").device.type == "meta"
+    assert StandardNormalPrior(2).mean((3,), "meta").device.type == "meta"
 
 
 STILL_OVERRIDING = {"mmvaeplus"}
@@ -89,7 +91,8 @@ def test_every_model_declares_its_priors_as_objects(name):
     assert model.shared_prior.dim == model.config.latent_dim
     for modality, dim in model.private_dims.items():
         assert model.private_prior(modality).dim == dim
-    assert not [key for key in model.state_dict() if key.endswith("anchor")]  # never saved
+    # A prior without parameters holds no tensor (DDP would broadcast it in every forward).
+    assert not list(model.shared_prior.buffers())
     torch.manual_seed(3)
     z = model.prior_sample(4)
     assert z.shape == (4, model.config.latent_dim)
