@@ -142,8 +142,9 @@ class Capabilities:
 LOSS_PARTS: dict[str, str] = {
     "reconstruction": "sum over the observed modalities of log p(x_m | latents), times each "
     "modality's training weight: a log-likelihood, higher is better",
-    "kl": "KL divergence (or its Monte Carlo estimate log q - log p) of the shared latent's "
-    "posterior to its prior, >= 0",
+    "kl": "KL divergence of the shared latent's posterior to its prior (summed over the "
+    "unimodal posteriors where there is no joint one: mcVAE), in closed form, as a Monte Carlo "
+    "estimate log q - log p, or an approximation the model documents",
     "kl_private": "the same for the private latents, summed over the modalities that have one",
     "kl_experts": "sum over the observed modalities of KL(q(z | X) || q(z | x_m)), the joint "
     "posterior to each unimodal expert (JMVAE's, MVTCAE's and CRMVAE's regularizer), >= 0",

@@ -81,6 +81,7 @@ LEARNING: dict[str, LearningSetting] = {
         "after leaving the plateau (seed 0), on three it reaches 0.5",
     ),
     "mmvae": LearningSetting(11, 17.0, {"samples_per_expert": 1}, why="K=1: one draw per expert"),
+    "mcvae": LearningSetting(7, 11.0),
     "mopoe": LearningSetting(7, 10.0),
     "mmjsd": LearningSetting(
         9,
