@@ -36,6 +36,8 @@ EVALUATION_FOLDER = "evaluation"
 """Where ``multivae evaluate`` writes by default, beside the model folder."""
 FIGURES_FOLDER = "figures"
 LATENTS_FIGURE = "latents.png"
+DROPOUT_FIGURE = "dropout_rates.png"
+"""A sparse model's dropout rate per latent dimension, with its threshold (``evaluate``)."""
 RECONSTRUCTIONS_FIGURE = "reconstructions.png"
 
 

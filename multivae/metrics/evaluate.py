@@ -52,6 +52,7 @@ from multivae.metrics.coherence import cross_modal_coherence, joint_coherence
 from multivae.metrics.fid import ClassifierFeatures, FeatureExtractor, InceptionFeatures, fid
 from multivae.metrics.figures import (
     save_conditional_grid,
+    save_dropout_rates,
     save_embedding_plot,
     save_image_grid,
     save_reconstructions,
@@ -63,6 +64,7 @@ from multivae.metrics.shared import select_rows
 from multivae.model_folder import model_source
 from multivae.models.base import MultimodalVAE
 from multivae.names import (
+    DROPOUT_FIGURE,
     FIGURES_FOLDER,
     LATENTS_FIGURE,
     METRICS_FILE,
@@ -413,6 +415,9 @@ def evaluate(
                         ),
                         "linear_probe": _probes(model, train, test, config.batch_size, config.seed),
                     }
+                    report = model.latent_report()
+                    if report is not None:
+                        metrics["latents"]["dimensions"] = report
                     if config.figures:
                         save_embedding_plot(
                             latents,
@@ -420,6 +425,12 @@ def evaluate(
                             figures / LATENTS_FIGURE,
                             title="test latents (PCA)",
                         )
+                        if report is not None and "dropout_rates" in report:
+                            save_dropout_rates(
+                                report["dropout_rates"],
+                                report["dropout_threshold"],
+                                figures / DROPOUT_FIGURE,
+                            )
                 elif step == "figures" and config.figures and images:
                     with _generation_precision(config, model):
                         _conditional_figures(model, test, images, figures, config.figure_samples)

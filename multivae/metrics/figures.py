@@ -279,3 +279,42 @@ def save_embedding_plot(
     axis.set_ylabel(f"{method} 2")
     axis.set_title(title if title is not None else f"latents ({method})")
     return _write_png(figure, path)
+
+
+def save_dropout_rates(
+    rates: Sequence[float], threshold: float, path: str | os.PathLike[str]
+) -> Path:
+    """Write a bar chart of each latent dimension's dropout rate, with the pruning threshold.
+
+    Bars at or above ``threshold`` (the dimensions a sparse model drops at inference) are grey,
+    the kept ones blue; the title counts the kept dimensions.
+
+    Args:
+        rates: Dropout rate ``p`` of every latent dimension, each in ``[0, 1]``.
+        threshold: The rate from which a dimension is dropped.
+        path: The PNG to write.
+
+    Raises:
+        ValueError: For no rates, or a rate or threshold outside ``[0, 1]``.
+    """
+    values = np.asarray(rates, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(
+            f"save_dropout_rates: expected a list of rates, found shape {values.shape}"
+        )
+    if not (np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()):
+        raise ValueError("save_dropout_rates: expected rates in [0, 1]")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"save_dropout_rates: expected a threshold in [0, 1], found {threshold}")
+    kept = values < threshold
+    figure = _new_figure(max(4.0, 0.35 * values.size + 1.5), 3.5)
+    axis = figure.subplots()
+    colours = np.where(kept, "tab:blue", "tab:grey")
+    axis.bar(np.arange(values.size), values, color=colours)
+    axis.axhline(threshold, color="tab:red", linestyle="--", linewidth=1, label="threshold")
+    axis.set_ylim(0.0, 1.0)
+    axis.set_xlabel("latent dimension")
+    axis.set_ylabel("dropout rate")
+    axis.set_title(f"{int(kept.sum())} of {values.size} dimensions kept")
+    axis.legend(loc="upper right")
+    return _write_png(figure, path)

@@ -588,6 +588,14 @@ class MultimodalVAE(nn.Module):
             metrics["kl_weight"] = loss.detach().new_zeros(()) + objective.kl_weight
         return ModelOutput(loss=loss, metrics=metrics)
 
+    def latent_report(self) -> dict[str, Any] | None:
+        """Facts about the latent space for ``evaluate`` to report, or ``None`` (the default).
+
+        Plain JSON values; mcVAE's sparse variant reports its kept dimensions and each
+        dimension's dropout rate, which ``evaluate`` also draws.
+        """
+        return None
+
     def after_optimizer_step(self) -> None:
         """Called by the training loop after every optimizer step; nothing by default.
 

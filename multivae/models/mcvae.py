@@ -155,6 +155,19 @@ class MCVAE(MultimodalVAE):
         """Each latent dimension's dropout rate ``p = alpha / (1 + alpha)``, ``(D,)``, detached."""
         return torch.sigmoid(self.sparse_log_alpha().detach())[0]
 
+    def latent_report(self) -> dict[str, Any] | None:
+        """The kept dimensions (and, sparse, each dimension's dropout rate and the threshold)."""
+        kept = self.kept_dimensions()
+        report: dict[str, Any] = {
+            "dimensions": self.config.latent_dim,
+            "kept_dimensions": int(kept.sum()),
+            "kept": [bool(value) for value in kept.tolist()],
+        }
+        if self.log_alpha is not None:
+            report["dropout_rates"] = [float(rate) for rate in self.dropout_rates().tolist()]
+            report["dropout_threshold"] = self.config.dropout_threshold
+        return report
+
     def kept_dimensions(self) -> torch.Tensor:
         """Boolean ``(D,)``: the dimensions used in evaluation mode.
 

@@ -93,3 +93,14 @@ def test_embedding_plot_without_labels_or_with_many_classes(tmp_path):
     _check_png(path, tmp_path / "b")
     with pytest.raises(ValueError, match="method"):
         save_embedding_plot(latents, None, tmp_path / "c.png", method="umap")
+
+
+def test_dropout_rates_are_drawn_with_their_threshold(tmp_path):
+    from multivae.metrics.figures import save_dropout_rates
+
+    path = save_dropout_rates([0.05, 0.9, 0.19, 0.2], 0.2, tmp_path / "dropout.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"expected rates in \[0, 1\]"):
+        save_dropout_rates([0.1, 1.5], 0.2, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="expected a list of rates"):
+        save_dropout_rates([], 0.2, tmp_path / "empty.png")

@@ -284,3 +284,32 @@ def test_config_is_validated():
         make_model(sparse=True, dropout_threshold=1.5)
     with pytest.raises(ConfigError, match="ll_normalization: expected one of"):
         make_model(ll_normalization="M2")
+
+
+def test_evaluate_reports_and_draws_the_kept_dimensions_of_a_sparse_model(tmp_path):
+    import json
+
+    from multivae.cli import main
+    from multivae.factory import load_model
+
+    data, run = tmp_path / "views", tmp_path / "run"
+    sizes = ["--param", "n_train=64", "--param", "n_val=16", "--param", "n_test=16"]
+    assert main(["prepare-data", "gaussian-views", "--out", str(data), *sizes]) == 0
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: mcvae\ndata: {data}\noutput_dir: {run}\n"
+        "model_config: {latent_dim: 3, sparse: true, dropout_threshold: 0.5}\n"
+        "training: {epochs: 1, batch_size: 32, progress_bar: false}\nmlflow: {enabled: false}\n"
+    )
+    assert main(["train", "--config", str(config)]) == 0
+    assert main(["train-classifiers", str(data), "--epochs", "1"]) == 0
+    fast = ["--set", "k=2", "--set", 'samplers=["prior"]', "--set", "n_generated=16"]
+    out = tmp_path / "report"
+    evaluate = ["evaluate", "--model", str(run / "model"), "--data", str(data), "--out", str(out)]
+    assert main([*evaluate, *fast]) == 0
+    report = json.loads((out / "metrics.json").read_text())["latents"]["dimensions"]
+    model = load_model(run / "model")
+    rates = model.dropout_rates()
+    assert report["dropout_rates"] == pytest.approx(rates.tolist())
+    assert report["kept_dimensions"] == int((rates < 0.5).sum()) and report["dimensions"] == 3
+    assert (out / "figures" / "dropout_rates.png").is_file()
