@@ -31,7 +31,7 @@ from multivae.nn.architectures import (
     build_encoder,
     default_architectures,
 )
-from multivae.nn.fusion import LOGVAR_BOUNDS
+from multivae.nn.fusion import LOGVAR_BOUNDS, product_of_experts
 from multivae.nn.likelihoods import LIKELIHOODS, ModalityLikelihood
 from multivae.nn.posteriors import GaussianPosterior, Posterior
 from multivae.nn.priors import Prior, StandardNormalPrior
@@ -175,6 +175,18 @@ class Objective:
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     kl_weight: float | None = None
+
+    def where(self, usable: torch.Tensor) -> Objective:
+        """The loss and every part exactly 0 (value and gradient) where ``usable`` is false.
+
+        A sample with nothing to score still counts in the batch mean.
+        """
+        zero = torch.zeros((), dtype=self.loss.dtype, device=self.loss.device)
+        return Objective(
+            torch.where(usable, self.loss, zero),
+            {name: torch.where(usable, value, zero) for name, value in self.parts.items()},
+            self.kl_weight,
+        )
 
 
 @dataclass
@@ -626,6 +638,29 @@ class MultimodalVAE(nn.Module):
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> Posterior:
         """The posterior over the shared latent given the ``cond`` modalities (all by default)."""
         raise NotImplementedError
+
+    def product_posterior(
+        self, batch: Batch, cond: Sequence[str] | None, *, prior_expert: bool
+    ) -> GaussianPosterior:
+        """The product of the observed ``cond`` experts, with ``N(0, I)`` as one more or not.
+
+        The posterior of MVAE, DMVAE, MVTCAE and CRMVAE; a sample with no expert and no prior
+        expert gets ``N(0, I)``.
+        """
+        self.check_batch(batch)
+        means, logvars = self.unimodal_posteriors(batch, cond)
+        mask = self.condition_mask(batch, cond)
+        return GaussianPosterior(*product_of_experts(means, logvars, mask, prior_expert))
+
+    def modality_count(self, presence: torch.Tensor, rule: str) -> torch.Tensor:
+        """``|O|`` per sample (``rule="observed"``, clamped at 1) or ``M`` (``"reference"``).
+
+        The count of modalities in the weights and divisors of an objective: the restriction
+        principle counts the observed ones, the references all of them.
+        """
+        if rule == "observed":
+            return presence.sum(0).to(torch.float32).clamp(min=1.0)
+        return torch.full(presence.shape[1:], float(len(self.modalities)), device=presence.device)
 
     def encode(
         self, batch: Batch, cond: Sequence[str] | None = None, n_samples: int = 1

@@ -128,32 +128,18 @@ class CRMVAE(MultimodalVAE):
         cells = presence.unsqueeze(1)  # (M, 1, N): broadcast over the two latents
         reconstruction = self.decoded_log_likelihoods(latents, batch, cells).sum((0, 1))
 
-        zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
         kl = kl_standard_normal(mean, logvar)
         kl_experts = kl_to_experts(mean, logvar, means, logvars, presence)
 
-        observed_count = presence.sum(0).to(mean.dtype)
-        if self.config.incomplete_weights == "observed":
-            count = observed_count
-        else:
-            count = torch.full_like(observed_count, float(len(self.modalities)))
-        divisor = count + 1
+        # (With nothing observed the count is clamped to 1; the sample is zeroed below anyway.)
+        divisor = self.modality_count(presence, self.config.incomplete_weights) + 1
         loss = -reconstruction / (2 * divisor) + self.config.beta * (kl + kl_experts) / divisor
-        usable = observed_count > 0
         parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_experts}
-        return Objective(
-            torch.where(usable, loss, zero),
-            {name: torch.where(usable, value, zero) for name, value in parts.items()},
-        )
+        return Objective(loss, parts).where(presence.any(0))
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
         """The product of the observed ``cond`` experts (all by default), without the prior.
 
         A sample with none of them observed gets the prior ``N(0, I)``.
         """
-        self.check_batch(batch)
-        means, logvars = self.unimodal_posteriors(batch, cond)
-        mean, logvar = product_of_experts(
-            means, logvars, self.condition_mask(batch, cond), prior_expert=False
-        )
-        return GaussianPosterior(mean, logvar)
+        return self.product_posterior(batch, cond, prior_expert=False)

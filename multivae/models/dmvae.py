@@ -209,9 +209,4 @@ class DMVAE(MultimodalVAE):
 
         A sample with no observed ``cond`` modality gets the prior ``N(0, I)``.
         """
-        self.check_batch(batch)
-        means, logvars = self.unimodal_posteriors(batch, cond)
-        mean, logvar = product_of_experts(
-            means, logvars, self.condition_mask(batch, cond), prior_expert=True
-        )
-        return GaussianPosterior(mean, logvar)
+        return self.product_posterior(batch, cond, prior_expert=True)

@@ -161,11 +161,7 @@ class GPoE(MultimodalVAE):
         kl = kl_standard_normal(mean, logvar)
         beta = self.config.beta
         loss = -reconstruction / count + beta * kl + beta * kl_private / count
-        usable = mask.any(0)
         parts = {"reconstruction": reconstruction, "kl": kl}
         if privates:
             parts["kl_private"] = kl_private
-        return Objective(
-            torch.where(usable, loss, zero),
-            {key: torch.where(usable, value, zero) for key, value in parts.items()},
-        )
+        return Objective(loss, parts).where(mask.any(0))

@@ -182,9 +182,4 @@ class MVAE(MultimodalVAE):
             batch: The data.
             cond: Modalities to condition on; absent ones are left out per sample.
         """
-        self.check_batch(batch)
-        means, logvars = self.unimodal_posteriors(batch, cond)
-        mean, logvar = product_of_experts(
-            means, logvars, self.condition_mask(batch, cond), prior_expert=True
-        )
-        return GaussianPosterior(mean, logvar)
+        return self.product_posterior(batch, cond, prior_expert=True)

@@ -57,8 +57,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import torch
-
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
 from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
@@ -123,33 +121,19 @@ class MVTCAE(MultimodalVAE):
         z = GaussianPosterior(mean, logvar).rsample(1)[0]
         reconstruction = self.log_likelihoods(self.decode(z), batch, presence).sum(0)
 
-        zero = torch.zeros((), dtype=mean.dtype, device=mean.device)
         kl_experts = kl_to_experts(mean, logvar, means, logvars, presence)
         kl = kl_standard_normal(mean, logvar)
 
-        observed_count = presence.sum(0).to(mean.dtype)
-        if self.config.incomplete_weights == "observed":
-            count = observed_count.clamp(min=1.0)
-        else:
-            count = torch.full_like(observed_count, float(len(self.modalities)))
+        count = self.modality_count(presence, self.config.incomplete_weights)
         recon_weight = (count - alpha) / count
         regularizer = (1 - alpha) * kl + alpha / count * kl_experts
         loss = -recon_weight * reconstruction + beta * regularizer
-        usable = observed_count > 0
         parts = {"reconstruction": reconstruction, "kl": kl, "kl_experts": kl_experts}
-        return Objective(
-            torch.where(usable, loss, zero),
-            {name: torch.where(usable, value, zero) for name, value in parts.items()},
-        )
+        return Objective(loss, parts).where(presence.any(0))
 
     def posterior(self, batch: Batch, cond: Sequence[str] | None = None) -> GaussianPosterior:
         """The product of the observed ``cond`` experts (all by default), without the prior.
 
         A sample with none of them observed gets the prior ``N(0, I)``.
         """
-        self.check_batch(batch)
-        means, logvars = self.unimodal_posteriors(batch, cond)
-        mean, logvar = product_of_experts(
-            means, logvars, self.condition_mask(batch, cond), prior_expert=False
-        )
-        return GaussianPosterior(mean, logvar)
+        return self.product_posterior(batch, cond, prior_expert=False)
