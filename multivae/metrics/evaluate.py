@@ -15,7 +15,8 @@
   otherwise the library-trained classifier's features, reported as ``fid_classifier``;
 * ``reconstruction``: per modality, MSE (and SSIM for images) of its reconstruction from itself;
 * ``latents``: k-means accuracy, NMI and ARI of the test latents given all observed modalities,
-  and the accuracy of a linear probe trained on train latents, per subset of modalities;
+  and the accuracy of a linear probe trained on train latents, per subset of modalities; for a
+  clustering model (``predict_clusters``), the same three scores of its own clusters;
 * figures: conditional generations from each subset, unconditional samples per sampler, a 2-D
   embedding of the latents coloured by label, reconstructions.
 
@@ -32,7 +33,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -57,7 +58,11 @@ from multivae.metrics.figures import (
     save_image_grid,
     save_reconstructions,
 )
-from multivae.metrics.latents import clustering_scores, linear_probe_accuracy
+from multivae.metrics.latents import (
+    cluster_agreement,
+    clustering_scores,
+    linear_probe_accuracy,
+)
 from multivae.metrics.likelihood import likelihood_report
 from multivae.metrics.reconstruction import mse, ssim
 from multivae.metrics.shared import select_rows
@@ -155,6 +160,17 @@ def _latents(
     for start in range(0, len(batch), size):
         rows = select_rows(batch, torch.arange(start, min(start + size, len(batch))))
         parts.append(model.posterior(rows, cond).mean)
+    return torch.cat(parts)
+
+
+def _clusters(
+    predict_clusters: Callable[[Batch], torch.Tensor], batch: Batch, size: int
+) -> torch.Tensor:
+    """A clustering model's predicted clusters, ``(N,)``: ``-1`` where nothing is observed."""
+    parts = []
+    for start in range(0, len(batch), size):
+        rows = select_rows(batch, torch.arange(start, min(start + size, len(batch))))
+        parts.append(predict_clusters(rows).cpu())
     return torch.cat(parts)
 
 
@@ -417,7 +433,15 @@ def evaluate(
                     }
                     report = model.latent_report()
                     if report is not None:
-                        metrics["latents"]["dimensions"] = report
+                        metrics["latents"]["model_report"] = report
+                    predict_clusters = getattr(model, "predict_clusters", None)
+                    if predict_clusters is not None:  # a clustering model's own clusters (CMVAE)
+                        predicted = _clusters(predict_clusters, test, config.batch_size)
+                        voted = predicted >= 0
+                        if voted.any():
+                            metrics["latents"]["model_clusters"] = cluster_agreement(
+                                predicted[voted], test.label.cpu()[voted]
+                            )
                     if config.figures:
                         save_embedding_plot(
                             latents,

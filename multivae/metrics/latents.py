@@ -86,14 +86,36 @@ def clustering_scores(
             f"N={points.shape[0]}"
         )
     clusters = KMeans(n_clusters=k, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(points)
+    return cluster_agreement(clusters, classes)
+
+
+def cluster_agreement(clusters: ArrayLike, labels: ArrayLike) -> dict[str, float]:
+    """Compare cluster assignments with the classes (see :func:`clustering_scores`).
+
+    Args:
+        clusters: Cluster indices of shape ``(N,)`` (k-means', or a clustering model's own).
+        labels: Class labels of shape ``(N,)``.
+
+    Returns:
+        ``accuracy`` under the best one-to-one matching of clusters to classes, ``nmi`` and
+        ``ari``.
+
+    Raises:
+        ValueError: When the shapes differ or there are no samples.
+    """
+    assigned, classes = as_numpy(clusters), as_numpy(labels)
+    if assigned.ndim != 1 or assigned.shape != classes.shape or assigned.shape[0] == 0:
+        raise ValueError(
+            f"cluster_agreement: expected clusters and labels of one shape (N,) with N >= 1, "
+            f"found {assigned.shape} and {classes.shape}"
+        )
     # Rows are classes, columns clusters; the assignment maximises the matched samples.
-    table = contingency_matrix(classes, clusters)
+    table = contingency_matrix(classes, assigned)
     rows, columns = linear_sum_assignment(table, maximize=True)
-    accuracy = float(table[rows, columns].sum()) / points.shape[0]
     return {
-        "accuracy": accuracy,
-        "nmi": float(normalized_mutual_info_score(classes, clusters)),
-        "ari": float(adjusted_rand_score(classes, clusters)),
+        "accuracy": float(table[rows, columns].sum()) / assigned.shape[0],
+        "nmi": float(normalized_mutual_info_score(classes, assigned)),
+        "ari": float(adjusted_rand_score(classes, assigned)),
     }
 
 

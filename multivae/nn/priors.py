@@ -10,7 +10,9 @@ models' objectives, takes their closed-form KL to a posterior where one exists.
   ``softmax(a) * D``, learned or fixed at 1 (MMVAE's and MMVAE+'s parameterization);
   closed-form KL to a posterior of its family.
 * :class:`MixturePrior`: ``sum_c pi_c N(mu_c, diag(sigma_c^2))`` with learned means, weights
-  and (optionally) scales (CMVAE's clusters); no closed-form KL, a log-density by logsumexp.
+  and (optionally) scales; no closed-form KL, a log-density by logsumexp.
+* :class:`ClusterPrior`: ``sum_c pi_c F(mu_c, 1)``, ``F`` Laplace or normal, over the active
+  clusters only (CMVAE's clusters, prunable by a saved mask); a log-density by logsumexp.
 
 Every prior is an ``nn.Module`` (its learned parameters are the model's, saved with it) and
 makes its draws in float32 on its parameters' device, or on the ``device`` its caller gives
@@ -27,7 +29,14 @@ import torch
 from torch import distributions, nn
 
 from multivae.nn.fusion import laplace_log_density, normal_log_density
-from multivae.nn.posteriors import GaussianPosterior, LaplacePosterior, Posterior
+from multivae.nn.posteriors import (
+    GaussianPosterior,
+    LaplacePosterior,
+    LatentFamily,
+    Posterior,
+    family_log_density,
+    family_rsample,
+)
 from multivae.objectives.kl import kl_normal, kl_standard_normal
 
 
@@ -226,3 +235,73 @@ class MixturePrior(Prior):
         """``sum_c pi_c mu_c``, expanded to ``(*shape, D)``."""
         mean = (self.log_weights().exp().unsqueeze(-1) * self.means).sum(0)
         return mean.expand(*shape, self.dim)
+
+
+class ClusterPrior(Prior):
+    """``sum_c pi_c F(z; mu_c, 1)`` over the active clusters, ``pi = softmax(rho)`` among them.
+
+    ``F`` is a Laplace or normal family with unit scales; the means ``mu_c`` (initialized
+    ``U(-1, 1)`` from torch's generator) and the logits ``rho`` (initialized at 0) are learned.
+    Pruned clusters are masked out (:attr:`active`, a saved buffer): they get ``pi_c = 0``
+    exactly, ``log pi`` renormalizes over the active ones, and the parameters stay the same
+    objects (an optimizer keeps its references).
+
+    Args:
+        dim: ``D``.
+        clusters: ``C``.
+        family: ``laplace`` or ``normal``.
+    """
+
+    active: torch.Tensor
+
+    def __init__(self, dim: int, clusters: int, family: LatentFamily = "laplace") -> None:
+        super().__init__(dim)
+        if clusters < 1:
+            raise ValueError(f"a cluster prior needs >= 1 clusters, found {clusters}")
+        if family not in ("laplace", "normal"):
+            raise ValueError(f"expected family 'laplace' or 'normal', found {family!r}")
+        self.clusters = clusters
+        self.family: LatentFamily = family
+        self.means = nn.Parameter(2.0 * torch.rand(clusters, dim) - 1.0)
+        self.weight_logits = nn.Parameter(torch.zeros(clusters))
+        self.register_buffer("active", torch.ones(clusters, dtype=torch.bool))
+
+    def log_weights(self) -> torch.Tensor:
+        """``log pi``, ``(C,)``: ``-inf`` for pruned clusters, normalized over the active ones."""
+        minus_inf = torch.tensor(-math.inf, device=self.weight_logits.device)
+        return torch.log_softmax(
+            torch.where(self.active, self.weight_logits.float(), minus_inf), dim=-1
+        )
+
+    def component_log_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """``log pi_c + log F(z; mu_c, 1)`` for every cluster, ``(..., C)``; ``-inf`` if pruned.
+
+        Only ever reduced by a logsumexp or a softmax, which give pruned clusters weight 0
+        (no ``0 * inf``: the gradient of the masked entries is 0).
+        """
+        means = self.means.to(z.dtype)
+        densities = family_log_density(self.family, z.unsqueeze(-2), means, torch.ones_like(means))
+        return densities + self.log_weights().to(z.dtype)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """``log sum_c pi_c F(z; mu_c, 1)`` (a logsumexp over the active clusters)."""
+        return torch.logsumexp(self.component_log_probs(z), dim=-1)
+
+    def cluster_log_posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(c | z)``, ``(..., C)``: ``-inf`` for pruned clusters."""
+        return torch.log_softmax(self.component_log_probs(z), dim=-1)
+
+    def sample(
+        self, shape: Sequence[int], device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Draws ``(*shape, D)``: a cluster by its weight, then a reparameterized ``z | c``."""
+        count = math.prod(shape)
+        cluster = torch.multinomial(self.log_weights().exp(), count, replacement=True)
+        means = self.means[cluster]
+        draws = family_rsample(self.family, means, torch.ones_like(means), 1)[0]
+        return draws.reshape(*shape, self.dim).to(self.device(device))
+
+    def mean(self, shape: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
+        """``sum_c pi_c mu_c``, expanded to ``(*shape, D)``."""
+        mean = (self.log_weights().exp().unsqueeze(-1) * self.means).sum(0)
+        return mean.expand(*shape, self.dim).to(self.device(device))

@@ -103,6 +103,12 @@ LEARNING: dict[str, LearningSetting] = {
     "mmvaeplus": LearningSetting(
         10, 16.0, {"samples_per_expert": 1, "private_dim": 4}, why="K=1, small private latents"
     ),
+    "cmvae": LearningSetting(
+        10,
+        16.0,
+        {"samples_per_expert": 1, "private_dim": 4, "n_clusters": 10},
+        why="MMVAE+'s setting (K=1, small private latents), ten clusters for the ten digits",
+    ),
     "dmvae": LearningSetting(8, 18.0, {"private_dim": 2}, why="small private latents"),
     "crmvae": LearningSetting(
         6, 12.0, {"beta": 0.5}, why="at beta 2.5 it left the plateau at epoch 9 for seed 1, not 4"

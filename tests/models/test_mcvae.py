@@ -307,7 +307,7 @@ def test_evaluate_reports_and_draws_the_kept_dimensions_of_a_sparse_model(tmp_pa
     out = tmp_path / "report"
     evaluate = ["evaluate", "--model", str(run / "model"), "--data", str(data), "--out", str(out)]
     assert main([*evaluate, *fast]) == 0
-    report = json.loads((out / "metrics.json").read_text())["latents"]["dimensions"]
+    report = json.loads((out / "metrics.json").read_text())["latents"]["model_report"]
     model = load_model(run / "model")
     rates = model.dropout_rates()
     assert report["dropout_rates"] == pytest.approx(rates.tolist())
