@@ -88,3 +88,18 @@ def tiny_batch(
         present = mask[m].reshape(-1, *[1] * len(spec.shape))
         data[m] = torch.where(present, values, torch.zeros((), dtype=values.dtype))
     return Batch(data=data, mask=mask, label=torch.zeros(N, dtype=torch.long))
+
+
+def vector_batch(sizes: dict[str, int], present: dict[str, list[bool]], seed: int = 1) -> Batch:
+    """A batch of 1-D modalities of ``sizes``, with presence ``present`` (one list per modality).
+
+    Values are standard normal from a generator seeded with ``seed``, drawn modality by modality
+    in ``sizes``'s order; absent cells hold zeros, as the data format stores them. The model
+    test files replay their hand computations on these batches.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(next(iter(present.values())))
+    data = {name: torch.randn(rows, size, generator=generator) for name, size in sizes.items()}
+    mask = {name: torch.tensor(flags) for name, flags in present.items()}
+    data = {name: values * mask[name].unsqueeze(-1) for name, values in data.items()}
+    return Batch(data=data, mask=mask)

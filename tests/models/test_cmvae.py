@@ -10,10 +10,10 @@ import math
 
 import pytest
 import torch
+from kit.models import vector_batch
 from torch.distributions import Laplace, Normal
 
 from multivae.config import ConfigError
-from multivae.data.batch import Batch
 from multivae.factory import create_model
 from multivae.models.base import ModalityConfig
 from multivae.models.cmvae import CMVAE, CMVAEConfig
@@ -53,11 +53,7 @@ def make_model(seed=0, **options):
 
 
 def make_batch(mask="complete", seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    data = {name: torch.randn(N, size, generator=generator) for name, size in SIZES.items()}
-    present = {name: torch.tensor(flags) for name, flags in MASKS[mask].items()}
-    data = {name: values * present[name].unsqueeze(-1) for name, values in data.items()}
-    return Batch(data=data, mask=present)
+    return vector_batch(SIZES, MASKS[mask], seed)
 
 
 @pytest.mark.parametrize("mask", list(MASKS))

@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from kit.models import vector_batch
 from torch.distributions import Normal, kl_divergence
 
 from multivae.config import ConfigError
@@ -51,12 +52,7 @@ def make_model(seed=0, **options):
 
 
 def make_batch(mask="complete", seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    data = {name: torch.randn(N, size, generator=generator) for name, size in SIZES.items()}
-    present = {name: torch.tensor(flags) for name, flags in MASKS[mask].items()}
-    # Absent cells hold zeros, as the data format stores them.
-    data = {name: values * present[name].unsqueeze(-1) for name, values in data.items()}
-    return Batch(data=data, mask=present)
+    return vector_batch(SIZES, MASKS[mask], seed)
 
 
 def hand_posteriors(model, batch):
