@@ -118,22 +118,14 @@ class CMVAE(MMVAEPlus):
 
     def __init__(self, config: CMVAEConfig) -> None:
         super().__init__(config)
+        # p(z) is the cluster prior; p(w_m) stays MMVAE+'s w slice of its joint prior (unit
+        # scales, since learn_shared_prior is refused).
         self.shared_prior = ClusterPrior(config.latent_dim, config.n_clusters, self.family)
 
     @property
     def active_clusters(self) -> torch.Tensor:
         """Which clusters are not pruned, ``(C,)`` booleans (saved with the model)."""
         return self.shared_prior.active
-
-    # MMVAE+ computes p(z) from its softmax over [z, w]; here z has the cluster prior, and
-    # p(w) stays MMVAE+'s w part (unit scales, since learn_shared_prior is refused).
-    def prior_sample(self, n: int) -> torch.Tensor:
-        """``n`` draws from the cluster prior: ``c ~ Cat(pi)``, then ``z | c``: ``(n, D)``."""
-        return self.shared_prior.sample((n,), self._device())
-
-    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log p(z) = log sum_c pi_c F(z; mu_c, 1)`` over the active clusters."""
-        return self.shared_prior.log_prob(z)
 
     # ----------------------------------------------------------------------------------------
     # Clusters

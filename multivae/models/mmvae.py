@@ -50,7 +50,7 @@ from multivae.nn.fusion import (
     mixture_log_density,
 )
 from multivae.nn.posteriors import LatentFamily, MixturePosterior, component_log_densities
-from multivae.nn.priors import SoftmaxScalePrior
+from multivae.nn.priors import SoftmaxScalePrior, renamed_state_key
 from multivae.objectives import average_over_experts, mixture_of_experts_bound
 from multivae.registry import register_model
 
@@ -97,15 +97,6 @@ class MMVAEConfig(ModelConfig):
             )
 
 
-def _rename_prior_logits(
-    module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object
-) -> None:
-    """``prior_scale_logits`` (folders saved before priors were objects) -> the prior's key."""
-    old = f"{prefix}prior_scale_logits"
-    if old in state:
-        state[f"{prefix}shared_prior.scale_logits"] = state.pop(old)
-
-
 @register_model
 class MMVAE(MultimodalVAE):
     """MMVAE (Shi et al. 2019): mixture-of-experts posterior, cross-reconstruction, IWAE/DReG.
@@ -133,7 +124,9 @@ class MMVAE(MultimodalVAE):
             config.latent_dim, config.latent_distribution, config.learn_prior_scale
         )
         # Model folders saved before the prior was an object name its logits so.
-        self.register_load_state_dict_pre_hook(_rename_prior_logits)  # type: ignore[no-untyped-call]
+        self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
+            renamed_state_key("prior_scale_logits", "shared_prior.scale_logits")
+        )
 
     # ----------------------------------------------------------------------------------------
     # Prior and experts

@@ -82,6 +82,7 @@ from multivae.nn.posteriors import (
     family_rsample,
     softmax_scale,
 )
+from multivae.nn.priors import SoftmaxScalePrior, renamed_state_key
 from multivae.objectives import average_over_experts, mixture_of_experts_bound
 from multivae.registry import register_model
 
@@ -179,13 +180,18 @@ class MMVAEPlus(MultimodalVAE):
 
     def __init__(self, config: MMVAEPlusConfig) -> None:
         super().__init__(config)
-        shape = (config.latent_dim + config.private_dim,)
-        self.prior_scale_logits: torch.Tensor
-        """``a``: logits of the prior's scales over ``[z, w]``, ``(D + Dw,)``."""
-        if config.learn_shared_prior:
-            self.prior_scale_logits = nn.Parameter(torch.zeros(shape))
-        else:
-            self.register_buffer("prior_scale_logits", torch.zeros(shape))
+        shared, private = config.latent_dim, config.private_dim
+        # One softmax over [z, w]: p(z) and every p(w_m) are slices of this joint prior.
+        self.joint_prior = SoftmaxScalePrior(
+            shared + private, self.family, config.learn_shared_prior
+        )
+        self.shared_prior = self.joint_prior.slice(0, shared)
+        for name in self.modalities:
+            self.private_priors[name] = self.joint_prior.slice(shared, shared + private)
+        # Model folders saved before the priors were objects name the logits so.
+        self.register_load_state_dict_pre_hook(  # type: ignore[no-untyped-call]
+            renamed_state_key("prior_scale_logits", "joint_prior.scale_logits")
+        )
         # Keyed by modality name, not stacked: saved configs may list the modalities in another
         # order. Fixed logits (``learn_modality_prior=False``) are zeros and need no storage.
         self.auxiliary_scale_logits = nn.ParameterDict(
@@ -204,7 +210,7 @@ class MMVAEPlus(MultimodalVAE):
 
     def prior_scale(self) -> torch.Tensor:
         """The prior's scales over ``[z, w]``, ``(D + Dw,)``: ``softmax(a) * (D + Dw)``."""
-        return softmax_scale(self.prior_scale_logits)
+        return self.joint_prior.scale()
 
     def auxiliary_scales(self) -> torch.Tensor:
         """The scales of every ``r_n``, ``(M, Dw)`` in modality order: ``softmax(b_n) * Dw``.
@@ -212,31 +218,15 @@ class MMVAEPlus(MultimodalVAE):
         Ones when not learned.
         """
         if not self.config.learn_modality_prior:
-            return self.prior_scale_logits.new_ones((len(self.modalities), self.config.private_dim))
+            return torch.ones(
+                (len(self.modalities), self.config.private_dim), device=self._device()
+            )
         return softmax_scale(torch.stack([self.auxiliary_scale_logits[m] for m in self.modalities]))
 
     def _centred_sample(self, scale: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """Reparameterized draws ``(*shape, P)`` of the centred family with scales ``(P,)``."""
         scale = scale.expand((*shape, scale.shape[-1]))
         return family_rsample(self.family, torch.zeros_like(scale), scale, 1)[0]
-
-    def prior_sample(self, n: int) -> torch.Tensor:
-        """``n`` draws from ``p(z)``: ``(n, D)``."""
-        return self._centred_sample(self.prior_scale()[: self.config.latent_dim], (n,))
-
-    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """``log p(z)``, shape ``z.shape[:-1]``."""
-        scale = self.prior_scale()[: self.config.latent_dim].to(z.dtype)
-        return family_log_density(self.family, z, torch.zeros_like(z), scale)
-
-    def private_prior_sample(self, modality: str, shape: Sequence[int]) -> torch.Tensor:
-        """Draws ``(*shape, Dw)`` from ``p(w_m)``, the ``w`` part of the joint prior."""
-        return self._centred_sample(self.prior_scale()[self.config.latent_dim :], shape)
-
-    def private_prior_log_prob(self, modality: str, w: torch.Tensor) -> torch.Tensor:
-        """``log p(w_m)``, shape ``w.shape[:-1]``."""
-        scale = self.prior_scale()[self.config.latent_dim :].to(w.dtype)
-        return family_log_density(self.family, w, torch.zeros_like(w), scale)
 
     @property
     def family(self) -> LatentFamily:

@@ -8,7 +8,8 @@ models' objectives, takes their closed-form KL to a posterior where one exists.
 * :class:`StandardNormalPrior`: ``N(0, I)``; closed-form KL to a Gaussian posterior.
 * :class:`SoftmaxScalePrior`: a centred Laplace (:class:`LaplacePrior`) or normal with scales
   ``softmax(a) * D``, learned or fixed at 1 (MMVAE's and MMVAE+'s parameterization);
-  closed-form KL to a posterior of its family.
+  closed-form KL to a posterior of its family. :class:`SoftmaxScaleSlice` is a block of its
+  dimensions (MMVAE+'s ``p(z)`` and ``p(w_m)``: one softmax over ``[z, w]``).
 * :class:`MixturePrior`: ``sum_c pi_c N(mu_c, diag(sigma_c^2))`` with learned means, weights
   and (optionally) scales; no closed-form KL, a log-density by logsumexp.
 * :class:`ClusterPrior`: ``sum_c pi_c F(mu_c, 1)``, ``F`` Laplace or normal, over the active
@@ -107,6 +108,20 @@ class StandardNormalPrior(Prior):
         return super().kl(posterior)
 
 
+def renamed_state_key(old: str, new: str):  # type: ignore[no-untyped-def]
+    """A load-state-dict pre-hook that renames ``old`` to ``new`` (folders saved earlier).
+
+    Register it with ``module.register_load_state_dict_pre_hook(renamed_state_key(...))``;
+    both keys are relative to the module.
+    """
+
+    def hook(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+        if f"{prefix}{old}" in state:
+            state[f"{prefix}{new}"] = state.pop(f"{prefix}{old}")
+
+    return hook
+
+
 def _learned_or_fixed(module: nn.Module, name: str, value: torch.Tensor, learn: bool) -> None:
     """Register ``value`` as a parameter when learned, else as a (saved) buffer.
 
@@ -158,6 +173,10 @@ class SoftmaxScalePrior(Prior):
             return laplace_log_density(z, zero, scale)
         return normal_log_density(z, zero, 2.0 * torch.log(scale))
 
+    def slice(self, start: int, stop: int) -> SoftmaxScaleSlice:
+        """The prior of dimensions ``[start, stop)`` (independent dimensions: exact)."""
+        return SoftmaxScaleSlice(self, start, stop)
+
     def kl(self, posterior: Posterior) -> torch.Tensor:
         """``KL(posterior || prior)`` for a posterior of the prior's family.
 
@@ -172,6 +191,47 @@ class SoftmaxScalePrior(Prior):
             logvar_p = 2.0 * torch.log(self.scale().to(posterior.mean.dtype))
             return kl_normal(posterior.mean, posterior.logvar, torch.zeros_like(logvar_p), logvar_p)
         return super().kl(posterior)
+
+
+class SoftmaxScaleSlice(SoftmaxScalePrior):
+    """Dimensions ``[start, stop)`` of a :class:`SoftmaxScalePrior` over a joint latent.
+
+    MMVAE+'s prior is one softmax over ``[z, w]``: the scales of ``p(z)`` and ``p(w_m)`` are
+    slices of ``softmax(a) * (D + Dw)``, so they share the logits ``a``. A slice holds no
+    tensor of its own (the joint prior is the model's module, registered once, so its logits
+    are saved and moved with the model once); it samples, scores and gives its KL with the
+    slice of the joint's scales.
+
+    Args:
+        joint: The prior over the joint latent.
+        start: The first dimension of the slice.
+        stop: One past its last dimension.
+    """
+
+    def __init__(self, joint: SoftmaxScalePrior, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= joint.dim:
+            raise ValueError(
+                f"expected 0 <= start < stop <= {joint.dim}, found start {start}, stop {stop}"
+            )
+        Prior.__init__(self, stop - start)
+        self.family = joint.family
+        # In a tuple, not an attribute: a module attribute would register the joint prior
+        # (and its logits) a second time under this slice.
+        self._joint = (joint,)
+        self.start, self.stop = start, stop
+
+    @property
+    def joint(self) -> SoftmaxScalePrior:
+        """The prior over the joint latent whose scales this slice takes."""
+        return self._joint[0]
+
+    def scale(self) -> torch.Tensor:
+        """The slice of the joint's scales, ``(stop - start,)``."""
+        return self.joint.scale()[self.start : self.stop]
+
+    def slice(self, start: int, stop: int) -> SoftmaxScaleSlice:
+        """A slice of the joint prior, in the joint's dimensions."""
+        return self.joint.slice(start, stop)
 
 
 class LaplacePrior(SoftmaxScalePrior):

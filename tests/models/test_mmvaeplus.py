@@ -69,7 +69,7 @@ def randomize_priors(model, seed=5):
     """Give the learnable prior logits ``a`` and ``b_n`` distinct values."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        model.prior_scale_logits.copy_(torch.randn(LATENT + PRIVATE, generator=generator))
+        model.joint_prior.scale_logits.copy_(torch.randn(LATENT + PRIVATE, generator=generator))
         for name in NAMES:
             model.auxiliary_scale_logits[name].copy_(torch.randn(PRIVATE, generator=generator))
 
@@ -96,7 +96,7 @@ def hand_experts(model, batch, family, names=NAMES):
 def hand_prior_scales(model, names=NAMES):
     """Scales of p(z), of p(w) and of each r_n: softmax(a) * (D + Dw) split, softmax(b_n) * Dw."""
     d, p = model.config.latent_dim, model.config.private_dim
-    joint = torch.softmax(model.prior_scale_logits, dim=0) * (d + p)
+    joint = torch.softmax(model.joint_prior.scale_logits, dim=0) * (d + p)
     if model.config.learn_modality_prior:
         auxiliary = [torch.softmax(model.auxiliary_scale_logits[n], dim=0) * p for n in names]
     else:
@@ -259,7 +259,7 @@ def test_dreg_has_the_iwae_value_and_the_papers_gradients():
     encoders = [name for name in dreg_grads if name.startswith("encoders.")]
     others = [name for name in dreg_grads if not name.startswith("encoders.")]
     assert any(name.startswith("auxiliary_scale_logits.") for name in others)
-    assert "prior_scale_logits" in others
+    assert "joint_prior.scale_logits" in others
     for name in encoders:
         torch.testing.assert_close(dreg_grads[name], hand_grads[name], rtol=1e-4, atol=1e-6)
     for name in others:
@@ -275,12 +275,12 @@ def test_the_gradient_reaches_the_auxiliary_and_shared_prior_logits(bound):
     model(batch).loss.backward()
     for name in sizes:
         assert model.auxiliary_scale_logits[name].grad.abs().sum() > 0, name
-    assert model.prior_scale_logits.grad.abs().sum() > 0
+    assert model.joint_prior.scale_logits.grad.abs().sum() > 0
     # Without learning, the logits are fixed zeros: unit scales, nothing to train.
     fixed = make_model(sizes=sizes, learn_modality_prior=False)
     assert not any(name.startswith("auxiliary") for name, _ in fixed.named_parameters())
-    assert isinstance(fixed.prior_scale_logits, torch.Tensor)
-    assert "prior_scale_logits" not in dict(fixed.named_parameters())
+    assert isinstance(fixed.joint_prior.scale_logits, torch.Tensor)
+    assert "joint_prior.scale_logits" not in dict(fixed.named_parameters())
     torch.testing.assert_close(fixed.auxiliary_scales(), torch.ones(2, PRIVATE))
 
 
@@ -354,7 +354,7 @@ def test_generation_draws_unobserved_private_latents_from_p_or_r(private_generat
     model = make_model(learn_shared_prior=True, private_generation=private_generation)
     with torch.no_grad():
         # p(w) scales about (2.14, 0.29); r_a about (1.46, 0.54), r_b about (0.24, 1.76).
-        model.prior_scale_logits.copy_(torch.tensor([0.0, 0.0, 1.0, -1.0]))
+        model.joint_prior.scale_logits.copy_(torch.tensor([0.0, 0.0, 1.0, -1.0]))
         model.auxiliary_scale_logits["a"].copy_(torch.tensor([0.5, -0.5]))
         model.auxiliary_scale_logits["b"].copy_(torch.tensor([-1.0, 1.0]))
     batch = make_batch("missing")

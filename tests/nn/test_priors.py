@@ -14,7 +14,7 @@ from torch.distributions import (
 
 import multivae
 from multivae.nn.posteriors import GaussianPosterior, LaplacePosterior
-from multivae.nn.priors import LaplacePrior, MixturePrior, StandardNormalPrior
+from multivae.nn.priors import LaplacePrior, MixturePrior, SoftmaxScalePrior, StandardNormalPrior
 
 
 def test_the_standard_normal_scores_samples_and_has_the_gaussian_kl():
@@ -81,10 +81,6 @@ def test_priors_draw_on_their_parameters_device_or_the_one_given():
     assert StandardNormalPrior(2).mean((3,), "meta").device.type == "meta"
 
 
-STILL_OVERRIDING = {"mmvaeplus"}
-"""Models whose priors are still methods (MMVAE+: one softmax over [z, w] shared by both)."""
-
-
 @pytest.mark.parametrize("name", multivae.list_models())
 def test_every_model_declares_its_priors_as_objects(name):
     model = tiny_model(name, "default", "vectors")
@@ -98,10 +94,15 @@ def test_every_model_declares_its_priors_as_objects(name):
     torch.manual_seed(3)
     z = model.prior_sample(4)
     assert z.shape == (4, model.config.latent_dim)
-    if name not in STILL_OVERRIDING:  # the model's prior is the object
-        torch.testing.assert_close(model.prior_log_prob(z), model.shared_prior.log_prob(z))
-        torch.manual_seed(3)
-        torch.testing.assert_close(model.shared_prior.sample((4,)), z)
+    # The model's prior is the object: no model overrides the base's methods.
+    torch.testing.assert_close(model.prior_log_prob(z), model.shared_prior.log_prob(z))
+    torch.manual_seed(3)
+    torch.testing.assert_close(model.shared_prior.sample((4,)), z)
+    for modality in model.private_dims:
+        w = model.private_prior_sample(modality, (4,))
+        torch.testing.assert_close(
+            model.private_prior_log_prob(modality, w), model.private_prior(modality).log_prob(w)
+        )
 
 
 def test_an_mmvae_saved_with_its_old_prior_key_loads():
@@ -113,3 +114,43 @@ def test_an_mmvae_saved_with_its_old_prior_key_loads():
     fresh = tiny_model("mmvae", "default", "vectors", seed=1)
     fresh.load_state_dict(state)  # strict
     torch.testing.assert_close(fresh.prior_scale(), model.prior_scale())
+
+
+def test_slices_of_a_softmax_prior_share_its_logits_and_score_their_own_dimensions():
+    joint = SoftmaxScalePrior(5, "laplace", learn_scale=True)
+    with torch.no_grad():
+        joint.scale_logits.copy_(torch.tensor([0.5, -0.5, 1.0, 0.0, -1.0]))
+    head, tail = joint.slice(0, 2), joint.slice(2, 5)
+    scales = torch.softmax(joint.scale_logits.detach(), 0) * 5
+    torch.testing.assert_close(head.scale(), scales[:2])
+    torch.testing.assert_close(tail.scale(), scales[2:])
+    # The slices hold nothing: the joint's logits are saved once, by their owner.
+    assert not list(head.parameters()) and not list(head.buffers())
+    z = torch.randn(7, 5)
+    hand = Laplace(torch.zeros(5), scales).log_prob(z)
+    torch.testing.assert_close(head.log_prob(z[:, :2]), hand[:, :2].sum(-1))
+    torch.testing.assert_close(head.log_prob(z[:, :2]) + tail.log_prob(z[:, 2:]), joint.log_prob(z))
+    # A gradient through a slice reaches the joint's logits.
+    tail.log_prob(z[:, 2:]).sum().backward()
+    assert joint.scale_logits.grad is not None and joint.scale_logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="start < stop"):
+        joint.slice(3, 3)
+
+
+def test_an_mmvaeplus_saved_with_its_old_prior_key_loads_and_keeps_one_copy_of_the_logits():
+    model = tiny_model("mmvaeplus", "auxiliary-generation", "vectors")
+    state = model.state_dict()
+    assert [key for key in state if "scale_logits" in key and "auxiliary" not in key] == [
+        "joint_prior.scale_logits"
+    ]
+    with torch.no_grad():
+        model.joint_prior.scale_logits.normal_()
+    state = model.state_dict()
+    state["prior_scale_logits"] = state.pop("joint_prior.scale_logits")
+    fresh = tiny_model("mmvaeplus", "auxiliary-generation", "vectors", seed=1)
+    fresh.load_state_dict(state)  # strict
+    torch.testing.assert_close(fresh.prior_scale(), model.prior_scale())
+    d = model.config.latent_dim
+    torch.testing.assert_close(fresh.shared_prior.scale(), model.prior_scale()[:d])
+    for modality in fresh.modalities:
+        torch.testing.assert_close(fresh.private_prior(modality).scale(), model.prior_scale()[d:])
