@@ -863,7 +863,10 @@ class MultimodalVAE(nn.Module):
         log_w = self.log_likelihoods(params, batch, gen_mask, weighted=False).sum(0)
         if cond is not None:
             return log_w
-        return log_w + self.prior_log_prob(z) - log_psi + private_ratio
+        log_w = log_w + self.prior_log_prob(z) - log_psi + private_ratio
+        # Nothing scored: p(X_O) = 1 exactly, whatever the proposal (CMVAE's F(0, 1) fallback
+        # is not its cluster prior, so the ratio would only be 1 on average).
+        return torch.where(gen_mask.any(0), log_w, torch.zeros((), dtype=log_w.dtype))
 
     @torch.no_grad()
     def nll(
