@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/examples_acceptance.py                       # every model, 2 epochs
     python benchmarks/examples_acceptance.py --models mvae cmvae --epochs 1 --k 50
+    python benchmarks/examples_acceptance.py --samplers prior --n-generated 200  # lighter
 
 Results: ``benchmarks/results/examples_acceptance.{json,md}`` (``--out``).
 """
@@ -110,6 +111,10 @@ def run_model(name: str, work: Path, data: Path, classifiers: Path, args: Any) -
         f"classifiers={classifiers}",
         "--set",
         f"max_samples={args.max_samples}",
+        "--set",
+        f"samplers={json.dumps(args.samplers)}",
+        "--set",
+        f"n_generated={args.n_generated}",
     )
     metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
     found = numbers(metrics)
@@ -163,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--k", type=int, default=100, help="importance samples of the NLL")
     parser.add_argument("--max-samples", type=int, default=500, help="test samples evaluated")
+    parser.add_argument(
+        "--samplers", nargs="+", default=["prior", "gmm"], help="latent samplers evaluated"
+    )
+    parser.add_argument(
+        "--n-generated", type=int, default=1000, help="samples generated per sampler"
+    )
     parser.add_argument("--work", type=Path, default=HERE / ".examples-work")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "examples_acceptance.json")
     args = parser.parse_args(argv)
