@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -84,6 +85,10 @@ def dataset(example: Path) -> Path:
 def run_model(name: str, work: Path, data: Path, classifiers: Path, args: Any) -> dict[str, Any]:
     """Train and evaluate one example; the row of the table."""
     out = work / name
+    if out.exists():
+        # This benchmark's own earlier run of the model (the work folder is the benchmark's):
+        # training refuses a folder holding a run, so the earlier one goes.
+        shutil.rmtree(out)
     train_seconds, _ = cli(
         "train",
         "--config",
