@@ -18,7 +18,9 @@ Usage::
     python benchmarks/examples_acceptance.py --models mvae cmvae --epochs 1 --k 50
     python benchmarks/examples_acceptance.py --samplers prior --n-generated 200  # lighter
 
-Results: ``benchmarks/results/examples_acceptance.{json,md}`` (``--out``).
+Results: ``benchmarks/results/examples_acceptance.{json,md}`` (``--out``). A run with the same
+settings as the file's adds its models' rows to it (replacing theirs); other settings start it
+afresh.
 """
 
 from __future__ import annotations
@@ -201,7 +203,21 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"epochs": args.epochs, "k": args.k, "rows": rows}, indent=1))
+    # Rows of other models from an earlier run with the same settings stay in the file, so the
+    # table can be completed one model at a time; a run with other settings starts it afresh.
+    settings = {
+        "epochs": args.epochs,
+        "k": args.k,
+        "max_samples": args.max_samples,
+        "samplers": args.samplers,
+        "n_generated": args.n_generated,
+    }
+    if args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        if {key: earlier.get(key) for key in settings} == settings:
+            ran = {row["model"] for row in rows}
+            rows = [row for row in earlier["rows"] if row["model"] not in ran] + rows
+    args.out.write_text(json.dumps({**settings, "rows": rows}, indent=1))
     markdown = table(rows, args.epochs)
     args.out.with_suffix(".md").write_text(markdown)
     print(markdown)
