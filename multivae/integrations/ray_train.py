@@ -65,17 +65,9 @@ from multivae.names import (
     RUN_KIND,
     TRAIN_COMMAND,
 )
+from multivae.training import Callback, EpochRecord, Trainer, TrainingResult, distributed_rank
 from multivae.training.checkpoint import load_checkpoint
-from multivae.training.loop import (
-    Callback,
-    EpochRecord,
-    Trainer,
-    TrainingResult,
-    check_fresh_output,
-    check_resume_identity,
-    distributed_rank,
-    run_identity,
-)
+from multivae.training.identity import check_fresh_output, check_resume_identity, run_identity
 
 if TYPE_CHECKING:
     from multivae.run_config import RayConfig, RunConfig

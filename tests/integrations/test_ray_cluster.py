@@ -21,7 +21,7 @@ from multivae.data import MultimodalDataset
 from multivae.names import MLFLOW_RUN_FILE
 from multivae.run import run_training
 from multivae.run_config import RunConfig
-from multivae.training.loop import Callback
+from multivae.training import Callback
 
 pytestmark = pytest.mark.integration
 
