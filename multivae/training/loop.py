@@ -65,6 +65,11 @@ from multivae.training.distributed import (
     unwrap_model,
 )
 from multivae.training.identity import check_fresh_output, check_resume_identity, run_identity
+from multivae.training.optimizers import (
+    StageOptimizers,
+    check_group_names,
+    checkpoint_optimizers,
+)
 from multivae.training.outputs import training_result, write_outputs
 from multivae.training.state import LoopState, cpu_copy
 
@@ -106,7 +111,8 @@ class Trainer:
             to its :meth:`identity`.
 
     Raises:
-        ConfigError: For ``stage_epochs`` naming a stage the model does not have, or a device,
+        ConfigError: For ``stage_epochs`` naming a stage the model does not have, ``groups`` an
+            optimizer group it does not have, or a device,
             precision or ``compile`` this machine does not support.
     """
 
@@ -134,6 +140,8 @@ class Trainer:
                     f"training.stage_epochs: {self.module.name} has no stage {stage!r}; "
                     f"expected some of {list(self.module.stages)}"
                 )
+        check_group_names(self.module, config)
+        self._skipped_steps = 0
         if (
             config.precision == "bf16"
             and self.device.type == "cuda"
@@ -154,7 +162,8 @@ class Trainer:
                 )
             limit = max(
                 torch._dynamo.config.recompile_limit,
-                _GRAPHS_PER_STAGE * len(self.module.stages),
+                _GRAPHS_PER_STAGE
+                * sum(len(self.module.optimizer_groups(s)) for s in self.module.stages),
             )
             if config.cuda_graphs and self.device.type != "cuda":
                 raise ConfigError(
@@ -233,28 +242,17 @@ class Trainer:
             while True:
                 stage = stages[state.stage_index]
                 self.module.set_stage(stage)
-                optimizer = self.config.optimizer.build(self.module.stage_parameters(stage))
-                scheduler = (
-                    None
-                    if self.config.scheduler is None
-                    else self.config.scheduler.build(optimizer)
-                )
+                optimizers = StageOptimizers(self.module, stage, self.config)
                 if pending is not None:
-                    optimizer.load_state_dict(pending["optimizer"])
-                    if scheduler is not None and pending["scheduler"] is not None:
-                        scheduler.load_state_dict(pending["scheduler"])
+                    optimizers.load_state_dict(pending)
                     pending = None
                 epochs = self.config.epochs_of(stage)
                 while not state.stage_done and state.stage_epoch < epochs:
                     record = self._epoch(
-                        stage, epochs, optimizer, train_data, val_data, steps_per_epoch
+                        stage, epochs, optimizers, train_data, val_data, steps_per_epoch
                     )
                     monitored = float(record["val_loss" if val_data is not None else "train_loss"])
-                    if scheduler is not None:
-                        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                            scheduler.step(monitored)
-                        else:
-                            scheduler.step()
+                    optimizers.step_schedulers(monitored)
                     self._track_best(monitored, stage)
                     state.history.append(record)
                     requests = [
@@ -270,7 +268,7 @@ class Trainer:
                     every = self.config.checkpoint_every
                     saved = stopped_by_callback or bool(every and state.epoch % every == 0)
                     if saved:
-                        self._save_checkpoint(optimizer, scheduler)
+                        self._save_checkpoint(optimizers)
                         saved_epoch = state.epoch
                     for callback in self.callbacks:
                         callback.on_epoch_saved(
@@ -280,12 +278,16 @@ class Trainer:
                         break
                 if stopped_by_callback or state.stage_index == len(stages) - 1:
                     break
-                if self.config.keep == "best" and state.best_state is not None:
+                if (
+                    self.config.keep == "best"
+                    and self.module.restore_best_between_stages
+                    and state.best_state is not None
+                ):
                     self.module.load_state_dict(state.best_state)
                 state.next_stage()
             state.elapsed = time.monotonic() - started
             if saved_epoch != state.epoch:
-                self._save_checkpoint(optimizer, scheduler)
+                self._save_checkpoint(optimizers)
             if self.config.keep == "best" and state.best_state is not None:
                 self.module.load_state_dict(state.best_state)
             result = training_result(
@@ -348,50 +350,59 @@ class Trainer:
         )
 
     def _step(
-        self,
-        batch: Batch,
-        optimizer: torch.optim.Optimizer,
-        parameters: list[torch.Tensor],
-        module_parameters: Sequence[torch.Tensor],
-    ) -> ModelOutput:
-        try:
-            with self._autocast():
-                output = self._train_forward(self.model, batch)
-            # Module.zero_grad(set_to_none=True) without walking the module tree every step.
-            for parameter in module_parameters:
-                parameter.grad = None
-            # Inductor compiles the backward graph on the first backward pass.
-            torch.autograd.backward(output.loss)
-        except Exception as error:
-            if self.config.compile and compile_failure(error):
-                raise self._compile_error(error, "training") from error
-            raise
-        if self.config.grad_clip_norm is not None:
-            # After backward (the gradients exist) and before the step (which uses them).
-            nn.utils.clip_grad_norm_(parameters, self.config.grad_clip_norm)
-        optimizer.step()
-        # A model's post-step hook (gPoE projects its fusion weights back into range).
-        after_step = getattr(self.module, "after_optimizer_step", None)
-        if after_step is not None:
-            after_step()
-        return output
+        self, batch: Batch, optimizers: StageOptimizers, module_parameters: Sequence[torch.Tensor]
+    ) -> list[ModelOutput]:
+        """One batch: each optimizer group in order, ``steps`` times, on its own forward pass.
+
+        A step whose batch has no usable sample on any rank (``ModelOutput.usable`` 0) runs no
+        backward pass and no optimizer step. Returns each group's last output.
+        """
+        outputs: list[ModelOutput] = []
+        for entry in optimizers.entries:
+            self.module.optimizer_group = entry.group.name
+            for _ in range(entry.group.steps):
+                try:
+                    with self._autocast():
+                        output = self._train_forward(self.model, batch)
+                    if output.usable is not None and not self._any_usable(output.usable):
+                        # A zero gradient would still move Adam's moments (and the weights).
+                        self._skipped_steps += 1
+                        continue
+                    # Module.zero_grad(set_to_none=True) without walking the module tree.
+                    for parameter in module_parameters:
+                        parameter.grad = None
+                    # Inductor compiles the backward graph on the first backward pass.
+                    torch.autograd.backward(output.loss)
+                except Exception as error:
+                    if self.config.compile and compile_failure(error):
+                        raise self._compile_error(error, "training") from error
+                    raise
+                entry.step()
+            outputs.append(output)
+        self.module.optimizer_group = optimizers.names[0]
+        return outputs
+
+    def _any_usable(self, usable: torch.Tensor) -> bool:
+        """Whether any rank's batch has a usable sample (the same answer on every rank)."""
+        count = all_reduce(usable.detach().float().reshape(1), dist.ReduceOp.SUM)
+        return bool(count.item() > 0)
 
     def _epoch(
         self,
         stage: str,
         epochs: int,
-        optimizer: torch.optim.Optimizer,
+        optimizers: StageOptimizers,
         train_data: Iterable[Batch],
         val_data: Iterable[Batch] | None,
         steps_per_epoch: int | None,
     ) -> EpochRecord:
         state = self._state
         began = time.monotonic()
-        lr = float(optimizer.param_groups[0]["lr"])
+        lr = optimizers.lr()
         set_epoch(train_data, state.epoch)
         steps = len(train_data) if isinstance(train_data, Sized) else steps_per_epoch
         assert steps is not None
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self._skipped_steps = 0
         module_parameters = list(self.module.parameters())
         stages = self.module.stages
         total = sum(self.config.epochs_of(s) for s in stages)
@@ -412,13 +423,13 @@ class Trainer:
             with self._compile_settings():
                 for step, batch in enumerate(self._batches(train_data)):
                     self.module.progress = state.stage_epoch + step / steps
-                    output = self._step(
-                        batch.to(self.device, non_blocking=True),
-                        optimizer,
-                        parameters,
-                        module_parameters,
+                    outputs = self._step(
+                        batch.to(self.device, non_blocking=True), optimizers, module_parameters
                     )
-                    self._accumulate(sums, output, len(batch))
+                    for name, output in zip(optimizers.names, outputs, strict=True):
+                        # The first group's loss is the epoch's; the others' are prefixed.
+                        prefix = "" if name == optimizers.names[0] else f"{name}_"
+                        self._accumulate(sums, output, len(batch), prefix)
                     samples += len(batch)
                     bar.update()
                     if not bar.disable and time.monotonic() - shown > _POSTFIX_SECONDS:
@@ -434,6 +445,8 @@ class Trainer:
                 "lr": lr,
             }
             record.update({f"train_{name}": value for name, value in train.items()})
+            if self._skipped_steps:
+                record["skipped_steps"] = self._skipped_steps
             if not math.isfinite(train["loss"]):
                 raise FloatingPointError(
                     f"{self.module.name}: training loss is {train['loss']} in epoch "
@@ -475,14 +488,19 @@ class Trainer:
         return self._average(sums, samples, "validation")[0]
 
     def _accumulate(
-        self, sums: dict[tuple[str, ...], torch.Tensor], output: ModelOutput, size: int
+        self,
+        sums: dict[tuple[str, ...], torch.Tensor],
+        output: ModelOutput,
+        size: int,
+        prefix: str = "",
     ) -> None:
         """Add a batch's loss and metrics, weighted by its size (they are per-sample means).
 
-        ``sums`` maps the names ``("loss", *metrics)`` to their weighted sums, one tensor per
-        set of names: a step costs two small tensor operations whatever its number of metrics.
+        ``sums`` maps the names ``("loss", *metrics)`` (each after ``prefix``: another optimizer
+        group's) to their weighted sums, one tensor per set of names: a step costs two small
+        tensor operations whatever its number of metrics.
         """
-        names = ("loss", *output.metrics)
+        names = tuple(f"{prefix}{name}" for name in ("loss", *output.metrics))
         total = sums.get(names)
         if total is None and "loss" in output.metrics:
             raise ValueError(
@@ -535,11 +553,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Checkpoints and outputs
 
-    def _save_checkpoint(
-        self,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    ) -> None:
+    def _save_checkpoint(self, optimizers: StageOptimizers) -> None:
         if self.rank != 0:
             return
         state = self._state
@@ -548,8 +562,7 @@ class Trainer:
                 "identity": self.identity(),
                 "stages": list(self.module.stages),
                 "model": cpu_copy(self.module.state_dict()),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "optimizers": optimizers.state_dict(),
                 "rng": capture_rng_state(),
                 "loop": state.to_checkpoint(),
             },
@@ -574,4 +587,4 @@ class Trainer:
             ) from None
         restore_rng_state(checkpoint["rng"])
         self._state = LoopState.from_checkpoint(checkpoint["loop"])
-        return {"optimizer": checkpoint["optimizer"], "scheduler": checkpoint["scheduler"]}
+        return checkpoint_optimizers(checkpoint)
