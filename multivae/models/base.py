@@ -349,13 +349,19 @@ class MultimodalVAE(nn.Module):
             multi_stage=len(self.stages) > 1,
         )
 
-    def conditionable(self, subset: Sequence[str]) -> bool:
-        """Whether :meth:`posterior` given ``subset`` is the model's own inference for it.
+    def conditionable(self, subset: Sequence[str], target: str | None = None) -> bool:
+        """Whether the model's own inference generates from ``subset`` (``target`` from it).
 
-        Metrics report "not applicable" for subsets that are not (instead of a silent
-        substitute such as the prior).
+        With ``target`` ``None``: whether :meth:`posterior` given ``subset`` is the model's own
+        inference for it (DVCCA conditions only through its primary view). With a ``target``:
+        whether :meth:`predict` generates that modality from ``subset`` (a CVAE generates only
+        its main modality, and only from its conditioning modalities). Metrics report "not
+        applicable" for what it cannot do instead of a silent substitute such as the prior.
+        Every subset of the modalities, and every target outside it, by default.
         """
-        return set(subset) <= set(self.modalities)
+        if not set(subset) <= set(self.modalities):
+            return False
+        return target is None or (target in self.modalities and target not in subset)
 
     def check_batch(self, batch: Batch) -> None:
         """Refuse a batch whose modalities or shapes differ from the config's."""
