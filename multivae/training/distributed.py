@@ -63,3 +63,18 @@ def set_epoch(data: object, epoch: int) -> None:
         set_epoch = getattr(holder, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
+
+
+def finds_unused_parameters(model: MultimodalVAE) -> bool:
+    """Whether ``DistributedDataParallel`` must look for parameters a step leaves unused.
+
+    True for a model whose steps do not all train every parameter: several stages (a later
+    stage freezes modules), frozen modules, or several optimizer groups (each group's forward
+    pass computes its own loss). DDP then skips what a step does not reach instead of waiting
+    for its gradient ("Expected to have finished reduction"); other models keep the cheaper
+    default.
+    """
+    return any(
+        model.frozen_modules(stage) or len(model.optimizer_groups(stage)) > 1
+        for stage in model.stages
+    ) or len(model.stages) > 1
