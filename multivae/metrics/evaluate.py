@@ -178,7 +178,7 @@ def _reconstruction(model: MultimodalVAE, batch: Batch, size: int) -> dict[str, 
     out: dict[str, Any] = {}
     for name in model.modalities:
         present = batch.mask[name].nonzero().squeeze(-1)
-        if len(present) == 0:
+        if len(present) == 0 or not model.conditionable([name]):
             continue
         rows = select_rows(batch, present)
         errors, similarities = [], []
@@ -211,6 +211,8 @@ def _probes(
     per_subset: dict[str, float] = {}
     per_size: dict[int, list[float]] = {}
     for subset in _subsets(model.modalities):
+        if not model.conditionable(subset):
+            continue
         usable_train = torch.stack([train.mask[m] for m in subset]).any(0)
         usable_test = torch.stack([test.mask[m] for m in subset]).any(0)
         if usable_train.sum() < 10 or usable_test.sum() < 1:
@@ -473,8 +475,8 @@ def _conditional_figures(
     if len(rows) == 0:
         return
     for subset in _subsets(images):
-        targets = [m for m in images if m not in subset]
-        if not targets:
+        targets = [m for m in images if m not in subset and model.conditionable(subset, m)]
+        if not targets or not model.conditionable(subset):
             continue
         generated = model.predict(rows, cond=list(subset), gen=targets)
         save_conditional_grid(
@@ -483,6 +485,8 @@ def _conditional_figures(
             folder / conditional_figure(subset),
             title=f"generated from {', '.join(subset)}",
         )
+    if not model.conditionable([images[0]]):
+        return
     reconstructed = model.predict(rows, cond=[images[0]], gen=[images[0]])[images[0]]
     save_reconstructions(
         rows.data[images[0]], reconstructed.clamp(0, 1), folder / RECONSTRUCTIONS_FIGURE

@@ -221,23 +221,31 @@ def likelihood_report(
 
     Returns:
         JSON-ready: ``joint`` and ``conditional[m]`` (each ``mean``, ``std_error``, ``count``;
-        ``conditional`` is empty for a single-modality model), ``k``, ``throughput`` (samples x K
-        per second of the joint NLL) and ``seconds`` (time in ``model.nll`` over the report).
+        ``conditional`` is empty for a single-modality model), ``not_applicable`` (the modalities
+        the model's ``conditionable`` cannot generate from the others), ``k``, ``throughput``
+        (samples x K per second of the joint NLL) and ``seconds`` (time in ``model.nll`` over
+        the report).
     """
     modalities = tuple(model.modalities)
+    others = {m: [o for o in modalities if o != m] for m in modalities if len(modalities) > 1}
+    conditionable = getattr(model, "conditionable", None)
+    # A modality the model cannot generate from all the others (DVCCA's primary view) is
+    # reported, never scored with a substitute posterior.
+    not_applicable = [
+        m for m in others if conditionable is not None and not conditionable(others[m], m)
+    ]
     with seeded(seed, model_device(model)):
         joint = joint_nll(model, data, k, chunk_size, batch_size)
         conditional = {
-            m: conditional_nll(
-                model, data, [o for o in modalities if o != m], [m], k, chunk_size, batch_size
-            )
-            for m in modalities
-            if len(modalities) > 1
+            m: conditional_nll(model, data, cond, [m], k, chunk_size, batch_size)
+            for m, cond in others.items()
+            if m not in not_applicable
         }
     return {
         "k": k,
         "joint": _summary(joint),
         "conditional": {m: _summary(result) for m, result in conditional.items()},
+        "not_applicable": not_applicable,
         "throughput": joint["throughput"],
         "seconds": joint["seconds"] + sum(r["seconds"] for r in conditional.values()),
     }

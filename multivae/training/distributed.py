@@ -74,7 +74,10 @@ def finds_unused_parameters(model: MultimodalVAE) -> bool:
     for its gradient ("Expected to have finished reduction"); other models keep the cheaper
     default.
     """
-    return any(
-        model.frozen_modules(stage) or len(model.optimizer_groups(stage)) > 1
-        for stage in model.stages
-    ) or len(model.stages) > 1
+    return (
+        any(
+            model.frozen_modules(stage) or len(model.optimizer_groups(stage)) > 1
+            for stage in model.stages
+        )
+        or len(model.stages) > 1
+    )

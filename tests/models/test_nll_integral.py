@@ -34,7 +34,7 @@ PRIVATE = {"mmvaeplus": 1, "cmvae": 1, "dmvae": 1}
 CASES: list[tuple[str, dict[str, Any]]] = [
     (name, {"private_dim": PRIVATE[name]} if name in PRIVATE else {})
     for name in multivae.list_models()
-] + [("mmjsd", {"private_dim": 1}), ("mcvae", {"sparse": True})]
+] + [("mmjsd", {"private_dim": 1}), ("mcvae", {"sparse": True}), ("dvcca", {"private_dim": 1})]
 
 
 def make_model(name: str, options: dict[str, Any]) -> multivae.MultimodalVAE:
