@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 import torch
-from kit.models import MODALITY_SETS, N, names_of, tiny_batch, tiny_model
+from kit.models import MODALITY_SETS, N, generation_case, names_of, tiny_batch, tiny_model
 
 import multivae
 from multivae.data import Batch
@@ -85,11 +85,11 @@ def test_a_modality_absent_from_the_whole_batch(name, variant, modalities):
             assert parameter.grad is not None, (absent, parameter_name)
             assert torch.isfinite(parameter.grad).all(), (absent, parameter_name)
         # Shared and private parts alike: the whole encoder of the absent modality, and its
-        # decoder, which has no target to score.
-        for module in (model.encoders[absent], model.decoders[absent]):
+        # decoder, which has no target to score (a CVAE's conditioning modalities have none).
+        for module in [part[absent] for part in (model.encoders, model.decoders) if absent in part]:
             for parameter_name, parameter in module.named_parameters():
                 assert torch.all(parameter.grad == 0), (absent, parameter_name)
-        others = [m for m in names_of(modalities) if m != absent]
+        others = [m for m in names_of(modalities) if m != absent and m in model.encoders]
         learnable = [p for m in others for p in model.encoders[m].parameters()]
         # Something is learned from the other modalities' encoders, unless the model has none
         # for them or no sample is usable without the absent one (DVCCA infers its shared latent
@@ -138,9 +138,10 @@ def test_same_seed_same_loss(name, variant, modalities):
 
 @case
 def test_save_then_load_gives_identical_outputs(name, variant, modalities, tmp_path):
-    first, second, third = first_second_third(modalities)
+    _, second, _ = first_second_third(modalities)
     model = tiny_model(name, variant, modalities).eval()
     batch = tiny_batch(modalities, missing={second: [True, False] * 3})
+    cond, gen = generation_case(model, modalities)
     folder = model.save_pretrained(tmp_path / "model")
     loaded = multivae.load_model(folder)
     assert type(loaded) is type(model)
@@ -151,10 +152,10 @@ def test_save_then_load_gives_identical_outputs(name, variant, modalities, tmp_p
     loaded.progress = model.progress
     assert torch.equal(loss_of(loaded, batch).loss, loss_of(model, batch).loss)
     torch.manual_seed(0)
-    expected = model.predict(batch, cond=[first], gen=[second, third])
+    expected = model.predict(batch, cond=cond, gen=gen)
     torch.manual_seed(0)
-    found = loaded.predict(batch, cond=[first], gen=[second, third])
-    for modality in (second, third):
+    found = loaded.predict(batch, cond=cond, gen=gen)
+    for modality in gen:
         assert torch.equal(found[modality], expected[modality])
 
 
@@ -188,10 +189,15 @@ def test_predict_from_every_subset(name, variant, modalities):
         for cond in itertools.combinations(names, size):
             if not model.conditionable(cond):
                 continue
+            # Every modality (reconstructions too) by default; a conditional model generates
+            # what it says it generates from cond (a CVAE: its main modality).
+            gen = names
+            if model.capabilities.conditional:
+                gen = [m for m in names if model.conditionable(cond, m)]
             for use_mean in (False, True):
-                out = model.predict(batch, cond=list(cond), use_mean=use_mean)
+                out = model.predict(batch, cond=list(cond), gen=gen, use_mean=use_mean)
                 assert {m: tuple(v.shape) for m, v in out.items()} == {
-                    m: expected_shape(modalities, m, (N,)) for m in names
+                    m: expected_shape(modalities, m, (N,)) for m in gen
                 }
                 assert all(torch.isfinite(v.float()).all() for v in out.values())
 
@@ -199,18 +205,18 @@ def test_predict_from_every_subset(name, variant, modalities):
 @case
 def test_generation_api_shapes(name, variant, modalities):
     model = tiny_model(name, variant, modalities).eval()
-    first, second, _ = first_second_third(modalities)
     batch = tiny_batch(modalities)
-    several = model.predict(batch, cond=[first], gen=[second], n_samples=4)
-    assert several[second].shape == expected_shape(modalities, second, (4, N))
-    z = model.encode(batch, cond=[first, second], n_samples=3)
+    cond, (target, *_) = generation_case(model, modalities)
+    several = model.predict(batch, cond=cond, gen=[target], n_samples=4)
+    assert several[target].shape == expected_shape(modalities, target, (4, N))
+    z = model.encode(batch, cond=[*cond, target], n_samples=3)
     assert z.shape == (3, N, model.config.latent_dim)
     # The mean prediction is deterministic.
     torch.manual_seed(1)
-    once = model.predict(batch, cond=[first], gen=[second], use_mean=True)
+    once = model.predict(batch, cond=cond, gen=[target], use_mean=True)
     torch.manual_seed(2)
-    twice = model.predict(batch, cond=[first], gen=[second], use_mean=True)
-    torch.testing.assert_close(once[second], twice[second])
+    twice = model.predict(batch, cond=cond, gen=[target], use_mean=True)
+    torch.testing.assert_close(once[target], twice[target])
     if model.capabilities.conditional:
         with pytest.raises(ValueError, match="conditioning"):
             model.sample(5)
@@ -256,8 +262,12 @@ def test_nll_is_finite_per_sample_whole_or_chunked(name, variant, modalities):
     assert whole.shape == (N,)
     assert torch.isfinite(whole).all()
     assert torch.isfinite(chunked).all()
-    cond = [second] if model.conditionable([second], third) else [first]
-    conditional = model.nll(batch, cond=cond, gen=[third], k=10)
+    # The second modality to the third, or the model's own case (DVCCA: from its primary view;
+    # a CVAE: its main modality given its conditioning ones).
+    cond, gen = [second], [third]
+    if not model.conditionable(cond, third):
+        cond, gen = generation_case(model, modalities)
+    conditional = model.nll(batch, cond=cond, gen=gen, k=10)
     assert conditional.shape == (N,) and torch.isfinite(conditional).all()
 
 
@@ -282,7 +292,10 @@ def test_conditioning_on_a_subset_runs_only_its_encoders(name, variant, modaliti
     first, _, third = first_second_third(modalities)
     model = tiny_model(name, variant, modalities).eval()
     batch = tiny_batch(modalities, missing={first: [True, False, True, True, True, True]})
-    for cond in ([first], [first, third]):
+    conds = [c for c in ([first], [first, third]) if model.conditionable(c)]
+    if not conds:  # a CVAE: its conditioning modalities, then every modality
+        conds = [generation_case(model, modalities)[0], names_of(modalities)]
+    for cond in conds:
         called: list[str] = []
         hooks = [
             model.encoders[m].register_forward_hook(lambda *_, m=m, seen=called: seen.append(m))
@@ -292,7 +305,9 @@ def test_conditioning_on_a_subset_runs_only_its_encoders(name, variant, modaliti
         z = model.encode(batch, cond, n_samples=3)
         for hook in hooks:
             hook.remove()
-        assert called and set(called) <= set(cond)
+        # (A CVAE without a prior network conditions on x_C through N(0, I): no encoder runs.)
+        assert called or model.capabilities.conditional
+        assert set(called) <= set(cond)
         # The same posterior as with every other modality marked absent and all encoders run.
         hidden = Batch(
             data=batch.data,
