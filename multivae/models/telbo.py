@@ -158,6 +158,7 @@ class TELBO(MultimodalVAE):
         super().__init__(config)
         if config.schedule == "stop_gradient":
             self.stages = ("main",)
+            self.stage = self.stages[0]
         self.unimodal_weights = {
             m: config.unimodal_weights.get(m, spec.weight) for m, spec in config.modalities.items()
         }
@@ -175,9 +176,6 @@ class TELBO(MultimodalVAE):
             config.joint_hidden,
             2 * config.latent_dim,
         )
-        # From construction on, the model is in its first stage, frozen modules included (a
-        # DistributedDataParallel wrapper then registers only what that stage trains).
-        self.set_stage(self.stages[0])
 
     def frozen_modules(self, stage: str) -> list[str]:
         """``joint``: the unimodal encoders; ``unimodal``: everything else; ``main``: none."""
