@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -143,8 +144,8 @@ LOSS_PARTS: dict[str, str] = {
     "reconstruction": "sum over the observed modalities of log p(x_m | latents), times each "
     "modality's training weight: a log-likelihood, higher is better",
     "kl": "KL divergence of the shared latent's posterior to its prior (summed over the "
-    "unimodal posteriors where there is no joint one: mcVAE), in closed form, as a Monte Carlo "
-    "estimate log q - log p, or an approximation the model documents",
+    "unimodal posteriors where there is no joint one: mcVAE, TELBO's unimodal stage), in closed "
+    "form, as a Monte Carlo estimate log q - log p, or an approximation the model documents",
     "kl_private": "the same for the private latents, summed over the modalities that have one",
     "kl_experts": "sum over the observed modalities of KL(q(z | X) || q(z | x_m)), the joint "
     "posterior to each unimodal expert (JMVAE's, MVTCAE's and CRMVAE's regularizer), >= 0",
@@ -262,8 +263,10 @@ class MultimodalVAE(nn.Module):
     config_class: ClassVar[type[ModelConfig]]
     declared_capabilities: ClassVar[Capabilities] = Capabilities()
     """What the model can do in some configuration; :attr:`capabilities` answers for this one."""
-    stages: ClassVar[tuple[str, ...]] = ("main",)
-    """Training stages in order; multi-stage models declare several (see :meth:`set_stage`)."""
+    stages: tuple[str, ...] = ("main",)
+    """Training stages in order; multi-stage models declare several (see :meth:`set_stage`). A
+    class attribute, which a model whose schedule is an option replaces on the instance in its
+    ``__init__`` (TELBO's paper schedule has one stage, its default two)."""
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {}
     """Named config overrides the contract test runs besides the defaults (the model file's
     "tester configs": private latents on, another latent family, ...)."""
@@ -560,6 +563,9 @@ class MultimodalVAE(nn.Module):
         latents: dict[str, torch.Tensor],
         batch: Batch,
         cells: torch.Tensor,
+        *,
+        weighted: bool = True,
+        detach_params: bool = False,
     ) -> torch.Tensor:
         """``log p(x_m | latents[m])`` where ``cells[m]`` is true and 0 elsewhere: ``(M, ..., N)``.
 
@@ -573,6 +579,10 @@ class MultimodalVAE(nn.Module):
                 ``(..., N, D_m)``; the leading dimensions are the same for all.
             batch: The targets.
             cells: Boolean ``(M, ..., N)``, broadcast against the latents' leading dimensions.
+            weighted: Times each modality's training ``weight`` (as :meth:`log_likelihoods`).
+            detach_params: A stop-gradient call: the decoders' and likelihoods' parameters get
+                no gradient from these values, the latents still do (TELBO's paper objective
+                trains the unimodal encoders through fixed decoders).
         """
         terms = []
         for i, name in enumerate(self.modalities):
@@ -581,6 +591,11 @@ class MultimodalVAE(nn.Module):
             keep = cells[i].expand(shape)
             likelihood = self.likelihood(name)
             target = batch.data[name]
+            decoder: Callable[[torch.Tensor], torch.Tensor] = self.decoders[name]
+            if detach_params:
+                detached = {key: p.detach() for key, p in self.decoders[name].named_parameters()}
+                decoder = partial(torch.func.functional_call, self.decoders[name], detached)
+            score = partial(likelihood.log_prob, weighted=weighted, detach_params=detach_params)
             # Every cell is decoded (and the false ones masked) when all are true; when none is
             # (the decoder's parameters must still take part in the step, with zero gradient, or
             # DistributedDataParallel fails); and in a compiled forward, where selecting cells
@@ -589,15 +604,13 @@ class MultimodalVAE(nn.Module):
             select = not torch.compiler.is_compiling() and keep.device.type != "meta"
             index = keep.reshape(-1).nonzero()[:, 0] if select else None
             if index is None or index.numel() in (0, keep.numel()):
-                params = self.decoders[name](latent.reshape(-1, latent.shape[-1]))
-                log_p = likelihood.log_prob(params.reshape(*shape, *params.shape[1:]), target)
+                params = decoder(latent.reshape(-1, latent.shape[-1]))
+                log_p = score(params.reshape(*shape, *params.shape[1:]), target)
                 terms.append(torch.where(keep, log_p, torch.zeros((), dtype=log_p.dtype)))
                 continue
-            params = self.decoders[name](
-                latent.reshape(-1, latent.shape[-1]).index_select(0, index)
-            )
+            params = decoder(latent.reshape(-1, latent.shape[-1]).index_select(0, index))
             # Cells flatten (..., N) row-major: a cell's sample is its index modulo N.
-            log_p = likelihood.log_prob(params, target.index_select(0, index % shape[-1]))
+            log_p = score(params, target.index_select(0, index % shape[-1]))
             flat = log_p.new_zeros(keep.numel()).index_copy(0, index, log_p)
             terms.append(flat.reshape(shape))
         return torch.stack(terms)

@@ -110,6 +110,12 @@ LEARNING: dict[str, LearningSetting] = {
         why="MMVAE+'s setting (K=1, small private latents), ten clusters for the ten digits",
     ),
     "dmvae": LearningSetting(8, 18.0, {"private_dim": 2}, why="small private latents"),
+    "telbo": LearningSetting(
+        10,
+        18.0,
+        why="epochs per stage: m0's unimodal encoder trains in the second stage only, on the "
+        "first stage's decoders, which left the plateau after 8-10 joint epochs (seeds 0, 1)",
+    ),
     "crmvae": LearningSetting(
         6, 12.0, {"beta": 0.5}, why="at beta 2.5 it left the plateau at epoch 9 for seed 1, not 4"
     ),

@@ -45,6 +45,19 @@ def first_second_third(modalities: str) -> tuple[str, str, str]:
     return first, second, third
 
 
+def in_each_stage(model: MultimodalVAE):
+    """Yield ``model`` switched to each of its training stages, gradients cleared.
+
+    A multi-stage model trains some parameters in a stage and freezes the others: the gradient
+    checks hold, stage by stage, for the parameters that stage trains, and the frozen ones get
+    none (``grad`` stays ``None``).
+    """
+    for stage in model.stages:
+        model.set_stage(stage)
+        model.zero_grad(set_to_none=True)
+        yield stage
+
+
 def test_the_classic_and_new_models_are_registered():
     assert {"jmvae", "mvae", "mmvae", "mopoe"} <= set(MODELS)
 
@@ -64,38 +77,52 @@ def test_output_is_a_finite_scalar_loss_with_named_scalar_metrics(name, variant,
 @case
 def test_every_parameter_gets_a_gradient_on_complete_data(name, variant, modalities):
     model = tiny_model(name, variant, modalities)
-    loss_of(model, tiny_batch(modalities)).loss.backward()
-    for parameter_name, parameter in model.named_parameters():
-        assert parameter.grad is not None, parameter_name
-        assert torch.isfinite(parameter.grad).all(), parameter_name
-        assert parameter.grad.abs().sum() > 0, parameter_name
+    for stage in in_each_stage(model):
+        loss_of(model, tiny_batch(modalities)).loss.backward()
+        for parameter_name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                assert parameter.grad is None, (stage, parameter_name)
+                continue
+            assert parameter.grad is not None, (stage, parameter_name)
+            assert torch.isfinite(parameter.grad).all(), (stage, parameter_name)
+            assert parameter.grad.abs().sum() > 0, (stage, parameter_name)
 
 
 @case
 def test_a_modality_absent_from_the_whole_batch(name, variant, modalities):
     for absent in names_of(modalities):
         model = tiny_model(name, variant, modalities)
-        output = loss_of(model, tiny_batch(modalities, missing={absent: [False] * N}))
-        assert torch.isfinite(output.loss), absent
-        output.loss.backward()
-        for parameter_name, parameter in model.named_parameters():
-            # Every parameter takes part in every step, with a zero gradient where it has nothing
-            # to learn from: DistributedDataParallel fails when one rank's batch lacks a
-            # modality and a parameter gets no gradient tensor there.
-            assert parameter.grad is not None, (absent, parameter_name)
-            assert torch.isfinite(parameter.grad).all(), (absent, parameter_name)
-        # Shared and private parts alike: the whole encoder of the absent modality, and its
-        # decoder, which has no target to score (a CVAE's conditioning modalities have none).
-        for module in [part[absent] for part in (model.encoders, model.decoders) if absent in part]:
-            for parameter_name, parameter in module.named_parameters():
-                assert torch.all(parameter.grad == 0), (absent, parameter_name)
-        others = [m for m in names_of(modalities) if m != absent and m in model.encoders]
-        learnable = [p for m in others for p in model.encoders[m].parameters()]
-        # Something is learned from the other modalities' encoders, unless the model has none
-        # for them or no sample is usable without the absent one (DVCCA infers its shared latent
-        # from its primary modality alone).
-        if learnable and (output.usable is None or output.usable > 0):
-            assert any(parameter.grad.abs().sum() > 0 for parameter in learnable), absent
+        for stage in in_each_stage(model):
+            where = (absent, stage)
+            output = loss_of(model, tiny_batch(modalities, missing={absent: [False] * N}))
+            assert torch.isfinite(output.loss), where
+            output.loss.backward()
+            trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            for parameter_name, parameter in trained.items():
+                # Every parameter a stage trains takes part in every step, with a zero gradient
+                # where it has nothing to learn from: DistributedDataParallel fails when one
+                # rank's batch lacks a modality and a parameter gets no gradient tensor there.
+                assert parameter.grad is not None, (*where, parameter_name)
+                assert torch.isfinite(parameter.grad).all(), (*where, parameter_name)
+            # Shared and private parts alike: the whole encoder of the absent modality, and its
+            # decoder, which has no target to score (a CVAE's conditioning modalities have none).
+            parts = (model.encoders, model.decoders)
+            for module in [part[absent] for part in parts if absent in part]:
+                for parameter_name, parameter in module.named_parameters():
+                    if parameter.requires_grad:
+                        assert torch.all(parameter.grad == 0), (*where, parameter_name)
+            learnable = [
+                parameter
+                for m in names_of(modalities)
+                if m != absent and m in model.encoders
+                for parameter in model.encoders[m].parameters()
+                if parameter.requires_grad
+            ]
+            # Something is learned from the other modalities' encoders, unless the stage trains
+            # none of them (TELBO's joint stage), the model has none, or no sample is usable
+            # without the absent one (DVCCA infers its shared latent from its primary modality).
+            if learnable and (output.usable is None or output.usable > 0):
+                assert any(p.grad.abs().sum() > 0 for p in learnable), where
 
 
 @case
@@ -107,25 +134,28 @@ def test_absent_cells_get_exactly_zero_gradient_and_do_not_matter(name, variant,
     }
     model = tiny_model(name, variant, modalities)
     batch = tiny_batch(modalities, missing=missing)
-    inputs = {m: v.clone().requires_grad_(v.is_floating_point()) for m, v in batch.data.items()}
-    output = loss_of(model, Batch(data=inputs, mask=batch.mask))
-    assert torch.isfinite(output.loss)
-    output.loss.backward()
-    for m, value in inputs.items():
-        if value.is_floating_point():
-            assert value.grad is not None, m
-            absent = ~batch.mask[m]
-            assert torch.all(value.grad[absent] == 0), m
-    # Absent cells hold zeros by contract; any other value must not matter.
-    noisy = {
-        m: torch.where(
-            batch.mask[m].reshape(-1, *[1] * (v.dim() - 1)), v, torch.full((), 2, dtype=v.dtype)
+    for stage in in_each_stage(model):
+        inputs = {m: v.clone().requires_grad_(v.is_floating_point()) for m, v in batch.data.items()}
+        output = loss_of(model, Batch(data=inputs, mask=batch.mask))
+        assert torch.isfinite(output.loss), stage
+        output.loss.backward()
+        for m, value in inputs.items():
+            if value.is_floating_point():
+                assert value.grad is not None, (stage, m)
+                absent = ~batch.mask[m]
+                assert torch.all(value.grad[absent] == 0), (stage, m)
+        # Absent cells hold zeros by contract; any other value must not matter.
+        noisy = {
+            m: torch.where(
+                batch.mask[m].reshape(-1, *[1] * (v.dim() - 1)),
+                v,
+                torch.full((), 2, dtype=v.dtype),
+            )
+            for m, v in batch.data.items()
+        }
+        torch.testing.assert_close(
+            loss_of(model, Batch(data=noisy, mask=batch.mask)).loss, output.loss.detach()
         )
-        for m, v in batch.data.items()
-    }
-    torch.testing.assert_close(
-        loss_of(model, Batch(data=noisy, mask=batch.mask)).loss, output.loss.detach()
-    )
 
 
 @case
@@ -277,12 +307,18 @@ def test_capabilities_are_those_of_the_configured_model(name, variant, modalitie
     cls = type(model)
     assert cls.name == name
     assert cls.declared_capabilities.missing_modalities
-    assert cls.stages and all(isinstance(stage, str) for stage in cls.stages)
+    assert model.stages and all(isinstance(stage, str) for stage in model.stages)
     capabilities = model.capabilities
-    assert capabilities.multi_stage == (len(cls.stages) > 1)
+    assert capabilities.multi_stage == (len(model.stages) > 1)
     assert capabilities.private_latents == bool(model.private_dims)
     # What a configured model can do, its class declares it can do in some configuration.
-    for flag in ("private_latents", "importance_sampled", "conditional", "clustering"):
+    for flag in (
+        "private_latents",
+        "multi_stage",
+        "importance_sampled",
+        "conditional",
+        "clustering",
+    ):
         if getattr(capabilities, flag):
             assert getattr(cls.declared_capabilities, flag), flag
 

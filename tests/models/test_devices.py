@@ -49,8 +49,11 @@ def test_every_entry_point_runs_on_another_device(name, variant, modalities, dev
     model = tiny_model(name, variant, modalities).to(device)
     first, second, third = names_of(modalities)
     batch = tiny_batch(modalities, missing={first: [True, False] * (N // 2)}).to(device)
-    model(batch).loss.backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    for stage in model.stages:  # each trains its parameters; the others are frozen in it
+        model.set_stage(stage)
+        model.zero_grad(set_to_none=True)
+        model(batch).loss.backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad), stage
     model.eval()
     # The second modality to the third, or the model's own case (DVCCA: from its primary view;
     # a CVAE: its main modality given its conditioning ones).
