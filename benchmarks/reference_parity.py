@@ -92,7 +92,7 @@ DEFAULT_WORK = HERE / ".parity-work"
 DEFAULT_RESULTS = HERE / "results"
 WORKER = HERE / "reference_parity_worker.py"
 
-MODELS = ("jmvae", "mvae", "mmvae", "mopoe", "mvtcae", "mmvaeplus", "dmvae")
+MODELS = ("jmvae", "mvae", "mmvae", "mopoe", "mvtcae", "mmvaeplus", "dmvae", "crmvae", "cmvae")
 DATASETS = ("poly-digits", "gaussian-views")
 SETTINGS = {"complete": 0.0, "missing50": 0.5}
 SETTING_LABELS = {"complete": "complete", "missing50": "50% missing"}
@@ -110,7 +110,7 @@ coherence for MMVAE) needs 10 for a mean that says something; a poly-digits side
 2-5 minutes on a core."""
 DEFAULT_MODELS = {
     "gaussian-views": list(MODELS),
-    "poly-digits": [m for m in MODELS if m not in ("mmvae", "mmvaeplus")],
+    "poly-digits": [m for m in MODELS if m not in ("mmvae", "mmvaeplus", "cmvae")],
 }
 """Models per dataset: on poly-digits MMVAE and MMVAE+ decode K = 10 samples per expert into
 3 x 2,352 outputs each, about 10 times the decoder work of MVAE's 2-5 minute side-runs (not
@@ -123,7 +123,7 @@ PRIVATE_DIM = 16
 JOINT_ENCODER = {"feature_dim": 128, "hidden": [512]}
 """The project's JMVAE joint encoder defaults, rebuilt on the reference side."""
 
-PRIVATE_LATENT_MODELS = ("mmvaeplus", "dmvae")
+PRIVATE_LATENT_MODELS = ("mmvaeplus", "dmvae", "cmvae")
 PRIVATE_DIM_FIELDS = ("private_dim", "modality_dim", "style_dim", "modalities_specific_dim")
 """Names our config may give the private latent size (the first one the config has is set)."""
 
@@ -161,6 +161,8 @@ REFERENCE_CLASS = {
     "mvtcae": "MVTCAE",
     "mmvaeplus": "MMVAEPlus",
     "dmvae": "DMVAE",
+    "crmvae": "CRMVAE",
+    "cmvae": "CMVAE",
 }
 
 
@@ -396,7 +398,7 @@ def run_reference(
 ) -> dict[str, Any]:
     """Train and evaluate one model with MultiVae 1.0.3 in its venv; score its generations."""
     _, reference_config, _ = aligned_settings(model, data.setting)
-    if model == "mmvaeplus":
+    if model in ("mmvaeplus", "cmvae"):
         reference_config = {**reference_config, "modalities_specific_dim": PRIVATE_DIM}
     elif model == "dmvae":
         reference_config = {

@@ -124,11 +124,15 @@ def main() -> None:
     from torch import nn
 
     from multivae.models import (
+        CMVAE,
+        CRMVAE,
         DMVAE,
         JMVAE,
         MMVAE,
         MVAE,
         MVTCAE,
+        CMVAEConfig,
+        CRMVAEConfig,
         DMVAEConfig,
         JMVAEConfig,
         MMVAEConfig,
@@ -150,6 +154,8 @@ def main() -> None:
         "mvtcae": (MVTCAE, MVTCAEConfig),
         "mmvaeplus": (MMVAEPlus, MMVAEPlusConfig),
         "dmvae": (DMVAE, DMVAEConfig),
+        "crmvae": (CRMVAE, CRMVAEConfig),
+        "cmvae": (CMVAE, CMVAEConfig),
     }
 
     def mlp(sizes: list[int]) -> nn.Sequential:
