@@ -464,7 +464,7 @@ class JNF(MultimodalVAE):
     name: ClassVar[str] = "jnf"
     config_class: ClassVar[type[ModelConfig]] = JNFConfig
     declared_capabilities: ClassVar[Capabilities] = Capabilities(multi_stage=True)
-    stages: ClassVar[tuple[str, ...]] = ("joint", "flows")
+    stages: tuple[str, ...] = ("joint", "flows")
     restore_best_between_stages: ClassVar[bool] = True
     """True: stage ``flows`` starts from the best weights of stage ``joint``, as the reference's
     trainer does. The flows are fitted to the joint encoder the saved model keeps (frozen from
