@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from multivae.data.datasets import prepare_builtin
     from multivae.metrics.classifiers import ClassifierSet
     from multivae.run import run_training
-    from multivae.training.loop import Callback, Trainer
+    from multivae.training import Callback, Trainer
 
     torch.set_num_threads(args.threads)
     overrides = {key: json.loads(value) for key, value in (o.split("=", 1) for o in args.option)}

@@ -22,13 +22,8 @@ from multivae.integrations.tracking import tracking_callbacks
 from multivae.io import claim_output, mark_output_once
 from multivae.names import RUN_CONFIG_FILE, RUN_KIND, TRAIN_COMMAND
 from multivae.run_config import RunConfig, resolve_dataset, resolve_model_config
-from multivae.training.loop import (
-    Callback,
-    Trainer,
-    TrainingResult,
-    distributed_rank,
-    resolve_device,
-)
+from multivae.training import Callback, Trainer, TrainingResult, distributed_rank
+from multivae.training.distributed import resolve_device
 
 
 class _SaveRunConfig(Callback):

@@ -54,12 +54,7 @@ from multivae.names import (
     RUN_CONFIG_FILE,
 )
 from multivae.redact import redact
-from multivae.training.loop import (
-    Callback,
-    Trainer,
-    TrainingResult,
-    distributed_rank,
-)
+from multivae.training import Callback, Trainer, TrainingResult, distributed_rank
 
 PYFUNC_CODE = Path(__file__).with_name("mlflow_pyfunc.py")
 TRUNCATED = "...[truncated]"

@@ -65,17 +65,10 @@ from multivae.names import (
     RUN_KIND,
     TRAIN_COMMAND,
 )
+from multivae.training import Callback, EpochRecord, Trainer, TrainingResult, distributed_rank
 from multivae.training.checkpoint import load_checkpoint
-from multivae.training.loop import (
-    Callback,
-    EpochRecord,
-    Trainer,
-    TrainingResult,
-    check_fresh_output,
-    check_resume_identity,
-    distributed_rank,
-    run_identity,
-)
+from multivae.training.distributed import finds_unused_parameters
+from multivae.training.identity import check_fresh_output, check_resume_identity, run_identity
 
 if TYPE_CHECKING:
     from multivae.run_config import RayConfig, RunConfig
@@ -316,7 +309,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     model = create_model(run.model, run.model_config)
     modalities = model.modalities
     device = ray.train.torch.get_device()
-    prepared = ray.train.torch.prepare_model(model)
+    prepared = ray.train.torch.prepare_model(
+        model,
+        parallel_strategy_kwargs={"find_unused_parameters": finds_unused_parameters(model)},
+    )
     rows_per_worker = loop_config["train_rows"] // world_size
     steps = max(1, math.ceil(rows_per_worker / training.batch_size))
     assert run.ray is not None

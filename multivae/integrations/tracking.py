@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from multivae.training.loop import Callback
+from multivae.training import Callback
 
 if TYPE_CHECKING:
     from multivae.run_config import RunConfig

@@ -64,7 +64,7 @@ from multivae.names import (
     TRIALS_FOLDER,
     TUNE_COMMAND,
 )
-from multivae.training.loop import Callback
+from multivae.training import Callback
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 

@@ -79,7 +79,10 @@ class CoherenceResult:
         mean: Mean of all pairs.
         n_samples: Generations per test sample.
         not_applicable: Subsets the model cannot condition on (its ``conditionable`` says
-            no): reported, never scored with a substitute posterior.
+            no, or no target can be generated from them): reported, never scored with a
+            substitute posterior.
+        not_applicable_pairs: ``(subset, target)`` pairs of applicable subsets whose target
+            the model cannot generate from them (a CVAE generates only its main modality).
     """
 
     pairs: dict[tuple[Subset, str], float]
@@ -89,6 +92,7 @@ class CoherenceResult:
     mean: float = math.nan
     n_samples: int = 1
     not_applicable: list[Subset] = field(default_factory=list)
+    not_applicable_pairs: list[tuple[Subset, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; a pair is keyed ``"m0+m1->m2"``, a subset ``"m0+m1"``."""
@@ -100,6 +104,7 @@ class CoherenceResult:
             "counts": {"+".join(s): v for s, v in self.counts.items()},
             "n_samples": self.n_samples,
             "not_applicable": ["+".join(s) for s in self.not_applicable],
+            "not_applicable_pairs": [f"{'+'.join(s)}->{t}" for s, t in self.not_applicable_pairs],
         }
 
 
@@ -154,9 +159,21 @@ def cross_modal_coherence(
     classifiers.require(modalities)
     subsets = _subsets(modalities, subset_sizes)
     conditionable = getattr(model, "conditionable", None)
-    not_applicable = [s for s in subsets if conditionable is not None and not conditionable(s)]
+
+    def applies(subset: Subset, target: str) -> bool:
+        return conditionable is None or (conditionable(subset) and conditionable(subset, target))
+
+    targets_of = {s: [m for m in modalities if m not in s and applies(s, m)] for s in subsets}
+    not_applicable = [s for s in subsets if not targets_of[s]]
+    not_applicable_pairs = [
+        (s, m)
+        for s in subsets
+        if targets_of[s]
+        for m in modalities
+        if m not in s and m not in targets_of[s]
+    ]
     subsets = [s for s in subsets if s not in not_applicable]
-    correct = {(s, m): 0 for s in subsets for m in modalities if m not in s}
+    correct = {(s, m): 0 for s in subsets for m in targets_of[s]}
     counts = dict.fromkeys(subsets, 0)
     device = model_device(model)
     with evaluation_mode(model), torch.no_grad():
@@ -170,7 +187,7 @@ def cross_modal_coherence(
                     continue
                 selected = select_rows(chunk, rows)
                 assert selected.label is not None
-                targets = [m for m in modalities if m not in subset]
+                targets = targets_of[subset]
                 generated = model.predict(
                     selected.to(device), cond=list(subset), gen=targets, n_samples=n_samples
                 )
@@ -190,6 +207,7 @@ def cross_modal_coherence(
         )
     result = _summarize(modalities, pairs, counts, n_samples)
     result.not_applicable = not_applicable
+    result.not_applicable_pairs = not_applicable_pairs
     return result
 
 

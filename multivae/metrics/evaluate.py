@@ -174,17 +174,56 @@ def _clusters(
     return torch.cat(parts)
 
 
+def _reconstruction_subset(model: MultimodalVAE, name: str) -> list[str] | None:
+    """What ``name`` is reconstructed from: itself, or a conditional model's own subset.
+
+    ``[name]`` when the model conditions on it alone (``None`` when not: DVCCA's secondary
+    views); for a conditional model, the smallest subset holding ``name`` that the model
+    generates it from (a CVAE: its main modality with its conditioning ones), or ``None``.
+    """
+    if not model.capabilities.conditional:
+        return [name] if model.conditionable([name]) else None
+    for subset in _subsets(model.modalities):
+        if name in subset and model.conditionable(subset) and model.conditionable(subset, name):
+            return list(subset)
+    return None
+
+
+def _inferable_rows(model: MultimodalVAE, batch: Batch) -> torch.Tensor:
+    """``(N,)`` the rows whose observed modalities the model infers from.
+
+    Every row for a joint model; for a conditional model, those its ``conditionable`` accepts
+    (a CVAE: the rows holding all its conditioning modalities).
+    """
+    if not model.capabilities.conditional:
+        return torch.ones(len(batch), dtype=torch.bool)
+    presence = torch.stack([batch.mask[m].cpu() for m in model.modalities]).t()
+    patterns, index = torch.unique(presence, dim=0, return_inverse=True)
+    accepted = torch.tensor(
+        [
+            model.conditionable([m for m, seen in zip(model.modalities, row, strict=True) if seen])
+            for row in patterns.tolist()
+        ],
+        dtype=torch.bool,
+    )
+    return accepted[index]
+
+
 def _reconstruction(model: MultimodalVAE, batch: Batch, size: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name in model.modalities:
-        present = batch.mask[name].nonzero().squeeze(-1)
+        cond = _reconstruction_subset(model, name)
+        if cond is None:
+            out[name] = {"not_applicable": f"{model.name} does not reconstruct {name}"}
+            continue
+        present = torch.stack([batch.mask[m] for m in cond]).all(0).nonzero().squeeze(-1)
         if len(present) == 0:
             continue
         rows = select_rows(batch, present)
         errors, similarities = [], []
         for start in range(0, len(rows), size):
             part = select_rows(rows, torch.arange(start, min(start + size, len(rows))))
-            generated = model.predict(part, cond=[name], gen=[name])[name].float()
+            generated = model.predict(part, cond=cond, gen=[name])[name].float()
             target = part.data[name].float()
             if model.config.modalities[name].likelihood == "categorical":
                 errors.append((generated != target).float())
@@ -210,9 +249,13 @@ def _probes(
 ) -> dict[str, Any]:
     per_subset: dict[str, float] = {}
     per_size: dict[int, list[float]] = {}
+    # A conditional model infers only from the whole subset (a CVAE: all its conditions).
+    rows_of = "all" if model.capabilities.conditional else "any"
     for subset in _subsets(model.modalities):
-        usable_train = torch.stack([train.mask[m] for m in subset]).any(0)
-        usable_test = torch.stack([test.mask[m] for m in subset]).any(0)
+        if not model.conditionable(subset):
+            continue
+        usable_train = getattr(torch.stack([train.mask[m] for m in subset]), rows_of)(0)
+        usable_test = getattr(torch.stack([test.mask[m] for m in subset]), rows_of)(0)
         if usable_train.sum() < 10 or usable_test.sum() < 1:
             continue
         train_rows = select_rows(train, usable_train)
@@ -420,12 +463,13 @@ def evaluate(
                     with _generation_precision(config, model):
                         metrics["reconstruction"] = _reconstruction(model, test, config.batch_size)
                 elif step == "latents":
-                    assert test.label is not None
-                    latents = _latents(model, test, None, config.batch_size)
+                    inferable = select_rows(test, _inferable_rows(model, test))
+                    assert inferable.label is not None
+                    latents = _latents(model, inferable, None, config.batch_size)
                     metrics["latents"] = {
                         "clustering": clustering_scores(
                             latents,
-                            test.label,
+                            inferable.label,
                             n_clusters=classifiers.num_classes,
                             seed=config.seed,
                         ),
@@ -445,7 +489,7 @@ def evaluate(
                     if config.figures:
                         save_embedding_plot(
                             latents,
-                            test.label,
+                            inferable.label,
                             figures / LATENTS_FIGURE,
                             title="test latents (PCA)",
                         )
@@ -473,8 +517,8 @@ def _conditional_figures(
     if len(rows) == 0:
         return
     for subset in _subsets(images):
-        targets = [m for m in images if m not in subset]
-        if not targets:
+        targets = [m for m in images if m not in subset and model.conditionable(subset, m)]
+        if not targets or not model.conditionable(subset):
             continue
         generated = model.predict(rows, cond=list(subset), gen=targets)
         save_conditional_grid(
@@ -483,9 +527,13 @@ def _conditional_figures(
             folder / conditional_figure(subset),
             title=f"generated from {', '.join(subset)}",
         )
-    reconstructed = model.predict(rows, cond=[images[0]], gen=[images[0]])[images[0]]
+    shown = [(m, cond) for m in images if (cond := _reconstruction_subset(model, m))]
+    if not shown:
+        return
+    name, cond = shown[0]
+    reconstructed = model.predict(rows, cond=cond, gen=[name])[name]
     save_reconstructions(
-        rows.data[images[0]], reconstructed.clamp(0, 1), folder / RECONSTRUCTIONS_FIGURE
+        rows.data[name], reconstructed.clamp(0, 1), folder / RECONSTRUCTIONS_FIGURE
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from itertools import combinations
 from typing import Any, Protocol
 
 import torch
@@ -200,6 +201,26 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
     return {key: result[key] for key in ("mean", "std_error", "count")}
 
 
+def _condition_of(model: LikelihoodModel, target: str) -> list[str] | None:
+    """What ``target``'s conditional NLL conditions on: all the other modalities by default.
+
+    ``None`` when the model's ``conditionable`` refuses that (DVCCA's primary view); for a
+    conditional model, the smallest subset it generates ``target`` from (a CVAE: its
+    conditioning modalities for its main modality, ``None`` for the others).
+    """
+    others = [m for m in model.modalities if m != target]
+    conditionable = getattr(model, "conditionable", None)
+    if conditionable is None:
+        return others
+    if not getattr(getattr(model, "capabilities", None), "conditional", False):
+        return others if conditionable(others, target) else None
+    for size in range(1, len(others) + 1):
+        for subset in combinations(others, size):
+            if conditionable(subset) and conditionable(subset, target):
+                return list(subset)
+    return None
+
+
 def likelihood_report(
     model: LikelihoodModel,
     data: EvaluationData,
@@ -219,25 +240,39 @@ def likelihood_report(
         batch_size: Test samples evaluated at a time.
         seed: Seed of torch's random state for the whole report (the caller's is restored).
 
+    A conditional model (``capabilities.conditional``, a CVAE) defines no joint likelihood:
+    ``joint`` is reported as not applicable, and each modality it generates is scored given
+    the smallest subset it generates it from.
+
     Returns:
         JSON-ready: ``joint`` and ``conditional[m]`` (each ``mean``, ``std_error``, ``count``;
-        ``conditional`` is empty for a single-modality model), ``k``, ``throughput`` (samples x K
-        per second of the joint NLL) and ``seconds`` (time in ``model.nll`` over the report).
+        ``conditional`` is empty for a single-modality model), ``not_applicable`` (the modalities
+        the model's ``conditionable`` cannot generate from the others), ``k``, ``throughput``
+        (samples x K per second of the joint NLL, or of the first conditional one for a
+        conditional model) and ``seconds`` (time in ``model.nll`` over the report).
     """
     modalities = tuple(model.modalities)
+    conditional_only = getattr(getattr(model, "capabilities", None), "conditional", False)
+    # A modality the model cannot generate from all the others (DVCCA's primary view) or from
+    # any subset (a CVAE's conditioning modalities) is reported, never scored with a substitute.
+    conditions = {m: _condition_of(model, m) for m in modalities if len(modalities) > 1}
     with seeded(seed, model_device(model)):
-        joint = joint_nll(model, data, k, chunk_size, batch_size)
+        joint = None if conditional_only else joint_nll(model, data, k, chunk_size, batch_size)
         conditional = {
-            m: conditional_nll(
-                model, data, [o for o in modalities if o != m], [m], k, chunk_size, batch_size
-            )
-            for m in modalities
-            if len(modalities) > 1
+            m: conditional_nll(model, data, cond, [m], k, chunk_size, batch_size)
+            for m, cond in conditions.items()
+            if cond is not None
         }
+    timed = [r for r in (joint, *conditional.values()) if r is not None]
     return {
         "k": k,
-        "joint": _summary(joint),
+        "joint": (
+            {"not_applicable": "a conditional model defines no joint likelihood"}
+            if joint is None
+            else _summary(joint)
+        ),
         "conditional": {m: _summary(result) for m, result in conditional.items()},
-        "throughput": joint["throughput"],
-        "seconds": joint["seconds"] + sum(r["seconds"] for r in conditional.values()),
+        "not_applicable": [m for m, cond in conditions.items() if cond is None],
+        "throughput": timed[0]["throughput"] if timed else math.nan,
+        "seconds": sum(r["seconds"] for r in timed),
     }

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -143,8 +144,8 @@ LOSS_PARTS: dict[str, str] = {
     "reconstruction": "sum over the observed modalities of log p(x_m | latents), times each "
     "modality's training weight: a log-likelihood, higher is better",
     "kl": "KL divergence of the shared latent's posterior to its prior (summed over the "
-    "unimodal posteriors where there is no joint one: mcVAE), in closed form, as a Monte Carlo "
-    "estimate log q - log p, or an approximation the model documents",
+    "unimodal posteriors where there is no joint one: mcVAE, TELBO's unimodal stage), in closed "
+    "form, as a Monte Carlo estimate log q - log p, or an approximation the model documents",
     "kl_private": "the same for the private latents, summed over the modalities that have one",
     "kl_experts": "sum over the observed modalities of KL(q(z | X) || q(z | x_m)), the joint "
     "posterior to each unimodal expert (JMVAE's, MVTCAE's and CRMVAE's regularizer), >= 0",
@@ -170,22 +171,28 @@ class Objective:
             its gradient); :meth:`MultimodalVAE.forward` averages it over the batch.
         parts: Names of :data:`LOSS_PARTS` -> ``(N,)`` values, logged as batch means.
         kl_weight: The warm-up factor the KL terms had (0 to 1), or ``None`` without warm-up.
+        usable: ``(N,)`` booleans, the samples the objective scores, or ``None`` when it scores
+            every one (set by :meth:`where`).
     """
 
     loss: torch.Tensor
     parts: dict[str, torch.Tensor]
     kl_weight: float | None = None
+    usable: torch.Tensor | None = None
 
     def where(self, usable: torch.Tensor) -> Objective:
         """The loss and every part exactly 0 (value and gradient) where ``usable`` is false.
 
-        A sample with nothing to score still counts in the batch mean.
+        A sample with nothing to score still counts in the batch mean. The mask is kept
+        (:attr:`usable`): a batch without a usable sample skips its optimizer step.
         """
         zero = torch.zeros((), dtype=self.loss.dtype, device=self.loss.device)
+        usable = usable if self.usable is None else usable & self.usable
         return Objective(
             torch.where(usable, self.loss, zero),
             {name: torch.where(usable, value, zero) for name, value in self.parts.items()},
             self.kl_weight,
+            usable,
         )
 
 
@@ -196,10 +203,43 @@ class ModelOutput:
     Attributes:
         loss: Scalar: the negative training objective averaged over the samples of the batch.
         metrics: Named parts of the loss (and other diagnostics), scalars, for logging.
+        usable: Scalar count of the samples the loss scores, or ``None`` when it scores them
+            all. The training loop skips the optimizer step of a batch where it is 0 on every
+            rank (Adam's moments would otherwise move the weights on a zero gradient).
     """
 
     loss: torch.Tensor
     metrics: dict[str, torch.Tensor]
+    usable: torch.Tensor | None = None
+
+
+@dataclass
+class OptimizerGroup:
+    """One optimizer of a training stage: what it steps, how often, and what follows a step.
+
+    The training loop builds one optimizer (and scheduler, and clipping) per group from the run
+    config's ``training.groups[name]`` or, by default, ``training.optimizer``, and steps the
+    groups of a stage in their declared order on every batch, each on its own forward pass
+    (:attr:`MultimodalVAE.optimizer_group` tells the model which group's loss to compute).
+
+    Attributes:
+        name: The group's name (``main`` for a model with one optimizer).
+        parameters: The parameters it steps.
+        steps: Optimizer steps of this group per batch (a critic's ``n_critic``), >= 1.
+        after_step: Called after each of its optimizer steps, or ``None``: a projection back
+            into a constraint (gPoE's fusion weights), a weight clipping (a WGAN critic).
+    """
+
+    name: str
+    parameters: list[nn.Parameter]
+    steps: int = 1
+    after_step: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(
+                f"optimizer group {self.name!r}: steps must be >= 1, found {self.steps}"
+            )
 
 
 class MultimodalVAE(nn.Module):
@@ -223,8 +263,10 @@ class MultimodalVAE(nn.Module):
     config_class: ClassVar[type[ModelConfig]]
     declared_capabilities: ClassVar[Capabilities] = Capabilities()
     """What the model can do in some configuration; :attr:`capabilities` answers for this one."""
-    stages: ClassVar[tuple[str, ...]] = ("main",)
-    """Training stages in order; multi-stage models declare several (see :meth:`set_stage`)."""
+    stages: tuple[str, ...] = ("main",)
+    """Training stages in order; multi-stage models declare several (see :meth:`set_stage`). A
+    class attribute, which a model whose schedule is an option replaces on the instance in its
+    ``__init__`` (TELBO's paper schedule has one stage, its default two)."""
     variant_configs: ClassVar[dict[str, dict[str, Any]]] = {}
     """Named config overrides the contract test runs besides the defaults (the model file's
     "tester configs": private latents on, another latent family, ...)."""
@@ -247,6 +289,10 @@ class MultimodalVAE(nn.Module):
         It counts from the start of the current stage."""
         self.stage = self.stages[0]
         """The current training stage, set by the training loop through :meth:`set_stage`."""
+        self.optimizer_group = "main"
+        """The optimizer group whose loss :meth:`forward` computes, set by the training loop
+        before each group's step (see :meth:`optimizer_groups`)."""
+        self._frozen: tuple[str, ...] = ()
         self.encoders = nn.ModuleDict()
         self.decoders = nn.ModuleDict()
         self.likelihoods = nn.ModuleDict()
@@ -306,13 +352,19 @@ class MultimodalVAE(nn.Module):
             multi_stage=len(self.stages) > 1,
         )
 
-    def conditionable(self, subset: Sequence[str]) -> bool:
-        """Whether :meth:`posterior` given ``subset`` is the model's own inference for it.
+    def conditionable(self, subset: Sequence[str], target: str | None = None) -> bool:
+        """Whether the model's own inference generates from ``subset`` (``target`` from it).
 
-        Metrics report "not applicable" for subsets that are not (instead of a silent
-        substitute such as the prior).
+        With ``target`` ``None``: whether :meth:`posterior` given ``subset`` is the model's own
+        inference for it (DVCCA conditions only through its primary view). With a ``target``:
+        whether :meth:`predict` generates that modality from ``subset`` (a CVAE generates only
+        its main modality, and only from its conditioning modalities). Metrics report "not
+        applicable" for what it cannot do instead of a silent substitute such as the prior.
+        Every subset of the modalities, and every target outside it, by default.
         """
-        return set(subset) <= set(self.modalities)
+        if not set(subset) <= set(self.modalities):
+            return False
+        return target is None or (target in self.modalities and target not in subset)
 
     def check_batch(self, batch: Batch) -> None:
         """Refuse a batch whose modalities or shapes differ from the config's."""
@@ -511,6 +563,9 @@ class MultimodalVAE(nn.Module):
         latents: dict[str, torch.Tensor],
         batch: Batch,
         cells: torch.Tensor,
+        *,
+        weighted: bool = True,
+        detach_params: bool = False,
     ) -> torch.Tensor:
         """``log p(x_m | latents[m])`` where ``cells[m]`` is true and 0 elsewhere: ``(M, ..., N)``.
 
@@ -524,6 +579,10 @@ class MultimodalVAE(nn.Module):
                 ``(..., N, D_m)``; the leading dimensions are the same for all.
             batch: The targets.
             cells: Boolean ``(M, ..., N)``, broadcast against the latents' leading dimensions.
+            weighted: Times each modality's training ``weight`` (as :meth:`log_likelihoods`).
+            detach_params: A stop-gradient call: the decoders' and likelihoods' parameters get
+                no gradient from these values, the latents still do (TELBO's paper objective
+                trains the unimodal encoders through fixed decoders).
         """
         terms = []
         for i, name in enumerate(self.modalities):
@@ -532,6 +591,11 @@ class MultimodalVAE(nn.Module):
             keep = cells[i].expand(shape)
             likelihood = self.likelihood(name)
             target = batch.data[name]
+            decoder: Callable[[torch.Tensor], torch.Tensor] = self.decoders[name]
+            if detach_params:
+                detached = {key: p.detach() for key, p in self.decoders[name].named_parameters()}
+                decoder = partial(torch.func.functional_call, self.decoders[name], detached)
+            score = partial(likelihood.log_prob, weighted=weighted, detach_params=detach_params)
             # Every cell is decoded (and the false ones masked) when all are true; when none is
             # (the decoder's parameters must still take part in the step, with zero gradient, or
             # DistributedDataParallel fails); and in a compiled forward, where selecting cells
@@ -540,15 +604,13 @@ class MultimodalVAE(nn.Module):
             select = not torch.compiler.is_compiling() and keep.device.type != "meta"
             index = keep.reshape(-1).nonzero()[:, 0] if select else None
             if index is None or index.numel() in (0, keep.numel()):
-                params = self.decoders[name](latent.reshape(-1, latent.shape[-1]))
-                log_p = likelihood.log_prob(params.reshape(*shape, *params.shape[1:]), target)
+                params = decoder(latent.reshape(-1, latent.shape[-1]))
+                log_p = score(params.reshape(*shape, *params.shape[1:]), target)
                 terms.append(torch.where(keep, log_p, torch.zeros((), dtype=log_p.dtype)))
                 continue
-            params = self.decoders[name](
-                latent.reshape(-1, latent.shape[-1]).index_select(0, index)
-            )
+            params = decoder(latent.reshape(-1, latent.shape[-1]).index_select(0, index))
             # Cells flatten (..., N) row-major: a cell's sample is its index modulo N.
-            log_p = likelihood.log_prob(params, target.index_select(0, index % shape[-1]))
+            log_p = score(params, target.index_select(0, index % shape[-1]))
             flat = log_p.new_zeros(keep.numel()).index_copy(0, index, log_p)
             terms.append(flat.reshape(shape))
         return torch.stack(terms)
@@ -565,15 +627,71 @@ class MultimodalVAE(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Stages (multi-stage models override)
 
+    restore_best_between_stages: ClassVar[bool] = True
+    """Whether a stage switch restores the best weights of the stage that ends (with the run's
+    ``keep: best``), as MultiVae's two-stage trainer does; a model whose next stage must start
+    from the last weights declares ``False``."""
+
     def set_stage(self, stage: str) -> None:
-        """Switch to a training stage; :meth:`forward` computes that stage's objective."""
+        """Switch to a training stage; :meth:`forward` computes that stage's objective.
+
+        The stage's :meth:`frozen_modules` stop requiring gradients and stay in evaluation mode
+        (dropout off, batch statistics fixed) until another stage, even when the training loop
+        calls ``train()``; every other parameter requires gradients again.
+        """
         if stage not in self.stages:
             raise ValueError(f"{self.name}: unknown stage {stage!r}; expected one of {self.stages}")
         self.stage = stage
+        frozen = self.frozen_modules(stage)
+        names = dict(self.named_modules())
+        unknown = [name for name in frozen if name not in names]
+        if unknown:
+            raise ValueError(
+                f"{self.name}: frozen_modules({stage!r}) names {unknown}, which are not modules "
+                f"of the model"
+            )
+        self._frozen = tuple(frozen)
+        frozen_parameters = {id(p) for name in frozen for p in names[name].parameters()}
+        for parameter in self.parameters():
+            parameter.requires_grad_(id(parameter) not in frozen_parameters)
+        self.train(self.training)
+
+    def frozen_modules(self, stage: str) -> list[str]:
+        """Names (as in ``named_modules``) of the submodules a stage does not train; none here."""
+        return []
+
+    def train(self, mode: bool = True) -> MultimodalVAE:
+        """``nn.Module.train``, keeping the current stage's frozen modules in evaluation mode."""
+        super().train(mode)
+        modules = dict(self.named_modules())
+        for name in getattr(self, "_frozen", ()):
+            modules[name].eval()
+        return self
 
     def stage_parameters(self, stage: str) -> list[nn.Parameter]:
-        """The parameters a stage trains (the training loop builds its optimizer from them)."""
-        return [p for p in self.parameters() if p.requires_grad]
+        """The parameters a stage trains: all but those of its :meth:`frozen_modules`."""
+        modules = [self.get_submodule(name) for name in self.frozen_modules(stage)]
+        frozen = {id(p) for module in modules for p in module.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def optimizer_groups(self, stage: str) -> list[OptimizerGroup]:
+        """The optimizers of a stage, stepped in this order on every batch.
+
+        One group, ``main``, over :meth:`stage_parameters` by default. A model with critics
+        or discriminators declares several; one with a constraint to restore after each step
+        gives the group an ``after_step`` (gPoE).
+        """
+        return [OptimizerGroup("main", self.stage_parameters(stage))]
+
+    def warmup_factor(self, epochs: float) -> float:
+        """A warm-up factor rising from 0 to 1 over ``epochs`` (fractional) of the stage.
+
+        1 in evaluation mode (see :attr:`kl_warmup`) and for ``epochs <= 0``; for models with
+        several KL groups warmed up over different spans.
+        """
+        if not self.training:
+            return 1.0
+        return linear_warmup(self.progress, float(epochs))
 
     # ----------------------------------------------------------------------------------------
     # The model's API
@@ -598,7 +716,8 @@ class MultimodalVAE(nn.Module):
         if objective.kl_weight is not None:
             # A tensor op, not torch.tensor(float): no new compiled graph for every weight value.
             metrics["kl_weight"] = loss.detach().new_zeros(()) + objective.kl_weight
-        return ModelOutput(loss=loss, metrics=metrics)
+        usable = None if objective.usable is None else objective.usable.sum()
+        return ModelOutput(loss=loss, metrics=metrics, usable=usable)
 
     def latent_report(self) -> dict[str, Any] | None:
         """Facts about the latent space for ``evaluate`` to report, or ``None`` (the default).
@@ -607,13 +726,6 @@ class MultimodalVAE(nn.Module):
         dimension's dropout rate, which ``evaluate`` also draws.
         """
         return None
-
-    def after_optimizer_step(self) -> None:
-        """Called by the training loop after every optimizer step; nothing by default.
-
-        For constraints that a gradient step may break and a projection restores (gPoE keeps
-        its fusion weights in ``[0, 1]``); under ``torch.no_grad``'s rules the model decides.
-        """
 
     @property
     def kl_warmup(self) -> float:
@@ -624,9 +736,7 @@ class MultimodalVAE(nn.Module):
         warm-up factor, epoch 1's low KL weight gives the lowest validation loss). 1 for a
         model without a ``warmup`` option.
         """
-        if not self.training:
-            return 1.0
-        return linear_warmup(self.progress, float(getattr(self.config, "warmup", 0.0)))
+        return self.warmup_factor(float(getattr(self.config, "warmup", 0.0)))
 
     def objective(self, batch: Batch) -> Objective:
         """The model's training objective on a (checked) batch, per sample.

@@ -29,7 +29,8 @@ back to ``N(0, 1)``; a sample with nothing observed contributes exactly 0.
 Deliberate differences from the reference (multi-view-AE ``weighted_mvae.py``):
 
 * The weights are clamped into ``[0, 1]`` where they are used (the forward pass), and projected
-  there after every optimizer step (:meth:`GPoE.after_optimizer_step`); the reference clamps the
+  there after every optimizer step (:meth:`GPoE.project_weights`, the ``after_step`` of its
+  optimizer group); the reference clamps the
   parameter in place after fusing, so its forward pass uses unclamped weights, and a negative
   precision can give NaN.
 * The private-latent option works (the reference's default config lacks ``s_dim``).
@@ -48,7 +49,13 @@ from torch import nn
 
 from multivae.config import ConfigError
 from multivae.data.batch import Batch
-from multivae.models.base import Capabilities, ModelConfig, MultimodalVAE, Objective
+from multivae.models.base import (
+    Capabilities,
+    ModelConfig,
+    MultimodalVAE,
+    Objective,
+    OptimizerGroup,
+)
 from multivae.nn.fusion import weighted_product_of_experts
 from multivae.nn.posteriors import GaussianPosterior
 from multivae.objectives import kl_standard_normal
@@ -108,10 +115,16 @@ class GPoE(MultimodalVAE):
         """The weights ``alpha`` as used, clamped into ``[0, 1]``: ``(M, D)``."""
         return self.fusion_weights.float().clamp(0.0, 1.0)
 
-    def after_optimizer_step(self) -> None:
+    def project_weights(self) -> None:
         """Project the weights back into ``[0, 1]`` after a gradient step."""
         with torch.no_grad():
             self.fusion_weights.clamp_(0.0, 1.0)
+
+    def optimizer_groups(self, stage: str) -> list[OptimizerGroup]:
+        """One optimizer, whose steps are each followed by :meth:`project_weights`."""
+        return [
+            OptimizerGroup("main", self.stage_parameters(stage), after_step=self.project_weights)
+        ]
 
     def fuse(
         self, means: torch.Tensor, logvars: torch.Tensor, mask: torch.Tensor

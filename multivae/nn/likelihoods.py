@@ -56,7 +56,12 @@ class ModalityLikelihood(nn.Module):
             self.register_buffer("log_scale", log_scale)
 
     def log_prob(
-        self, params: torch.Tensor, target: torch.Tensor, *, weighted: bool = True
+        self,
+        params: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        weighted: bool = True,
+        detach_params: bool = False,
     ) -> torch.Tensor:
         """``log p(target | params)`` summed over the modality's dimensions: shape ``(N,)``.
 
@@ -64,7 +69,10 @@ class ModalityLikelihood(nn.Module):
         ``target`` broadcast from the left. Computed in float32 (or float64 when ``params``
         are), whatever autocast made the decoder compute in. ``weighted`` multiplies by the
         modality's training ``weight``; the likelihood estimates use ``weighted=False``.
+        ``detach_params`` gives a learned scale no gradient from the result (``params`` still
+        get theirs).
         """
+        log_scale = self.log_scale.detach() if detach_params else self.log_scale
         if params.dtype in (torch.float16, torch.bfloat16):
             params = params.float()
         factor = self.weight if weighted else 1.0
@@ -83,12 +91,12 @@ class ModalityLikelihood(nn.Module):
                 params, target.expand_as(params), reduction="none"
             )
         elif self.kind == "normal":
-            log_scale = self.log_scale.to(params.dtype)
+            log_scale = log_scale.to(params.dtype)
             elementwise = (
                 -0.5 * ((target - params) / log_scale.exp()) ** 2 - log_scale - _HALF_LOG_TWO_PI
             )
         else:
-            log_scale = self.log_scale.to(params.dtype)
+            log_scale = log_scale.to(params.dtype)
             elementwise = -(target - params).abs() / log_scale.exp() - log_scale - math.log(2.0)
         summed = elementwise.reshape(*elementwise.shape[:batch_dims], -1).sum(-1)
         return factor * summed

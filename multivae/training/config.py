@@ -180,6 +180,31 @@ class SchedulerConfig(Config):
 
 
 @dataclass
+class OptimizerGroupConfig(Config):
+    """The optimizer, schedule and clipping of one optimizer group (``training.groups[name]``).
+
+    Each entry left ``null`` is the run's own: ``training.optimizer``, ``training.scheduler``,
+    ``training.grad_clip_norm``.
+
+    Attributes:
+        optimizer: The group's optimizer.
+        scheduler: The group's learning-rate schedule, stepped once per epoch.
+        grad_clip_norm: Clip the group's gradients to this total norm before its step.
+    """
+
+    optimizer: OptimizerConfig | None = None
+    scheduler: SchedulerConfig | None = None
+    grad_clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ConfigError(
+                f"grad_clip_norm: expected a number > 0 or null, found {self.grad_clip_norm}"
+            )
+
+
+@dataclass
 class TrainingConfig(Config):
     """Everything the training loop needs besides the model and the data.
 
@@ -198,6 +223,11 @@ class TrainingConfig(Config):
         scheduler: The learning-rate schedule, stepped once per epoch, or ``None``.
         grad_clip_norm: Clip the gradients' total norm to this value after the backward pass
             and before the optimizer step, or ``None`` for no clipping.
+        groups: Optimizer group name -> its own optimizer, scheduler or clipping
+            (:class:`OptimizerGroupConfig`), for models with several optimizers (a critic, a
+            discriminator) or a group that needs other settings; a group not named here uses
+            ``optimizer``, ``scheduler`` and ``grad_clip_norm``. Names the model does not have
+            are refused.
         precision: ``fp32``, or ``bf16`` for autocast to bfloat16 (CUDA; also runs on CPU).
             bfloat16 has the range of float32, so no loss scaling is needed.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -235,6 +265,7 @@ class TrainingConfig(Config):
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig | None = None
     grad_clip_norm: float | None = None
+    groups: dict[str, OptimizerGroupConfig] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

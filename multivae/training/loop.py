@@ -1,5 +1,13 @@
 """The one training loop: stages, epochs, validation, checkpoints, resume, callbacks.
 
+The package holds one job per module: this loop (:class:`Trainer`), its settings
+(:mod:`~multivae.training.config`), where it runs (:mod:`~multivae.training.distributed`), the
+compiled forward pass (:mod:`~multivae.training.compiled`), hooks and results
+(:mod:`~multivae.training.callbacks`), the run's identity for resume
+(:mod:`~multivae.training.identity`), the loop's state (:mod:`~multivae.training.state`), the
+checkpoint file (:mod:`~multivae.training.checkpoint`) and the outputs
+(:mod:`~multivae.training.outputs`).
+
 :class:`Trainer` trains any :class:`~multivae.models.base.MultimodalVAE`, bare or wrapped in
 ``DistributedDataParallel``, on any iterable of :class:`~multivae.data.Batch` (a
 ``DataLoader`` from :func:`~multivae.data.make_dataloader`, or batches from Ray Data). Under
@@ -20,15 +28,12 @@ model itself, so they load into an uncompiled model unchanged.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
-import types
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +42,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from multivae.config import ConfigError, flatten_mapping
+from multivae.config import ConfigError
 from multivae.data.batch import Batch
-from multivae.models.base import ModelOutput, MultimodalVAE
+from multivae.models.base import ModelOutput
 from multivae.names import METRICS_FILE as METRICS_FILE
 from multivae.names import MODEL_FOLDER as MODEL_FOLDER
+from multivae.training.callbacks import Callback, EpochRecord, TrainingResult
 from multivae.training.checkpoint import (
     CHECKPOINT_FILE,
     capture_rng_state,
@@ -49,14 +55,34 @@ from multivae.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from multivae.training.compiled import CompiledForward, call_model, compile_failure
 from multivae.training.config import TrainingConfig
+from multivae.training.distributed import (
+    all_reduce,
+    distributed_rank,
+    resolve_device,
+    set_epoch,
+    unwrap_model,
+)
+from multivae.training.identity import check_fresh_output, check_resume_identity, run_identity
+from multivae.training.optimizers import (
+    StageOptimizers,
+    check_group_names,
+    checkpoint_optimizers,
+)
+from multivae.training.outputs import training_result, write_outputs
+from multivae.training.state import LoopState, cpu_copy
 
-EpochRecord = dict[str, float | int | str]
-"""One entry of the history: ``epoch`` (counted over all stages, from 1), ``stage``,
-``stage_epoch`` (from 1), ``lr``, ``train_loss`` and ``train_<metric>`` for every metric the
-model reports, ``val_loss`` and ``val_<metric>`` when there is validation data,
-``epoch_time`` (seconds, training and validation) and ``samples_per_s`` (training)."""
-
+__all__ = [
+    "METRICS_FILE",
+    "MODEL_FOLDER",
+    "Callback",
+    "EpochRecord",
+    "Trainer",
+    "TrainingResult",
+    "distributed_rank",
+    "unwrap_model",
+]
 
 _POSTFIX_SECONDS = 1.0
 """How often the progress bar's loss is refreshed (reading it waits for the device)."""
@@ -64,342 +90,6 @@ _GRAPHS_PER_STAGE = 4
 """Graphs a compiled forward may need per training stage before it counts as recompiling
 without end: the first (``progress`` fixed), one with the changing ``progress`` as an input,
 and two to spare (e.g. for a branch some steps take)."""
-
-
-def distributed_rank() -> int:
-    """This process's rank under ``torch.distributed``, 0 when it is not initialized."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
-
-
-def unwrap_model(model: nn.Module) -> MultimodalVAE:
-    """The model inside a ``DistributedDataParallel`` or ``DataParallel`` wrapper (or itself)."""
-    module = (
-        model.module
-        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel)
-        else model
-    )
-    if not isinstance(module, MultimodalVAE):
-        raise TypeError(f"expected a MultimodalVAE (maybe wrapped), found {type(module).__name__}")
-    return module
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device named in :attr:`TrainingConfig.device`."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "training.device: expected a machine with CUDA for 'cuda', found none; "
-            "use 'auto' or 'cpu'"
-        )
-    return torch.device(name)
-
-
-def _all_reduce(values: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(values, op=op)
-    return values
-
-
-def _set_epoch(data: object, epoch: int) -> None:
-    """Call ``set_epoch(epoch)`` on the data, its batch sampler and its sampler where they have it.
-
-    This is how a ``DataLoader`` built by ``make_dataloader`` (its batch sampler) or with a
-    ``DistributedSampler`` (its sampler) picks the permutation of an epoch.
-    """
-    for holder in (data, getattr(data, "batch_sampler", None), getattr(data, "sampler", None)):
-        set_epoch = getattr(holder, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
-
-
-def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
-
-
-def _call_model(model: nn.Module, batch: Batch) -> ModelOutput:
-    """``model(batch)``: what :class:`CompiledForward` compiles."""
-    output: ModelOutput = model(batch)
-    return output
-
-
-def compile_failure(error: BaseException) -> bool:
-    """Whether ``error`` comes from ``torch.compile`` itself rather than from the model's code.
-
-    Dynamo's and Inductor's errors (tracing, lowering, a missing or failing C++ compiler or
-    Triton, the recompile limit) are; an exception the model raises, e.g. on a bad batch,
-    reaches the caller unchanged under ``torch.compile`` and is not.
-    """
-    from torch._dynamo import exc as dynamo_errors
-    from torch._inductor import exc as inductor_errors
-
-    return isinstance(
-        error,
-        dynamo_errors.TorchDynamoException
-        | dynamo_errors.FailOnRecompileLimitHit
-        | inductor_errors.InvalidCxxCompiler
-        | inductor_errors.CppCompileError,
-    )
-
-
-class CompiledForward:
-    """``model(batch)`` through ``torch.compile``, with graphs of its own, failing loudly.
-
-    Dynamo keeps compiled graphs, and counts recompilations, per code object: each instance
-    compiles its own copy of the calling function, so two trainers (or training and validation)
-    in one process neither share graphs nor use up each other's recompilation budget. The model
-    is an argument, not compiled itself, so its ``state_dict`` keys keep their names (no
-    ``_orig_mod.`` prefix) and a ``DistributedDataParallel`` wrapper is compiled from the
-    outside, as PyTorch recommends (Dynamo then splits the graph at DDP's gradient buckets).
-
-    Random draws inside the graph go through the eager random functions (Inductor's
-    ``fallback_random``): the compiled pass draws exactly what eager mode draws from the same
-    generator state, so its losses equal eager ones within float rounding and resume stays
-    exact. A graph is compiled once per set of Python-level facts the forward pass reads
-    (training flag, stage, shapes...); the changing float ``progress`` becomes a graph input
-    after its first change, and the batch size is dynamic from the start, so that a short last
-    batch needs no graph of its own. Within :meth:`settings`, a call beyond ``recompile_limit``
-    graphs raises instead of falling back to eager mode.
-
-    Args:
-        name: Name of the compiled function in Dynamo's logs (e.g. ``train_forward``).
-        recompile_limit: Graphs allowed for one model before the call fails.
-        cuda_graphs: Replay the compiled graphs as CUDA graphs (``triton.cudagraphs``).
-    """
-
-    def __init__(self, name: str, recompile_limit: int, cuda_graphs: bool = False) -> None:
-        code = _call_model.__code__.replace(co_name=name, co_qualname=name)
-        function = types.FunctionType(code, _call_model.__globals__, name)
-        self.name = name
-        self.recompile_limit = recompile_limit
-        options: dict[str, Any] = {"fallback_random": True}
-        if cuda_graphs:
-            options["triton.cudagraphs"] = True
-        self._compiled: Callable[[nn.Module, Batch], ModelOutput] = torch.compile(
-            function, options=options
-        )
-
-    def settings(self) -> AbstractContextManager[Any]:
-        """Dynamo's settings for the calls: this recompile limit, and an error beyond it.
-
-        Enter them around a loop of calls rather than each call (entering costs tens of
-        microseconds); outside them, Dynamo's defaults apply (a silent fallback to eager mode
-        after ``torch._dynamo.config.recompile_limit`` graphs).
-        """
-        patch: AbstractContextManager[Any] = torch._dynamo.config.patch(
-            recompile_limit=self.recompile_limit, fail_on_recompile_limit_hit=True
-        )
-        return patch
-
-    def __call__(self, model: nn.Module, batch: Batch) -> ModelOutput:
-        """``model(batch)``, compiled on first use and whenever a guard fails."""
-        for tensor in (*batch.data.values(), *batch.mask.values(), batch.label, batch.sample_id):
-            if tensor is not None:
-                # Dynamic unless the model's code fixes it (maybe_: then it stays static).
-                torch._dynamo.maybe_mark_dynamic(tensor, 0)
-        return self._compiled(model, batch)
-
-
-class Callback:
-    """Hooks into the training loop; subclass and override what you need.
-
-    Callbacks run on every rank; one that logs or writes should check
-    :func:`distributed_rank` itself.
-    """
-
-    def on_train_begin(self, trainer: Trainer) -> None:
-        """Called once before the first epoch of :meth:`Trainer.fit` (after a resume's load)."""
-
-    def on_epoch_end(self, epoch: int, metrics: Mapping[str, float | int | str]) -> bool:
-        """Called after each epoch with its history entry (see :data:`EpochRecord`).
-
-        Args:
-            epoch: The epoch just finished, counted over all stages from 1.
-            metrics: Its history entry.
-
-        Returns:
-            ``True`` to stop training after this epoch (a checkpoint is written, and a later
-            resume continues from there).
-        """
-        return False
-
-    def on_epoch_saved(
-        self, epoch: int, metrics: Mapping[str, float | int | str], checkpoint: Path | None
-    ) -> None:
-        """Called after :meth:`on_epoch_end` and after the epoch's checkpoint, if any, is written.
-
-        Args:
-            epoch: The epoch just finished, counted over all stages from 1.
-            metrics: Its history entry.
-            checkpoint: The checkpoint file written at this epoch (by rank 0; the same path is
-                passed on every rank), or ``None`` when this epoch wrote none.
-        """
-
-    def on_train_end(self, result: TrainingResult) -> None:
-        """Called once at the end of :meth:`Trainer.fit`, after the outputs are written."""
-
-    def on_train_error(self, error: BaseException) -> None:
-        """Called when :meth:`Trainer.fit` fails after ``on_train_begin``; the error is re-raised.
-
-        The checkpoint of the last saved epoch stays in place, so the run can be resumed.
-        """
-
-
-@dataclass
-class TrainingResult:
-    """What :meth:`Trainer.fit` returns.
-
-    Attributes:
-        history: One :data:`EpochRecord` per epoch, over all stages (and runs, when resumed).
-        monitor: ``val_loss`` or ``train_loss``: the loss that picks the best epoch.
-        best_epoch: The best epoch of the last stage trained, or ``None``.
-        best_loss: Its monitored loss, or ``None``.
-        epochs_run: Epochs trained over all stages (and runs, when resumed).
-        wall_time: Seconds spent in :meth:`Trainer.fit` (and before, when resumed).
-        early_stopped: The stages that early stopping ended.
-        stopped_by_callback: Whether a callback stopped training.
-        output_dir: The run's folder.
-        model_dir: The saved model (``output_dir/model``), best or last by ``keep``.
-        metrics_path: ``output_dir/metrics.json``.
-        checkpoint_path: ``output_dir/checkpoint.pt``.
-    """
-
-    history: list[EpochRecord]
-    monitor: str
-    best_epoch: int | None
-    best_loss: float | None
-    epochs_run: int
-    wall_time: float
-    early_stopped: list[str]
-    stopped_by_callback: bool
-    output_dir: Path
-    model_dir: Path
-    metrics_path: Path
-    checkpoint_path: Path
-
-
-@dataclass
-class _LoopState:
-    """Where the loop is; all of it goes into the checkpoint."""
-
-    stage_index: int = 0
-    stage_epoch: int = 0
-    epoch: int = 0
-    stage_done: bool = False
-    best_loss: float = math.inf
-    best_epoch: int | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_epochs: int = 0
-    history: list[EpochRecord] = field(default_factory=list)
-    early_stopped: list[str] = field(default_factory=list)
-    elapsed: float = 0.0
-
-    def next_stage(self) -> None:
-        self.stage_index += 1
-        self.stage_epoch = 0
-        self.stage_done = False
-        self.best_loss = math.inf
-        self.best_epoch = None
-        self.best_state = None
-        self.bad_epochs = 0
-
-
-RESUME_SAFE_KEYS = (
-    "epochs",
-    "stage_epochs",
-    "progress_bar",
-    "num_workers",
-    "checkpoint_every",
-    "device",
-    "compile",
-    "cuda_graphs",
-    "early_stopping_patience",
-    "early_stopping_min_delta",
-)
-"""Training settings a resume may change: how long, how often to save, on what hardware, how
-fast; none of them changes what the epochs already trained mean. Everything else of the run's
-identity (:meth:`Trainer.identity`) is checked against the checkpoint."""
-
-
-def changed_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs (or that one side lacks)."""
-    missing = object()
-
-    def show(value: Any) -> str:
-        return "(absent)" if value is missing else repr(value)
-
-    changes = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key, missing), after.get(key, missing)
-        if old != new:
-            changes.append(f"{key}: {show(old)} -> {show(new)}")
-    return changes
-
-
-def check_fresh_output(output_dir: Path) -> None:
-    """Refuse to start a run afresh where a run's outputs already are.
-
-    Raises:
-        FileExistsError: For a checkpoint (resume that run instead), or a model folder or
-            metrics file without one (an earlier run's outputs, or files of the user's, which a
-            new run would replace).
-    """
-    checkpoint = output_dir / CHECKPOINT_FILE
-    if checkpoint.exists():
-        raise FileExistsError(
-            f"{checkpoint} exists: resume to continue that run (--resume), or choose another "
-            "output_dir"
-        )
-    present = [name for name in (MODEL_FOLDER, METRICS_FILE) if (output_dir / name).exists()]
-    if present:
-        raise FileExistsError(
-            f"{output_dir} already holds {present} without a checkpoint to resume; a new run "
-            "would replace them: choose another output_dir"
-        )
-
-
-def run_identity(
-    model: MultimodalVAE, config: TrainingConfig, extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """What makes a run this run, as dotted keys: what a resume must not change.
-
-    The model's name and config, the training settings but :data:`RESUME_SAFE_KEYS`, and
-    ``extra`` (the caller's: the data's fingerprint).
-    """
-    training = {
-        f"training.{key}": value
-        for key, value in flatten_mapping(config.to_dict(), "").items()
-        if not any(key == safe or key.startswith(f"{safe}.") for safe in RESUME_SAFE_KEYS)
-    }
-    return {
-        "model": model.name,
-        **flatten_mapping(model.config.to_dict(), "model_config."),
-        **training,
-        **flatten_mapping(dict(extra or {}), ""),
-    }
-
-
-def check_resume_identity(
-    path: Path, checkpoint: Mapping[str, Any], identity: Mapping[str, Any]
-) -> None:
-    """Refuse to resume ``checkpoint`` (read from ``path``) as a run of another ``identity``.
-
-    Raises:
-        ConfigError: Listing every changed key with its old and new value.
-    """
-    if "identity" not in checkpoint:  # written before checkpoints kept their run's identity
-        return
-    changed = changed_keys(checkpoint["identity"], identity)
-    if changed:
-        raise ConfigError(
-            f"{path}: resuming would change the run: "
-            + "; ".join(changed)
-            + ". A resumed run keeps what it started with, except "
-            + ", ".join(f"training.{key}" for key in RESUME_SAFE_KEYS)
-            + "; start a new run in another output_dir to change the rest"
-        )
 
 
 class Trainer:
@@ -421,7 +111,8 @@ class Trainer:
             to its :meth:`identity`.
 
     Raises:
-        ConfigError: For ``stage_epochs`` naming a stage the model does not have, or a device,
+        ConfigError: For ``stage_epochs`` naming a stage the model does not have, ``groups`` an
+            optimizer group it does not have, or a device,
             precision or ``compile`` this machine does not support.
     """
 
@@ -449,6 +140,8 @@ class Trainer:
                     f"training.stage_epochs: {self.module.name} has no stage {stage!r}; "
                     f"expected some of {list(self.module.stages)}"
                 )
+        check_group_names(self.module, config)
+        self._skipped_steps = 0
         if (
             config.precision == "bf16"
             and self.device.type == "cuda"
@@ -458,9 +151,9 @@ class Trainer:
                 "training.precision: expected a GPU with bfloat16 support for 'bf16', found "
                 f"{torch.cuda.get_device_name(self.device)}; use 'fp32'"
             )
-        self._state = _LoopState()
-        self._train_forward: Callable[[nn.Module, Batch], ModelOutput] = _call_model
-        self._eval_forward: Callable[[nn.Module, Batch], ModelOutput] = _call_model
+        self._state = LoopState()
+        self._train_forward: Callable[[nn.Module, Batch], ModelOutput] = call_model
+        self._eval_forward: Callable[[nn.Module, Batch], ModelOutput] = call_model
         if config.compile:
             if not torch._dynamo.eval_frame.is_dynamo_supported():
                 raise ConfigError(
@@ -469,7 +162,8 @@ class Trainer:
                 )
             limit = max(
                 torch._dynamo.config.recompile_limit,
-                _GRAPHS_PER_STAGE * len(self.module.stages),
+                _GRAPHS_PER_STAGE
+                * sum(len(self.module.optimizer_groups(s)) for s in self.module.stages),
             )
             if config.cuda_graphs and self.device.type != "cuda":
                 raise ConfigError(
@@ -535,7 +229,7 @@ class Trainer:
             pending = self._load_checkpoint(stages)
         else:
             check_fresh_output(self.output_dir)
-            self._state = _LoopState()
+            self._state = LoopState()
             torch.manual_seed(self.config.seed)
             random.seed(self.config.seed)
         state = self._state
@@ -548,35 +242,24 @@ class Trainer:
             while True:
                 stage = stages[state.stage_index]
                 self.module.set_stage(stage)
-                optimizer = self.config.optimizer.build(self.module.stage_parameters(stage))
-                scheduler = (
-                    None
-                    if self.config.scheduler is None
-                    else self.config.scheduler.build(optimizer)
-                )
+                optimizers = StageOptimizers(self.module, stage, self.config)
                 if pending is not None:
-                    optimizer.load_state_dict(pending["optimizer"])
-                    if scheduler is not None and pending["scheduler"] is not None:
-                        scheduler.load_state_dict(pending["scheduler"])
+                    optimizers.load_state_dict(pending)
                     pending = None
                 epochs = self.config.epochs_of(stage)
                 while not state.stage_done and state.stage_epoch < epochs:
                     record = self._epoch(
-                        stage, epochs, optimizer, train_data, val_data, steps_per_epoch
+                        stage, epochs, optimizers, train_data, val_data, steps_per_epoch
                     )
                     monitored = float(record["val_loss" if val_data is not None else "train_loss"])
-                    if scheduler is not None:
-                        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                            scheduler.step(monitored)
-                        else:
-                            scheduler.step()
+                    optimizers.step_schedulers(monitored)
                     self._track_best(monitored, stage)
                     state.history.append(record)
                     requests = [
                         callback.on_epoch_end(state.epoch, record) for callback in self.callbacks
                     ]
                     stopped_by_callback = bool(
-                        _all_reduce(
+                        all_reduce(
                             torch.tensor(float(any(requests)), device=self.device),
                             dist.ReduceOp.MAX,
                         ).item()
@@ -585,7 +268,7 @@ class Trainer:
                     every = self.config.checkpoint_every
                     saved = stopped_by_callback or bool(every and state.epoch % every == 0)
                     if saved:
-                        self._save_checkpoint(optimizer, scheduler)
+                        self._save_checkpoint(optimizers)
                         saved_epoch = state.epoch
                     for callback in self.callbacks:
                         callback.on_epoch_saved(
@@ -595,17 +278,23 @@ class Trainer:
                         break
                 if stopped_by_callback or state.stage_index == len(stages) - 1:
                     break
-                if self.config.keep == "best" and state.best_state is not None:
+                if (
+                    self.config.keep == "best"
+                    and self.module.restore_best_between_stages
+                    and state.best_state is not None
+                ):
                     self.module.load_state_dict(state.best_state)
                 state.next_stage()
             state.elapsed = time.monotonic() - started
             if saved_epoch != state.epoch:
-                self._save_checkpoint(optimizer, scheduler)
+                self._save_checkpoint(optimizers)
             if self.config.keep == "best" and state.best_state is not None:
                 self.module.load_state_dict(state.best_state)
-            result = self._result(val_data is not None, stopped_by_callback)
+            result = training_result(
+                state, self.output_dir, val_data is not None, stopped_by_callback
+            )
             if self.rank == 0:
-                self._write_outputs(result)
+                write_outputs(self.module, self.config.keep, result)
             for callback in self.callbacks:
                 callback.on_train_end(result)
             return result
@@ -661,50 +350,59 @@ class Trainer:
         )
 
     def _step(
-        self,
-        batch: Batch,
-        optimizer: torch.optim.Optimizer,
-        parameters: list[torch.Tensor],
-        module_parameters: Sequence[torch.Tensor],
-    ) -> ModelOutput:
-        try:
-            with self._autocast():
-                output = self._train_forward(self.model, batch)
-            # Module.zero_grad(set_to_none=True) without walking the module tree every step.
-            for parameter in module_parameters:
-                parameter.grad = None
-            # Inductor compiles the backward graph on the first backward pass.
-            torch.autograd.backward(output.loss)
-        except Exception as error:
-            if self.config.compile and compile_failure(error):
-                raise self._compile_error(error, "training") from error
-            raise
-        if self.config.grad_clip_norm is not None:
-            # After backward (the gradients exist) and before the step (which uses them).
-            nn.utils.clip_grad_norm_(parameters, self.config.grad_clip_norm)
-        optimizer.step()
-        # A model's post-step hook (gPoE projects its fusion weights back into range).
-        after_step = getattr(self.module, "after_optimizer_step", None)
-        if after_step is not None:
-            after_step()
-        return output
+        self, batch: Batch, optimizers: StageOptimizers, module_parameters: Sequence[torch.Tensor]
+    ) -> list[ModelOutput]:
+        """One batch: each optimizer group in order, ``steps`` times, on its own forward pass.
+
+        A step whose batch has no usable sample on any rank (``ModelOutput.usable`` 0) runs no
+        backward pass and no optimizer step. Returns each group's last output.
+        """
+        outputs: list[ModelOutput] = []
+        for entry in optimizers.entries:
+            self.module.optimizer_group = entry.group.name
+            for _ in range(entry.group.steps):
+                try:
+                    with self._autocast():
+                        output = self._train_forward(self.model, batch)
+                    if output.usable is not None and not self._any_usable(output.usable):
+                        # A zero gradient would still move Adam's moments (and the weights).
+                        self._skipped_steps += 1
+                        continue
+                    # Module.zero_grad(set_to_none=True) without walking the module tree.
+                    for parameter in module_parameters:
+                        parameter.grad = None
+                    # Inductor compiles the backward graph on the first backward pass.
+                    torch.autograd.backward(output.loss)
+                except Exception as error:
+                    if self.config.compile and compile_failure(error):
+                        raise self._compile_error(error, "training") from error
+                    raise
+                entry.step()
+            outputs.append(output)
+        self.module.optimizer_group = optimizers.names[0]
+        return outputs
+
+    def _any_usable(self, usable: torch.Tensor) -> bool:
+        """Whether any rank's batch has a usable sample (the same answer on every rank)."""
+        count = all_reduce(usable.detach().float().reshape(1), dist.ReduceOp.SUM)
+        return bool(count.item() > 0)
 
     def _epoch(
         self,
         stage: str,
         epochs: int,
-        optimizer: torch.optim.Optimizer,
+        optimizers: StageOptimizers,
         train_data: Iterable[Batch],
         val_data: Iterable[Batch] | None,
         steps_per_epoch: int | None,
     ) -> EpochRecord:
         state = self._state
         began = time.monotonic()
-        lr = float(optimizer.param_groups[0]["lr"])
-        _set_epoch(train_data, state.epoch)
+        lr = optimizers.lr()
+        set_epoch(train_data, state.epoch)
         steps = len(train_data) if isinstance(train_data, Sized) else steps_per_epoch
         assert steps is not None
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        self._skipped_steps = 0
         module_parameters = list(self.module.parameters())
         stages = self.module.stages
         total = sum(self.config.epochs_of(s) for s in stages)
@@ -725,13 +423,13 @@ class Trainer:
             with self._compile_settings():
                 for step, batch in enumerate(self._batches(train_data)):
                     self.module.progress = state.stage_epoch + step / steps
-                    output = self._step(
-                        batch.to(self.device, non_blocking=True),
-                        optimizer,
-                        parameters,
-                        module_parameters,
+                    outputs = self._step(
+                        batch.to(self.device, non_blocking=True), optimizers, module_parameters
                     )
-                    self._accumulate(sums, output, len(batch))
+                    for name, output in zip(optimizers.names, outputs, strict=True):
+                        # The first group's loss is the epoch's; the others' are prefixed.
+                        prefix = "" if name == optimizers.names[0] else f"{name}_"
+                        self._accumulate(sums, output, len(batch), prefix)
                     samples += len(batch)
                     bar.update()
                     if not bar.disable and time.monotonic() - shown > _POSTFIX_SECONDS:
@@ -747,6 +445,8 @@ class Trainer:
                 "lr": lr,
             }
             record.update({f"train_{name}": value for name, value in train.items()})
+            if self._skipped_steps:
+                record["skipped_steps"] = self._skipped_steps
             if not math.isfinite(train["loss"]):
                 raise FloatingPointError(
                     f"{self.module.name}: training loss is {train['loss']} in epoch "
@@ -788,14 +488,19 @@ class Trainer:
         return self._average(sums, samples, "validation")[0]
 
     def _accumulate(
-        self, sums: dict[tuple[str, ...], torch.Tensor], output: ModelOutput, size: int
+        self,
+        sums: dict[tuple[str, ...], torch.Tensor],
+        output: ModelOutput,
+        size: int,
+        prefix: str = "",
     ) -> None:
         """Add a batch's loss and metrics, weighted by its size (they are per-sample means).
 
-        ``sums`` maps the names ``("loss", *metrics)`` to their weighted sums, one tensor per
-        set of names: a step costs two small tensor operations whatever its number of metrics.
+        ``sums`` maps the names ``("loss", *metrics)`` (each after ``prefix``: another optimizer
+        group's) to their weighted sums, one tensor per set of names: a step costs two small
+        tensor operations whatever its number of metrics.
         """
-        names = ("loss", *output.metrics)
+        names = tuple(f"{prefix}{name}" for name in ("loss", *output.metrics))
         total = sums.get(names)
         if total is None and "loss" in output.metrics:
             raise ValueError(
@@ -821,7 +526,7 @@ class Trainer:
         totals = torch.stack(
             [*(by_name[name] for name in ordered), torch.tensor(float(samples), device=self.device)]
         )
-        reduced: list[float] = _all_reduce(totals, dist.ReduceOp.SUM).tolist()
+        reduced: list[float] = all_reduce(totals, dist.ReduceOp.SUM).tolist()
         count = reduced[-1]
         if count == 0:
             raise ValueError(
@@ -836,7 +541,7 @@ class Trainer:
         if monitored < state.best_loss - self.config.early_stopping_min_delta:
             state.best_loss = monitored
             state.best_epoch = state.epoch
-            state.best_state = _cpu_copy(self.module.state_dict())
+            state.best_state = cpu_copy(self.module.state_dict())
             state.bad_epochs = 0
         else:
             state.bad_epochs += 1
@@ -848,11 +553,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
     # Checkpoints and outputs
 
-    def _save_checkpoint(
-        self,
-        optimizer: torch.optim.Optimizer,
-        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    ) -> None:
+    def _save_checkpoint(self, optimizers: StageOptimizers) -> None:
         if self.rank != 0:
             return
         state = self._state
@@ -860,23 +561,10 @@ class Trainer:
             {
                 "identity": self.identity(),
                 "stages": list(self.module.stages),
-                "model": _cpu_copy(self.module.state_dict()),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "model": cpu_copy(self.module.state_dict()),
+                "optimizers": optimizers.state_dict(),
                 "rng": capture_rng_state(),
-                "loop": {
-                    "stage_index": state.stage_index,
-                    "stage_epoch": state.stage_epoch,
-                    "epoch": state.epoch,
-                    "stage_done": state.stage_done,
-                    "best_loss": state.best_loss,
-                    "best_epoch": state.best_epoch,
-                    "best_state": state.best_state,
-                    "bad_epochs": state.bad_epochs,
-                    "history": state.history,
-                    "early_stopped": state.early_stopped,
-                    "elapsed": state.elapsed,
-                },
+                "loop": state.to_checkpoint(),
             },
             self.checkpoint_path,
         )
@@ -898,42 +586,5 @@ class Trainer:
                 f"{self.module.name} model ({error})"
             ) from None
         restore_rng_state(checkpoint["rng"])
-        self._state = _LoopState(**checkpoint["loop"])
-        return {"optimizer": checkpoint["optimizer"], "scheduler": checkpoint["scheduler"]}
-
-    def _result(self, validated: bool, stopped_by_callback: bool) -> TrainingResult:
-        state = self._state
-        return TrainingResult(
-            history=state.history,
-            monitor="val_loss" if validated else "train_loss",
-            best_epoch=state.best_epoch,
-            best_loss=None if state.best_epoch is None else state.best_loss,
-            epochs_run=state.epoch,
-            wall_time=state.elapsed,
-            early_stopped=state.early_stopped,
-            stopped_by_callback=stopped_by_callback,
-            output_dir=self.output_dir,
-            model_dir=self.output_dir / MODEL_FOLDER,
-            metrics_path=self.output_dir / METRICS_FILE,
-            checkpoint_path=self.checkpoint_path,
-        )
-
-    def _write_outputs(self, result: TrainingResult) -> None:
-        self.module.save_pretrained(result.model_dir)
-        best = [r for r in result.history if r["epoch"] == result.best_epoch]
-        document = {
-            "model": self.module.name,
-            "kept": self.config.keep,
-            "monitor": result.monitor,
-            "epochs_run": result.epochs_run,
-            "wall_time_s": result.wall_time,
-            "best_epoch": result.best_epoch,
-            "best_loss": result.best_loss,
-            "early_stopped": result.early_stopped,
-            "stopped_by_callback": result.stopped_by_callback,
-            "final": result.history[-1],
-            "best": best[0] if best else None,
-        }
-        temporary = result.metrics_path.with_name(f".{METRICS_FILE}.tmp")
-        temporary.write_text(json.dumps(document, indent=2))
-        os.replace(temporary, result.metrics_path)
+        self._state = LoopState.from_checkpoint(checkpoint["loop"])
+        return checkpoint_optimizers(checkpoint)

@@ -36,8 +36,8 @@ from multivae.integrations.mlflow import (
 from multivae.names import MLFLOW_RUN_FILE
 from multivae.run import run_training
 from multivae.run_config import MLflowConfig, RunConfig
+from multivae.training import Callback
 from multivae.training.config import TrainingConfig
-from multivae.training.loop import Callback
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from multivae.data import MultimodalDataset
 from multivae.names import MLFLOW_RUN_FILE
 from multivae.run import run_training
 from multivae.run_config import RunConfig
-from multivae.training.loop import Callback
+from multivae.training import Callback
 
 pytestmark = pytest.mark.integration
 
@@ -191,3 +191,66 @@ def test_a_run_whose_worker_node_is_killed_ends_with_the_weights_of_an_uninterru
     runs, history = mlflow_history(out, "train_loss")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [step for step, _ in history] == [1, 2, 3, 4]
+
+
+class StageSnapshot(Callback):
+    """On the rank-0 worker, saves the weights at the end of epoch ``epoch`` to ``path``."""
+
+    def __init__(self, path, epoch):
+        self.path, self.epoch, self.module = str(path), epoch, None
+
+    def on_train_begin(self, trainer):
+        self.module = trainer.module
+
+    def on_epoch_end(self, epoch, metrics):
+        from multivae.training import distributed_rank
+
+        if epoch == self.epoch and distributed_rank() == 0:
+            state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+            torch.save(state, self.path)
+        return False
+
+
+@pytest.mark.timeout(900)
+def test_a_two_stage_model_trains_through_its_stage_switch_on_two_ddp_workers(
+    cluster, poly, tmp_path
+):
+    # TELBO under DistributedDataParallel (find_unused_parameters: its second stage freezes the
+    # joint encoder and the decoders), two Train workers, keep="last": the second stage starts
+    # from the first stage's last weights and moves only the unimodal encoders.
+    out = tmp_path / "telbo"
+    snapshot = tmp_path / "after-joint.pt"
+    config = RunConfig.from_dict(
+        {
+            "model": "telbo",
+            "data": str(poly),
+            "output_dir": str(out),
+            "model_config": {"latent_dim": 8},
+            "training": {
+                "epochs": 1,
+                "stage_epochs": {"joint": 2, "unimodal": 2},
+                "batch_size": 32,
+                "keep": "last",
+                "progress_bar": False,
+                "seed": 3,
+            },
+            "ray": {
+                "num_workers": 2,
+                "resources_per_worker": {"trainer": 1},
+                "worker_start_timeout_s": 30,
+            },
+        }
+    )
+    result = run_training(config, callbacks=[StageSnapshot(snapshot, epoch=2)])
+    assert [(r["stage"], r["stage_epoch"]) for r in result.history] == [
+        ("joint", 1),
+        ("joint", 2),
+        ("unimodal", 1),
+        ("unimodal", 2),
+    ]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+    after_joint = torch.load(snapshot)
+    final = multivae.load_model(out / "model").state_dict()
+    moved = {key for key in final if not torch.equal(final[key], after_joint[key])}
+    assert moved and all(key.startswith("encoders.") for key in moved), sorted(moved)
+    assert all(torch.equal(final[k], after_joint[k]) for k in final if k.startswith("decoders."))

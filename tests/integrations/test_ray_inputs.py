@@ -138,7 +138,7 @@ def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
     import ray.tune.result as tune_result
 
     from multivae.integrations import ray_train
-    from multivae.training.loop import TrainingResult
+    from multivae.training import TrainingResult
 
     # Every key Tune fills in or acts on is in the project's list (a Ray upgrade adding one
     # fails here).

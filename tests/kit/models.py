@@ -9,6 +9,8 @@ suite runs every model in every variant in seconds.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 import multivae
@@ -64,6 +66,22 @@ def tiny_model(
     model = multivae.create_model(name, tiny_config(name, variant, modalities))
     model.progress = 5.0
     return model
+
+
+def generation_case(model: MultimodalVAE, modalities: str) -> tuple[list[str], list[str]]:
+    """The first smallest subset a model conditions on, and what it generates from it.
+
+    ``[first] -> [second, third]`` for a joint model; a model's own case otherwise, chosen by
+    its ``conditionable`` (DVCCA: its primary view -> the others; a CVAE: its conditioning
+    modalities -> its main modality).
+    """
+    names = names_of(modalities)
+    for size in range(1, len(names)):
+        for cond in itertools.combinations(names, size):
+            targets = [m for m in names if m not in cond and model.conditionable(cond, m)]
+            if model.conditionable(cond) and targets:
+                return list(cond), targets
+    raise AssertionError(f"{model.name} generates nothing from any subset of {names}")
 
 
 def tiny_batch(

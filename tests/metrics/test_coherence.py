@@ -252,7 +252,7 @@ def test_a_real_model_and_a_dataset_split_work(classifiers, dataset):
 class OneWayModel(PerfectModel):
     """A model that can condition on view0 (alone or with others) but not without it."""
 
-    def conditionable(self, subset):
+    def conditionable(self, subset, target=None):
         return "view0" in subset
 
 
@@ -271,3 +271,21 @@ def test_subsets_a_model_cannot_condition_on_are_not_applicable(classifiers, tes
         ("view0", "view2"),
     }
     assert result.to_dict()["not_applicable"] == ["view1", "view2", "view1+view2"]
+
+
+class MainTargetModel(PerfectModel):
+    """A conditional model: generates only view2, from any subset holding view0."""
+
+    def conditionable(self, subset, target=None):
+        return "view0" in subset and target in (None, "view2")
+
+
+def test_targets_a_model_cannot_generate_are_not_applicable(classifiers, test_batch):
+    model = MainTargetModel()
+    result = cross_modal_coherence(model, test_batch, classifiers, batch_size=64)
+    assert set(result.pairs) == {(("view0",), "view2"), (("view0", "view1"), "view2")}
+    assert {cond for cond, _, _ in model.calls} == {("view0",), ("view0", "view1")}
+    # view0+view2 leaves only view1 to generate, which the model cannot: the whole subset.
+    assert result.not_applicable == [("view1",), ("view2",), ("view0", "view2"), ("view1", "view2")]
+    assert result.not_applicable_pairs == [(("view0",), "view1")]
+    assert result.to_dict()["not_applicable_pairs"] == ["view0->view1"]

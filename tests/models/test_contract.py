@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 import torch
-from kit.models import MODALITY_SETS, N, names_of, tiny_batch, tiny_model
+from kit.models import MODALITY_SETS, N, generation_case, names_of, tiny_batch, tiny_model
 
 import multivae
 from multivae.data import Batch
@@ -45,6 +45,19 @@ def first_second_third(modalities: str) -> tuple[str, str, str]:
     return first, second, third
 
 
+def in_each_stage(model: MultimodalVAE):
+    """Yield ``model`` switched to each of its training stages, gradients cleared.
+
+    A multi-stage model trains some parameters in a stage and freezes the others: the gradient
+    checks hold, stage by stage, for the parameters that stage trains, and the frozen ones get
+    none (``grad`` stays ``None``).
+    """
+    for stage in model.stages:
+        model.set_stage(stage)
+        model.zero_grad(set_to_none=True)
+        yield stage
+
+
 def test_the_classic_and_new_models_are_registered():
     assert {"jmvae", "mvae", "mmvae", "mopoe"} <= set(MODELS)
 
@@ -64,37 +77,52 @@ def test_output_is_a_finite_scalar_loss_with_named_scalar_metrics(name, variant,
 @case
 def test_every_parameter_gets_a_gradient_on_complete_data(name, variant, modalities):
     model = tiny_model(name, variant, modalities)
-    loss_of(model, tiny_batch(modalities)).loss.backward()
-    for parameter_name, parameter in model.named_parameters():
-        assert parameter.grad is not None, parameter_name
-        assert torch.isfinite(parameter.grad).all(), parameter_name
-        assert parameter.grad.abs().sum() > 0, parameter_name
+    for stage in in_each_stage(model):
+        loss_of(model, tiny_batch(modalities)).loss.backward()
+        for parameter_name, parameter in model.named_parameters():
+            if not parameter.requires_grad:
+                assert parameter.grad is None, (stage, parameter_name)
+                continue
+            assert parameter.grad is not None, (stage, parameter_name)
+            assert torch.isfinite(parameter.grad).all(), (stage, parameter_name)
+            assert parameter.grad.abs().sum() > 0, (stage, parameter_name)
 
 
 @case
 def test_a_modality_absent_from_the_whole_batch(name, variant, modalities):
     for absent in names_of(modalities):
         model = tiny_model(name, variant, modalities)
-        output = loss_of(model, tiny_batch(modalities, missing={absent: [False] * N}))
-        assert torch.isfinite(output.loss), absent
-        output.loss.backward()
-        for parameter_name, parameter in model.named_parameters():
-            # Every parameter takes part in every step, with a zero gradient where it has nothing
-            # to learn from: DistributedDataParallel fails when one rank's batch lacks a
-            # modality and a parameter gets no gradient tensor there.
-            assert parameter.grad is not None, (absent, parameter_name)
-            assert torch.isfinite(parameter.grad).all(), (absent, parameter_name)
-        # Shared and private parts alike: the whole encoder of the absent modality, and its
-        # decoder, which has no target to score.
-        for module in (model.encoders[absent], model.decoders[absent]):
-            for parameter_name, parameter in module.named_parameters():
-                assert torch.all(parameter.grad == 0), (absent, parameter_name)
-        others = [m for m in names_of(modalities) if m != absent]
-        assert any(
-            parameter.grad.abs().sum() > 0
-            for m in others
-            for parameter in model.encoders[m].parameters()
-        ), absent
+        for stage in in_each_stage(model):
+            where = (absent, stage)
+            output = loss_of(model, tiny_batch(modalities, missing={absent: [False] * N}))
+            assert torch.isfinite(output.loss), where
+            output.loss.backward()
+            trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+            for parameter_name, parameter in trained.items():
+                # Every parameter a stage trains takes part in every step, with a zero gradient
+                # where it has nothing to learn from: DistributedDataParallel fails when one
+                # rank's batch lacks a modality and a parameter gets no gradient tensor there.
+                assert parameter.grad is not None, (*where, parameter_name)
+                assert torch.isfinite(parameter.grad).all(), (*where, parameter_name)
+            # Shared and private parts alike: the whole encoder of the absent modality, and its
+            # decoder, which has no target to score (a CVAE's conditioning modalities have none).
+            parts = (model.encoders, model.decoders)
+            for module in [part[absent] for part in parts if absent in part]:
+                for parameter_name, parameter in module.named_parameters():
+                    if parameter.requires_grad:
+                        assert torch.all(parameter.grad == 0), (*where, parameter_name)
+            learnable = [
+                parameter
+                for m in names_of(modalities)
+                if m != absent and m in model.encoders
+                for parameter in model.encoders[m].parameters()
+                if parameter.requires_grad
+            ]
+            # Something is learned from the other modalities' encoders, unless the stage trains
+            # none of them (TELBO's joint stage), the model has none, or no sample is usable
+            # without the absent one (DVCCA infers its shared latent from its primary modality).
+            if learnable and (output.usable is None or output.usable > 0):
+                assert any(p.grad.abs().sum() > 0 for p in learnable), where
 
 
 @case
@@ -106,25 +134,28 @@ def test_absent_cells_get_exactly_zero_gradient_and_do_not_matter(name, variant,
     }
     model = tiny_model(name, variant, modalities)
     batch = tiny_batch(modalities, missing=missing)
-    inputs = {m: v.clone().requires_grad_(v.is_floating_point()) for m, v in batch.data.items()}
-    output = loss_of(model, Batch(data=inputs, mask=batch.mask))
-    assert torch.isfinite(output.loss)
-    output.loss.backward()
-    for m, value in inputs.items():
-        if value.is_floating_point():
-            assert value.grad is not None, m
-            absent = ~batch.mask[m]
-            assert torch.all(value.grad[absent] == 0), m
-    # Absent cells hold zeros by contract; any other value must not matter.
-    noisy = {
-        m: torch.where(
-            batch.mask[m].reshape(-1, *[1] * (v.dim() - 1)), v, torch.full((), 2, dtype=v.dtype)
+    for stage in in_each_stage(model):
+        inputs = {m: v.clone().requires_grad_(v.is_floating_point()) for m, v in batch.data.items()}
+        output = loss_of(model, Batch(data=inputs, mask=batch.mask))
+        assert torch.isfinite(output.loss), stage
+        output.loss.backward()
+        for m, value in inputs.items():
+            if value.is_floating_point():
+                assert value.grad is not None, (stage, m)
+                absent = ~batch.mask[m]
+                assert torch.all(value.grad[absent] == 0), (stage, m)
+        # Absent cells hold zeros by contract; any other value must not matter.
+        noisy = {
+            m: torch.where(
+                batch.mask[m].reshape(-1, *[1] * (v.dim() - 1)),
+                v,
+                torch.full((), 2, dtype=v.dtype),
+            )
+            for m, v in batch.data.items()
+        }
+        torch.testing.assert_close(
+            loss_of(model, Batch(data=noisy, mask=batch.mask)).loss, output.loss.detach()
         )
-        for m, v in batch.data.items()
-    }
-    torch.testing.assert_close(
-        loss_of(model, Batch(data=noisy, mask=batch.mask)).loss, output.loss.detach()
-    )
 
 
 @case
@@ -137,9 +168,10 @@ def test_same_seed_same_loss(name, variant, modalities):
 
 @case
 def test_save_then_load_gives_identical_outputs(name, variant, modalities, tmp_path):
-    first, second, third = first_second_third(modalities)
+    _, second, _ = first_second_third(modalities)
     model = tiny_model(name, variant, modalities).eval()
     batch = tiny_batch(modalities, missing={second: [True, False] * 3})
+    cond, gen = generation_case(model, modalities)
     folder = model.save_pretrained(tmp_path / "model")
     loaded = multivae.load_model(folder)
     assert type(loaded) is type(model)
@@ -150,10 +182,10 @@ def test_save_then_load_gives_identical_outputs(name, variant, modalities, tmp_p
     loaded.progress = model.progress
     assert torch.equal(loss_of(loaded, batch).loss, loss_of(model, batch).loss)
     torch.manual_seed(0)
-    expected = model.predict(batch, cond=[first], gen=[second, third])
+    expected = model.predict(batch, cond=cond, gen=gen)
     torch.manual_seed(0)
-    found = loaded.predict(batch, cond=[first], gen=[second, third])
-    for modality in (second, third):
+    found = loaded.predict(batch, cond=cond, gen=gen)
+    for modality in gen:
         assert torch.equal(found[modality], expected[modality])
 
 
@@ -187,10 +219,15 @@ def test_predict_from_every_subset(name, variant, modalities):
         for cond in itertools.combinations(names, size):
             if not model.conditionable(cond):
                 continue
+            # Every modality (reconstructions too) by default; a conditional model generates
+            # what it says it generates from cond (a CVAE: its main modality).
+            gen = names
+            if model.capabilities.conditional:
+                gen = [m for m in names if model.conditionable(cond, m)]
             for use_mean in (False, True):
-                out = model.predict(batch, cond=list(cond), use_mean=use_mean)
+                out = model.predict(batch, cond=list(cond), gen=gen, use_mean=use_mean)
                 assert {m: tuple(v.shape) for m, v in out.items()} == {
-                    m: expected_shape(modalities, m, (N,)) for m in names
+                    m: expected_shape(modalities, m, (N,)) for m in gen
                 }
                 assert all(torch.isfinite(v.float()).all() for v in out.values())
 
@@ -198,18 +235,18 @@ def test_predict_from_every_subset(name, variant, modalities):
 @case
 def test_generation_api_shapes(name, variant, modalities):
     model = tiny_model(name, variant, modalities).eval()
-    first, second, _ = first_second_third(modalities)
     batch = tiny_batch(modalities)
-    several = model.predict(batch, cond=[first], gen=[second], n_samples=4)
-    assert several[second].shape == expected_shape(modalities, second, (4, N))
-    z = model.encode(batch, cond=[first, second], n_samples=3)
+    cond, (target, *_) = generation_case(model, modalities)
+    several = model.predict(batch, cond=cond, gen=[target], n_samples=4)
+    assert several[target].shape == expected_shape(modalities, target, (4, N))
+    z = model.encode(batch, cond=[*cond, target], n_samples=3)
     assert z.shape == (3, N, model.config.latent_dim)
     # The mean prediction is deterministic.
     torch.manual_seed(1)
-    once = model.predict(batch, cond=[first], gen=[second], use_mean=True)
+    once = model.predict(batch, cond=cond, gen=[target], use_mean=True)
     torch.manual_seed(2)
-    twice = model.predict(batch, cond=[first], gen=[second], use_mean=True)
-    torch.testing.assert_close(once[second], twice[second])
+    twice = model.predict(batch, cond=cond, gen=[target], use_mean=True)
+    torch.testing.assert_close(once[target], twice[target])
     if model.capabilities.conditional:
         with pytest.raises(ValueError, match="conditioning"):
             model.sample(5)
@@ -255,7 +292,12 @@ def test_nll_is_finite_per_sample_whole_or_chunked(name, variant, modalities):
     assert whole.shape == (N,)
     assert torch.isfinite(whole).all()
     assert torch.isfinite(chunked).all()
-    conditional = model.nll(batch, cond=[second], gen=[third], k=10)
+    # The second modality to the third, or the model's own case (DVCCA: from its primary view;
+    # a CVAE: its main modality given its conditioning ones).
+    cond, gen = [second], [third]
+    if not model.conditionable(cond, third):
+        cond, gen = generation_case(model, modalities)
+    conditional = model.nll(batch, cond=cond, gen=gen, k=10)
     assert conditional.shape == (N,) and torch.isfinite(conditional).all()
 
 
@@ -265,12 +307,18 @@ def test_capabilities_are_those_of_the_configured_model(name, variant, modalitie
     cls = type(model)
     assert cls.name == name
     assert cls.declared_capabilities.missing_modalities
-    assert cls.stages and all(isinstance(stage, str) for stage in cls.stages)
+    assert model.stages and all(isinstance(stage, str) for stage in model.stages)
     capabilities = model.capabilities
-    assert capabilities.multi_stage == (len(cls.stages) > 1)
+    assert capabilities.multi_stage == (len(model.stages) > 1)
     assert capabilities.private_latents == bool(model.private_dims)
     # What a configured model can do, its class declares it can do in some configuration.
-    for flag in ("private_latents", "importance_sampled", "conditional", "clustering"):
+    for flag in (
+        "private_latents",
+        "multi_stage",
+        "importance_sampled",
+        "conditional",
+        "clustering",
+    ):
         if getattr(capabilities, flag):
             assert getattr(cls.declared_capabilities, flag), flag
 
@@ -280,7 +328,10 @@ def test_conditioning_on_a_subset_runs_only_its_encoders(name, variant, modaliti
     first, _, third = first_second_third(modalities)
     model = tiny_model(name, variant, modalities).eval()
     batch = tiny_batch(modalities, missing={first: [True, False, True, True, True, True]})
-    for cond in ([first], [first, third]):
+    conds = [c for c in ([first], [first, third]) if model.conditionable(c)]
+    if not conds:  # a CVAE: its conditioning modalities, then every modality
+        conds = [generation_case(model, modalities)[0], names_of(modalities)]
+    for cond in conds:
         called: list[str] = []
         hooks = [
             model.encoders[m].register_forward_hook(lambda *_, m=m, seen=called: seen.append(m))
@@ -290,7 +341,9 @@ def test_conditioning_on_a_subset_runs_only_its_encoders(name, variant, modaliti
         z = model.encode(batch, cond, n_samples=3)
         for hook in hooks:
             hook.remove()
-        assert called and set(called) <= set(cond)
+        # (A CVAE without a prior network conditions on x_C through N(0, I): no encoder runs.)
+        assert called or model.capabilities.conditional
+        assert set(called) <= set(cond)
         # The same posterior as with every other modality marked absent and all encoders run.
         hidden = Batch(
             data=batch.data,

@@ -1,6 +1,8 @@
 """Every model trains under DistributedDataParallel when one rank's batch lacks a modality.
 
-Two processes (gloo, on this machine) train each registered model for a few steps; rank 1's
+Two processes (gloo, on this machine) train each registered model for a few steps of every
+stage, wrapped once as Ray Train wraps it (``find_unused_parameters`` for models whose steps
+leave parameters out: later stages freezing modules, several optimizer groups); rank 1's
 batches lack the first modality entirely. DDP needs every parameter to take part in every step
 (or it fails with "Expected to have finished reduction in the prior iteration"); the models
 give the absent modality's encoder and decoder a zero gradient instead of none. After the steps
@@ -35,6 +37,8 @@ def _train(rank: int, port: int, tests: str, out: str) -> None:
     from kit.models import N, names_of, tiny_batch, tiny_model
     from torch.nn.parallel import DistributedDataParallel
 
+    from multivae.training.distributed import finds_unused_parameters
+
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -42,19 +46,25 @@ def _train(rank: int, port: int, tests: str, out: str) -> None:
     try:
         for name in multivae.list_models():
             model = tiny_model(name, "default", "mixed")  # the same weights on both ranks
-            ddp = DistributedDataParallel(model)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            # As Ray Train's workers wrap it (prepare_model), once for every stage.
+            ddp = DistributedDataParallel(
+                model, find_unused_parameters=finds_unused_parameters(model)
+            )
             first = names_of("mixed")[0]
             losses = []
-            for step in range(STEPS):
-                missing = {first: [False] * N} if rank == 1 else None
-                batch = tiny_batch("mixed", missing=missing, seed=10 * step + rank)
-                torch.manual_seed(100 * step + rank)
-                loss = ddp(batch).loss
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss))
+            for stage in model.stages:
+                model.set_stage(stage)
+                model.train()
+                optimizer = torch.optim.Adam(model.stage_parameters(stage), lr=1e-3)
+                for step in range(STEPS):
+                    missing = {first: [False] * N} if rank == 1 else None
+                    batch = tiny_batch("mixed", missing=missing, seed=10 * step + rank)
+                    torch.manual_seed(100 * step + rank)
+                    loss = ddp(batch).loss
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss))
             flat = torch.cat([p.detach().flatten() for p in model.parameters()])
             results[name] = (losses, flat)
     finally:

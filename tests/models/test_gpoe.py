@@ -137,7 +137,7 @@ def test_weights_out_of_range_are_used_clamped_and_projected_after_a_step():
     assert torch.isfinite(loss)
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
-    model.after_optimizer_step()
+    model.project_weights()
     assert model.fusion_weights.min() >= 0 and model.fusion_weights.max() <= 1
 
 
@@ -172,8 +172,8 @@ def test_the_training_loop_projects_the_weights_after_every_step(tmp_path):
 
     model = make_model()
     calls = []
-    project = model.after_optimizer_step
-    model.after_optimizer_step = lambda: (calls.append(1), project())[1]
+    project = model.project_weights
+    model.project_weights = lambda: (calls.append(1), project())[1]
     batches = [make_batch(MISSING, seed=s) for s in range(3)]
     config = TrainingConfig(epochs=2, progress_bar=False, device="cpu")
     Trainer(model, config, tmp_path / "run").fit(batches, batches[:1])

@@ -10,6 +10,7 @@ from multivae.data import MultimodalDataset, make_dataloader
 from multivae.models.base import ModelOutput
 from multivae.objectives import kl_standard_normal, linear_warmup
 from multivae.training import Callback, Trainer, TrainingConfig
+from multivae.training import compiled as training_compiled
 from multivae.training import loop as training_loop
 
 TIMINGS = ("epoch_time", "samples_per_s")
@@ -220,8 +221,8 @@ def test_cuda_graphs_reach_inductor_as_its_cudagraphs_option(monkeypatch):
         return function
 
     monkeypatch.setattr(torch, "compile", record)
-    training_loop.CompiledForward("plain", 8)
-    training_loop.CompiledForward("graphs", 8, cuda_graphs=True)
+    training_compiled.CompiledForward("plain", 8)
+    training_compiled.CompiledForward("graphs", 8, cuda_graphs=True)
     assert seen == [
         {"fallback_random": True},
         {"fallback_random": True, "triton.cudagraphs": True},
