@@ -3,8 +3,9 @@
 :func:`evaluate` (``multivae evaluate``) computes them all for a model and a dataset. The parts:
 likelihoods (:func:`joint_nll`, :func:`conditional_nll`, :func:`likelihood_report`),
 coherences judged by per-modality classifiers (:func:`train_classifiers`, :class:`ClassifierSet`,
-:func:`cross_modal_coherence`, :func:`joint_coherence`), FID with a pluggable feature network
-(:func:`fid`, :class:`InceptionFeatures`, :class:`ClassifierFeatures`), reconstruction
+:func:`cross_modal_coherence`, :func:`joint_coherence`), FID through torchmetrics with a
+pluggable feature network (:func:`fid`, :class:`InceptionFeatures`, :class:`ClassifierFeatures`),
+reconstruction
 (:func:`mse`, :func:`ssim`), latent clustering and linear probes (:func:`clustering_scores`,
 :func:`linear_probe_accuracy`) and figures.
 """
@@ -22,11 +23,9 @@ from multivae.metrics.fid import (
     ClassifierFeatures,
     FeatureExtractor,
     InceptionFeatures,
-    feature_statistics,
     fid,
     fid_from_features,
     fid_metric_name,
-    frechet_distance,
 )
 from multivae.metrics.figures import (
     save_conditional_grid,
@@ -53,11 +52,9 @@ __all__ = [
     "cross_modal_coherence",
     "default_classifier_dir",
     "evaluate",
-    "feature_statistics",
     "fid",
     "fid_from_features",
     "fid_metric_name",
-    "frechet_distance",
     "joint_coherence",
     "joint_nll",
     "likelihood_report",

@@ -10,10 +10,12 @@
   subset size, judged by the dataset's classifiers (``multivae train-classifiers``), whose test
   accuracies are reported beside them under ``classifiers``;
 * ``samplers``: for each sampler (``prior``, ``gmm``, ...; fitted on train-set latents), the
-  joint coherence of unconditional samples and the FID of every image modality against test
-  images: Inception-v3 features (``fid``) when ``inception_weights`` names a local weights file,
-  otherwise the library-trained classifier's features, reported as ``fid_classifier``;
-* ``reconstruction``: per modality, MSE (and SSIM for images) of its reconstruction from itself;
+  joint coherence of unconditional samples and the FID (torchmetrics) of every image modality
+  against test images, generated images clamped to ``[0, 1]``: the standard FID Inception-v3
+  (``fid``, comparable with published FIDs) when ``inception_weights`` names its local weights
+  file, otherwise the library-trained classifier's features, reported as ``fid_classifier``;
+* ``reconstruction``: per modality, MSE (and SSIM, torchmetrics', for images of at least 11x11)
+  of its reconstruction from itself;
 * ``latents``: k-means accuracy, NMI and ARI of the test latents given all observed modalities,
   and the accuracy of a linear probe trained on train latents, per subset of modalities; for a
   clustering model (``predict_clusters``), the same three scores of its own clusters;
@@ -50,7 +52,13 @@ from multivae.data.reader import MultimodalDataset
 from multivae.io import atomic_write_text, claim_output, staged_folder, write_output_marker
 from multivae.metrics.classifiers import ClassifierSet, default_classifier_dir
 from multivae.metrics.coherence import cross_modal_coherence, joint_coherence
-from multivae.metrics.fid import ClassifierFeatures, FeatureExtractor, InceptionFeatures, fid
+from multivae.metrics.fid import (
+    ClassifierFeatures,
+    FeatureExtractor,
+    InceptionFeatures,
+    fid,
+    fid_metric_name,
+)
 from multivae.metrics.figures import (
     save_conditional_grid,
     save_dropout_rates,
@@ -64,7 +72,7 @@ from multivae.metrics.latents import (
     linear_probe_accuracy,
 )
 from multivae.metrics.likelihood import likelihood_report
-from multivae.metrics.reconstruction import mse, ssim
+from multivae.metrics.reconstruction import SSIM_WINDOW, mse, ssim
 from multivae.metrics.shared import select_rows
 from multivae.model_folder import model_source
 from multivae.models.base import MultimodalVAE
@@ -97,8 +105,9 @@ class EvaluationConfig(Config):
         fit_samples: Train samples whose latents fit the samplers and the linear probe.
         classifiers: Folder of the classifiers; by default ``DATA-classifiers`` beside the
             dataset, which must have been trained on this very dataset (its fingerprint).
-        inception_weights: Local Inception-v3 weights file for FID; without it FID uses the
-            classifiers' features and is reported as ``fid_classifier``.
+        inception_weights: Local file of the FID Inception-v3 weights (torch-fidelity's
+            ``weights-inception-2015-12-05-6726825d.pth``, :class:`InceptionFeatures`); without
+            it FID uses the classifiers' features and is reported as ``fid_classifier``.
         figures: Write the figures.
         figure_samples: Samples per figure.
         batch_size: Samples per forward pass.
@@ -231,7 +240,8 @@ def _reconstruction(model: MultimodalVAE, batch: Batch, size: int) -> dict[str, 
             # The scores themselves stay in float32 under a bf16 generation autocast.
             with torch.autocast(device_type=target.device.type, enabled=False):
                 errors.append(mse(generated, target))
-                if _is_image(model.config.modalities[name].shape) and target.shape[-1] >= 11:
+                shape = model.config.modalities[name].shape
+                if _is_image(shape) and min(target.shape[-2:]) >= SSIM_WINDOW:
                     similarities.append(ssim(generated, target))
         key = "error_rate" if model.config.modalities[name].likelihood == "categorical" else "mse"
         out[name] = {key: torch.cat(errors).mean().item(), "count": len(rows)}
@@ -307,10 +317,24 @@ def _classifiers_for(data_dir: Path, folder: str | None) -> ClassifierSet:
     return classifiers
 
 
-def _extractor(config: EvaluationConfig, classifiers: ClassifierSet, name: str) -> FeatureExtractor:
-    if config.inception_weights is not None:
-        return InceptionFeatures(config.inception_weights)
-    return ClassifierFeatures(classifiers[name].feature_extractor(), "classifier")
+def _extractors(
+    config: EvaluationConfig,
+    classifiers: ClassifierSet,
+    images: Sequence[str],
+    device: torch.device,
+) -> dict[str, FeatureExtractor]:
+    """Each image modality's FID feature network.
+
+    One Inception for all, on ``device``, when ``config.inception_weights`` names its weights
+    file; otherwise the modality's classifier.
+    """
+    if config.inception_weights is not None and images:
+        inception = InceptionFeatures(config.inception_weights, device)
+        return dict.fromkeys(images, inception)
+    return {
+        name: ClassifierFeatures(classifiers[name].feature_extractor(), "classifier")
+        for name in images
+    }
 
 
 EVALUATE_COMMAND = "multivae evaluate"
@@ -420,6 +444,8 @@ def evaluate(
                     }
                 elif step == "samplers":
                     metrics["samplers"] = {}
+                    device = next(model.parameters()).device
+                    extractors = _extractors(config, classifiers, images, device)
                     for kind in config.samplers:
                         sampler = (
                             None
@@ -443,12 +469,9 @@ def evaluate(
                                 ).items()
                             }
                         for name in images:
-                            extractor = _extractor(config, classifiers, name)
+                            extractor = extractors[name]
                             real = test.data[name][test.mask[name]]
-                            key = (
-                                "fid" if extractor.name == "inception" else f"fid_{extractor.name}"
-                            )
-                            entry.setdefault(key, {})[name] = fid(
+                            entry.setdefault(fid_metric_name(extractor), {})[name] = fid(
                                 real, generated[name].clamp(0, 1), extractor, config.batch_size
                             )
                         if config.figures and images:

@@ -1,5 +1,7 @@
 """Per-sample reconstruction errors: mean squared error for any modality, SSIM for images.
 
+SSIM is torchmetrics' (:func:`ssim`); the mean squared error is computed here.
+
 Both return one value per sample, shape ``(N,)``, so callers can average over observed samples
 only (presence masks) or report spreads.
 """
@@ -7,10 +9,11 @@ only (presence masks) or report spreads.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 SSIM_WINDOW = 11
-"""Side of the Gaussian window of SSIM, in pixels (Wang et al. 2004)."""
+"""Side of the Gaussian window of SSIM, in pixels (Wang et al. 2004); torchmetrics derives it from
+the sigma, ``2 * int(3.5 * sigma + 0.5) + 1``."""
 SSIM_SIGMA = 1.5
 """Standard deviation of the Gaussian window of SSIM, in pixels."""
 SSIM_K1 = 0.01
@@ -46,23 +49,18 @@ def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return difference.reshape(difference.shape[0], -1).square().mean(dim=1)
 
 
-def _gaussian_window(channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The normalised 2-D Gaussian window, one copy per channel: ``(channels, 1, 11, 11)``."""
-    offsets = torch.arange(SSIM_WINDOW, dtype=dtype, device=device) - (SSIM_WINDOW - 1) / 2
-    profile = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
-    profile = profile / profile.sum()
-    window = torch.outer(profile, profile)
-    return window.expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Structural similarity (Wang et al. 2004) of each pair of images.
+    """Structural similarity (Wang et al. 2004) of each pair of images, through torchmetrics.
 
-    Local means, variances and covariance are Gaussian-weighted (11x11 window, sigma 1.5) and
-    computed per channel with a grouped ``conv2d`` wherever the window fits inside the image (no
-    padding, as in the reference implementation); the SSIM map
+    :func:`torchmetrics.functional.image.structural_similarity_index_measure` with its defaults,
+    those of the reference implementation: a Gaussian window of sigma 1.5 (11x11 taps), ``K1 =
+    0.01`` and ``K2 = 0.03``. Its local means, variances and covariance are computed per channel
+    on the images reflect-padded by 5 pixels (``torch.nn.functional.pad(mode="reflect")``), so
+    the SSIM map
     ``(2 mu_x mu_y + C1)(2 s_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(s_x^2 + s_y^2 + C2))`` with
-    ``C1 = (0.01 L)^2`` and ``C2 = (0.03 L)^2`` is averaged over channels and positions.
+    ``C1 = (0.01 L)^2`` and ``C2 = (0.03 L)^2`` covers every pixel and is averaged over channels
+    and positions. It runs in float64: torchmetrics' variances ``E[x^2] - E[x]^2`` lose digits in
+    float32.
 
     Args:
         x: Images of shape ``(N, C, H, W)``, with ``H, W >= 11``.
@@ -70,7 +68,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
         data_range: ``L``, the span of pixel values (1 for ``[0, 1]``, 255 for 8-bit).
 
     Returns:
-        Tensor of shape ``(N,)``; 1 for identical images.
+        Tensor of shape ``(N,)`` in the inputs' floating dtype (float32 for integer inputs); 1 for
+        identical images.
 
     Raises:
         ValueError: For non-image (not 4-D) inputs, images smaller than the window, mismatched
@@ -90,25 +89,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     if data_range <= 0:
         raise ValueError(f"ssim: expected a positive data_range, found {data_range}")
     dtype = torch.promote_types(torch.promote_types(x.dtype, y.dtype), torch.float32)
-    x, y = x.to(dtype), y.to(dtype)
-    channels = x.shape[1]
-    # Local statistics of images centred on their own means: the same (co)variances with far
-    # less cancellation in E[x^2] - E[x]^2 (exact zeros for flat images, even in float32). The
-    # five maps go through one grouped convolution, one window per channel.
-    mean_x = x.mean(dim=(2, 3), keepdim=True)
-    mean_y = y.mean(dim=(2, 3), keepdim=True)
-    x, y = x - mean_x, y - mean_y
-    window = _gaussian_window(5 * channels, dtype, x.device)
-    stacked = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    local = F.conv2d(stacked, window, groups=5 * channels)
-    centred_x, centred_y, square_x, square_y, product = local.chunk(5, dim=1)
-    mu_x, mu_y = centred_x + mean_x, centred_y + mean_y
-    var_x = square_x - centred_x**2
-    var_y = square_y - centred_y**2
-    cov_xy = product - centred_x * centred_y
-    c1 = (SSIM_K1 * data_range) ** 2
-    c2 = (SSIM_K2 * data_range) ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    similarity = structural_similarity_index_measure(
+        x.to(torch.float64),
+        y.to(torch.float64),
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_WINDOW,
+        reduction="none",
+        data_range=float(data_range),
+        k1=SSIM_K1,
+        k2=SSIM_K2,
     )
-    return ssim_map.mean(dim=(1, 2, 3))
+    assert isinstance(similarity, torch.Tensor)
+    return similarity.to(dtype)
