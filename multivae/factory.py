@@ -37,7 +37,14 @@ def create_model(name: str, config: ModelConfig | dict[str, Any]) -> MultimodalV
 
 
 def load_model(
-    path_or_repo_id: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+    path_or_repo_id: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    *,
+    revision: str | None = None,
 ) -> MultimodalVAE:
-    """Load a model folder (:mod:`multivae.model_folder`), or a Hub repository of one."""
-    return load_model_folder(resolve_model_folder(path_or_repo_id), map_location)
+    """Load a model folder (:mod:`multivae.model_folder`), or a Hub repository of one.
+
+    ``revision`` pins a repository's branch, tag or commit hash (refused with a local folder,
+    see :func:`multivae.hub.resolve_model_folder`).
+    """
+    return load_model_folder(resolve_model_folder(path_or_repo_id, revision), map_location)

@@ -1,16 +1,22 @@
 """The Hugging Face Hub: model folders downloaded from it and published to it.
 
 A Hub model repository holds the files of a model folder (:mod:`multivae.model_folder`):
-:func:`resolve_model_folder` fetches exactly those files of a repository id, and nothing else.
-:func:`hub_folder` writes the folder a push uploads (the model's files, a model card with the
-evaluation, the training data, intended use and limits, and ``metrics.json``) and
-:func:`push_to_hub` uploads it. This module never imports a model: the model whose card is
-written is loaded through the registry.
+:func:`resolve_model_folder` fetches exactly those files of a repository id (at a pinned
+``revision`` when given), and nothing else. :func:`hub_folder` writes the folder a push uploads
+(the model's files, a model card and ``metrics.json``) and :func:`push_to_hub` uploads it.
+
+The card (:func:`model_card`) is a :class:`huggingface_hub.ModelCard`: a YAML block with the
+metadata the Hub reads (``license``, ``library_name``, ``tags``, ``datasets`` and a
+``model-index`` of the evaluation's scalar results, built from
+:class:`huggingface_hub.EvalResult`), then the model, its evaluation, its training data, intended
+use and limits. This module never imports a model: the model whose card is written is loaded
+through the registry.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -18,26 +24,57 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from multivae.io import staged_folder
-from multivae.model_folder import MODEL_FOLDER_FILES, load_model_folder, model_fingerprint
-from multivae.model_folder import model_card as folder_model_card
+from multivae.model_folder import (
+    LIBRARY_NAME,
+    MODEL_FOLDER_FILES,
+    card_text,
+    load_model_folder,
+    model_card_body,
+    model_card_tags,
+    model_fingerprint,
+)
 from multivae.names import METRICS_FILE, MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FILE
 
 if TYPE_CHECKING:
+    from huggingface_hub import EvalResult
+
     from multivae.models.base import MultimodalVAE
 
 
-def resolve_model_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
+def resolve_model_folder(
+    path_or_repo_id: str | os.PathLike[str], revision: str | None = None
+) -> Path:
     """A local model folder: ``path_or_repo_id`` itself, or a Hub repository's files, fetched.
 
     Only the files of a model folder are downloaded (into the Hub's cache).
 
+    Args:
+        path_or_repo_id: A model folder, or a Hub repository id ``owner/name``.
+        revision: For a repository: the branch, tag or commit hash to fetch (the default
+            branch when ``None``). A commit hash pins the exact files; a branch or tag names
+            whatever it points to when fetched.
+
     Raises:
-        FileNotFoundError: For a path that is neither a folder nor a repository id, or a
-            repository the Hub does not show (absent, private without a token, or gated).
+        ValueError: For a ``revision`` with a local folder (a folder has no revisions), or an
+            empty one.
+        FileNotFoundError: For a path that is neither a folder nor a repository id, a
+            repository the Hub does not show (absent, private without a token, or gated), or
+            a revision the repository does not have.
         ConnectionError: When the Hub cannot be reached and the repository is not cached.
     """
     path = Path(path_or_repo_id)
+    if revision is not None and not revision.strip():
+        raise ValueError(
+            f"{path_or_repo_id}: expected a revision (a branch, tag or commit hash), found an "
+            f"empty text {revision!r}"
+        )
     if path.is_dir():
+        if revision is not None:
+            raise ValueError(
+                f"{path_or_repo_id}: a local model folder, given revision {revision!r}; a "
+                "revision names a version of a Hub repository, a folder has none: drop the "
+                "revision, or give the repository id 'owner/name'"
+            )
         return path
     if path.exists() or str(path_or_repo_id).count("/") != 1:
         raise FileNotFoundError(
@@ -50,11 +87,16 @@ def resolve_model_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
         HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
+        RevisionNotFoundError,
     )
 
     repo_id = str(path_or_repo_id)
     try:
-        return Path(snapshot_download(repo_id=repo_id, allow_patterns=list(MODEL_FOLDER_FILES)))
+        return Path(
+            snapshot_download(
+                repo_id=repo_id, revision=revision, allow_patterns=list(MODEL_FOLDER_FILES)
+            )
+        )
     except HFValidationError:
         raise FileNotFoundError(
             f"{repo_id}: expected a model folder or a Hub repository id 'owner/name', found neither"
@@ -69,13 +111,19 @@ def resolve_model_folder(path_or_repo_id: str | os.PathLike[str]) -> Path:
             f"{repo_id}: expected a model folder or a Hub repository, found neither: no such "
             "folder here, and the Hub shows no such repository (a private one needs HF_TOKEN)"
         ) from None
+    except RevisionNotFoundError:
+        raise FileNotFoundError(
+            f"{repo_id}: the Hub repository has no revision {revision!r}; expected one of its "
+            "branches, tags or commit hashes"
+        ) from None
     except LocalEntryNotFoundError as error:
         cause = (str(error).splitlines() or [type(error).__name__])[0].removeprefix("Got: ")
         network = any(word in cause for word in ("ConnectError", "Timeout", "Offline"))
         what = "could not reach the Hub" if network else "the Hub did not give the repository"
+        at = "" if revision is None else f" at revision {revision!r}"
         raise ConnectionError(
             f"{repo_id}: {what} ({constants.ENDPOINT}: {cause}), and it is not in the local "
-            "cache; expected a model folder, or a Hub repository you can read"
+            f"cache{at}; expected a model folder, or a Hub repository you can read"
         ) from None
     except HfHubHTTPError as error:
         answer = (str(error).splitlines() or [type(error).__name__])[0]
@@ -122,18 +170,121 @@ def _metric_rows(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+DEFAULT_LICENSE = "apache-2.0"
+"""The card's ``license`` unless the publisher gives one: the library's own (Apache-2.0).
+
+The license of published weights is the publisher's choice, not the library's: it may be bound
+by the training data's terms. Give the Hub's id of the one that applies
+(https://huggingface.co/docs/hub/repositories-licenses), or ``other`` with ``license_name`` and
+``license_link`` in a card edited by hand.
+"""
+
+GENERATION_TASK = ("any-to-any", "Multimodal generation with missing modalities")
+"""``model-index`` task (Hub task id, name) of the likelihood, coherence, FID and SSIM results."""
+REPRESENTATION_TASK = ("feature-extraction", "Latent representation (k-means on test latents)")
+"""``model-index`` task of the scores of the latents' k-means clusters against the labels."""
+
+
+def _scalar(value: Any) -> float | None:
+    """``value`` as a finite number, else ``None`` (absent, not applicable, NaN, infinite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _modalities(count: object) -> str:
+    return f"{count} modalit{'y' if str(count) == '1' else 'ies'}"
+
+
+def eval_results(metrics: Mapping[str, Any], dataset: str) -> list[EvalResult]:
+    """The scalar results of an evaluation (``metrics.json``), for the card's ``model-index``.
+
+    Cross-modal coherences (per subset size and their mean), the joint NLL, each sampler's
+    joint coherence and FIDs, each image modality's reconstruction SSIM, and the latents'
+    k-means accuracy, NMI and ARI; each with ``dataset`` (its Hub id or name) and the evaluated
+    split. A value that is absent, not applicable, NaN or infinite is left out, and so are the
+    judging classifiers' accuracies (the classifiers', not the model's).
+    """
+    from huggingface_hub import EvalResult
+
+    split = str(metrics.get("split", "test"))
+    rows: list[tuple[tuple[str, str], str, str, Any]] = []
+    coherence = metrics.get("coherence") or {}
+    for size, value in (coherence.get("per_size") or {}).items():
+        name = f"Cross-modal coherence from {_modalities(size)}"
+        rows.append((GENERATION_TASK, "coherence", name, value))
+    rows.append(
+        (GENERATION_TASK, "coherence", "Cross-modal coherence, mean", coherence.get("mean"))
+    )
+    likelihood = metrics.get("likelihood") or {}
+    joint = likelihood.get("joint") or {}
+    counted = f", {joint['count']} test samples" if "count" in joint else ""
+    name = f"Joint NLL (nats, K={likelihood.get('k')}{counted})"
+    rows.append((GENERATION_TASK, "nll", name, joint.get("mean")))
+    samplers = metrics.get("samplers") or {}
+    for kind, entry in samplers.items():
+        if not isinstance(entry, Mapping):  # "not_applicable": a conditional model's reason
+            continue
+        name = f"Joint coherence ({kind} sampler)"
+        rows.append((GENERATION_TASK, "coherence", name, entry.get("joint_coherence")))
+        for key in sorted(k for k in entry if k == "fid" or k.startswith("fid_")):
+            features = "Inception" if key == "fid" else key.removeprefix("fid_")
+            for modality, value in (entry[key] or {}).items():
+                name = f"FID of {modality} ({kind} sampler, {features} features)"
+                rows.append((GENERATION_TASK, key, name, value))
+    for modality, entry in (metrics.get("reconstruction") or {}).items():
+        if isinstance(entry, Mapping):
+            name = f"SSIM of {modality} reconstructed from itself"
+            rows.append((GENERATION_TASK, "ssim", name, entry.get("ssim")))
+    clustering = (metrics.get("latents") or {}).get("clustering") or {}
+    for key in ("accuracy", "nmi", "ari"):
+        name = f"Latent k-means {key}"
+        rows.append((REPRESENTATION_TASK, key, name, clustering.get(key)))
+    results = []
+    for (task_type, task_name), metric_type, metric_name, value in rows:
+        number = _scalar(value)
+        if number is None:
+            continue
+        results.append(
+            EvalResult(
+                task_type=task_type,
+                task_name=task_name,
+                dataset_type=dataset,
+                dataset_name=dataset,
+                dataset_split=split,
+                metric_type=metric_type,
+                metric_name=metric_name,
+                metric_value=number,
+            )
+        )
+    return results
+
+
 def model_card(
     model: MultimodalVAE,
     *,
     metrics: Mapping[str, Any] | None = None,
     data_summary: Mapping[str, Any] | None = None,
     repo_id: str = "",
+    license: str | None = DEFAULT_LICENSE,
 ) -> str:
-    """The Hub model card: the model, its evaluation, its training data, intended use, limits."""
-    card = folder_model_card(model)
+    """The Hub model card (``README.md``): its metadata, then the model, evaluation, data, use.
+
+    The YAML block holds ``license`` (:data:`DEFAULT_LICENSE` unless given; ``None`` leaves it
+    out), ``library_name`` (:data:`multivae.model_folder.LIBRARY_NAME`), ``tags``
+    (:func:`multivae.model_folder.model_card_tags`), ``datasets`` (the training dataset's
+    name, from ``data_summary``) and, when both ``metrics`` and the dataset are known, a
+    ``model-index`` of the scalar results (:func:`eval_results`) named after the repository.
+    The Markdown keeps every figure of the evaluation table, the training data, intended use
+    and limits. The card is rendered and parsed back by :class:`huggingface_hub.ModelCard`
+    here, offline; the Hub checks its metadata again when a push commits it.
+    """
+    from huggingface_hub import ModelCardData
+
+    body = model_card_body(model)
     if repo_id:
-        card = card.replace('"PATH_OR_REPO_ID"', json.dumps(repo_id))
-    lines = [card.rstrip(), ""]
+        body = body.replace('"PATH_OR_REPO_ID"', json.dumps(repo_id))
+    lines = [body.rstrip(), ""]
     if metrics:
         lines += [
             "## Evaluation",
@@ -193,7 +344,17 @@ def model_card(
         "bounds on the log-likelihood (reported as an NLL upper bound) with the K shown.",
         "",
     ]
-    return "\n".join(lines)
+    dataset = (data_summary or {}).get("name")
+    results = eval_results(metrics, str(dataset)) if metrics and dataset else []
+    data = ModelCardData(
+        license=license,
+        library_name=LIBRARY_NAME,
+        tags=model_card_tags(model),
+        datasets=[str(dataset)] if dataset else None,
+        model_name=(repo_id.split("/")[-1] or model.name) if results else None,
+        eval_results=results or None,
+    )
+    return card_text(data, "\n".join(lines))
 
 
 def hub_folder(
@@ -203,12 +364,15 @@ def hub_folder(
     metrics: Mapping[str, Any] | None = None,
     data_summary: Mapping[str, Any] | None = None,
     repo_id: str = "",
+    license: str | None = DEFAULT_LICENSE,
 ) -> Path:
     """Write the exact folder that :func:`push_to_hub` uploads, atomically.
 
     It holds the model's ``config.json`` and ``model.safetensors``, a model card
-    (``README.md``, :func:`model_card`) and, when given, the evaluation's ``metrics.json``. It
-    loads with :func:`multivae.load_model` like any model folder.
+    (``README.md``, :func:`model_card`: its metadata names ``license``, :data:`DEFAULT_LICENSE`
+    unless given, the training data of ``data_summary`` and the results of ``metrics``) and,
+    when given, the evaluation's ``metrics.json``. It loads with :func:`multivae.load_model`
+    like any model folder.
 
     Raises:
         ValueError: For ``metrics`` that record the evaluation of another model (by
@@ -223,7 +387,9 @@ def hub_folder(
     with staged_folder(out) as staging:
         for name in HUB_FILES:
             shutil.copy2(source / name, staging / name)
-        card = model_card(model, metrics=metrics, data_summary=data_summary, repo_id=repo_id)
+        card = model_card(
+            model, metrics=metrics, data_summary=data_summary, repo_id=repo_id, license=license
+        )
         (staging / MODEL_CARD_FILE).write_text(card)
         if metrics is not None:
             (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))

@@ -6,7 +6,8 @@ A saved model is a folder (a Hugging Face Hub repository holds the same files, s
 * ``config.json``: ``{"model": NAME, "config": {...}, "format_version": 1}``, the model's config
   dataclass as plain data;
 * ``model.safetensors``: the weights;
-* ``README.md``: a model card (what the model is, its modalities, how to load it).
+* ``README.md``: a model card (:func:`model_card`): Hub metadata (``library_name``, tags) in a
+  YAML block, then what the model is, its modalities, how to load it.
 
 Loading reads the JSON, builds the registered model class from it and loads the weights with
 ``strict=True``; nothing in the folder is executed. The class is looked up in the registry, which
@@ -26,7 +27,7 @@ import hashlib
 import json
 import os
 import weakref
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ from multivae.names import MODEL_CARD_FILE, MODEL_CONFIG_FILE, MODEL_WEIGHTS_FIL
 from multivae.registry import find_model_class
 
 if TYPE_CHECKING:
+    from huggingface_hub import ModelCardData
+
     from multivae.models.base import MultimodalVAE
 
 FORMAT_VERSION = 1
@@ -115,17 +118,35 @@ def model_source(model: MultimodalVAE) -> ModelSource | None:
     return source if _weights_digest(model) == weights else None
 
 
-def model_card(model: MultimodalVAE) -> str:
-    """The folder's model card: the model, its modalities and architectures, how to load it."""
+LIBRARY_NAME = "multivae-platform"
+"""The ``library_name`` of every model card: the distribution that reads model folders.
+
+It is what ``pip install`` takes (``[project] name`` in ``pyproject.toml``), in the lowercase,
+hyphenated spelling of the Hub's library ids; the package it installs is imported as
+``multivae``. The import name is not used: ``multivae`` is also the PyPI name of another library
+(MultiVae, whose Hub models carry the tag ``multivae``) that cannot load these folders, and the
+Hub filters models by library name.
+"""
+
+
+def model_card_tags(model: MultimodalVAE) -> list[str]:
+    """The card's tags: the kind of model, its registry name, what this configuration can do.
+
+    Each capability the configured model has (:attr:`MultimodalVAE.capabilities`) is a tag,
+    spelt as ``multivae list-models`` prints it (``missing-modalities``, ``private-latents``).
+    """
+    capabilities = [
+        name.replace("_", "-") for name, value in asdict(model.capabilities).items() if value
+    ]
+    return ["multimodal", "variational-autoencoder", "pytorch", model.name, *capabilities]
+
+
+def model_card_body(model: MultimodalVAE) -> str:
+    """The Markdown of a model card, below its metadata: the model, its modalities, how to load.
+
+    The loading example names ``"PATH_OR_REPO_ID"``; a Hub card replaces it with the repository.
+    """
     lines = [
-        "---",
-        "library_name: multivae",
-        "tags:",
-        "- multimodal",
-        "- variational-autoencoder",
-        f"- {model.name}",
-        "---",
-        "",
         f"# {model.name} ({type(model).__name__})",
         "",
         (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else "",
@@ -157,6 +178,34 @@ def model_card(model: MultimodalVAE) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+CARD_KEY_ORDER = ["license", "library_name", "tags", "datasets"]
+"""The metadata keys first in a card's YAML block, in this order (``model-index`` comes last)."""
+
+
+def card_text(data: ModelCardData, body: str) -> str:
+    """A ``README.md``: ``data`` as the YAML block the Hub reads, then the Markdown ``body``.
+
+    The text is rendered by :class:`huggingface_hub.ModelCard`, which parses the block back
+    (a ``model-index`` that does not parse is refused here, not by the Hub).
+    """
+    from huggingface_hub import ModelCard
+
+    metadata = data.to_yaml(original_order=CARD_KEY_ORDER)
+    return str(ModelCard(f"---\n{metadata}\n---\n\n{body}"))
+
+
+def model_card(model: MultimodalVAE) -> str:
+    """The folder's model card: Hub metadata (library, tags), the model, how to load it.
+
+    A Hub card (:func:`multivae.hub.model_card`) adds a license, the training data and the
+    evaluation.
+    """
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(library_name=LIBRARY_NAME, tags=model_card_tags(model))
+    return card_text(data, model_card_body(model))
 
 
 def save_model_folder(model: MultimodalVAE, directory: str | os.PathLike[str]) -> Path:

@@ -28,7 +28,7 @@ def test_folder_holds_json_safetensors_and_a_card_only(model, tmp_path):
     with safe_open(str(folder / "model.safetensors"), "pt") as weights:
         assert set(weights.keys()) == set(model.state_dict())
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: multivae")
+    assert card.startswith("---\nlibrary_name: multivae-platform\ntags:\n- multimodal\n")
     assert "| y | () | categorical | embedding | mlp |" in card
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no staging folders left
 
@@ -97,8 +97,8 @@ def test_repo_id_downloads_only_the_three_files(model, tmp_path, monkeypatch):
     folder = model.save_pretrained(tmp_path / "snapshot")
     calls = []
 
-    def snapshot_download(repo_id, allow_patterns):
-        calls.append((repo_id, allow_patterns))
+    def snapshot_download(repo_id, revision, allow_patterns):
+        calls.append((repo_id, revision, allow_patterns))
         return str(folder)
 
     import huggingface_hub
@@ -106,5 +106,5 @@ def test_repo_id_downloads_only_the_three_files(model, tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.chdir(tmp_path)
     loaded = multivae.load_model("owner/repo")
-    assert calls == [("owner/repo", ["config.json", "model.safetensors", "README.md"])]
+    assert calls == [("owner/repo", None, ["config.json", "model.safetensors", "README.md"])]
     assert loaded.config == model.config

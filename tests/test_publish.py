@@ -64,7 +64,7 @@ def test_the_hub_folder_loads_and_its_card_reports_metrics_data_use_and_limits(m
     for name, tensor in reference.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor)
     card = (folder / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: multivae")
+    assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: multivae-platform\n")
     assert "| coherence from 1 modality | 0.3100 |" in card
     assert "| coherence from 2 modalities | 0.5500 |" in card
     assert "| joint NLL (nats, K=100, 20 test samples) | 1234.50 ± 6.70 |" in card

@@ -199,6 +199,7 @@ def impute_command(
     batch_size: int = 512,
     progress: bool = True,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> Path:
     """``multivae impute``: fill a dataset's missing modalities with a saved model.
 
@@ -212,11 +213,12 @@ def impute_command(
         batch_size: Rows imputed at a time.
         progress: Show a progress bar.
         overwrite: Replace ``out`` when it holds an earlier output of this command.
+        revision: For a Hub repository id: the branch, tag or commit hash to load.
 
     Returns:
         The dataset folder.
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, revision=revision)
     check_model_matches(model, read_schema(data_dir), data_dir, model_dir)
     return impute_dataset(
         model,

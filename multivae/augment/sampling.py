@@ -305,6 +305,7 @@ def sample_command(
     progress: bool = True,
     save_sampler: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> Path:
     """``multivae sample``: generate a synthetic dataset with a saved model.
 
@@ -326,11 +327,12 @@ def sample_command(
         progress: Show a progress bar.
         save_sampler: Where to save the fitted sampler (see :func:`sample_dataset`).
         overwrite: Replace ``out`` when it holds an earlier output of this command.
+        revision: For a Hub repository id: the branch, tag or commit hash to load.
 
     Returns:
         The dataset folder.
     """
-    model = load_model(model_dir)
+    model = load_model(model_dir, revision=revision)
     if fit_data is not None:
         check_model_matches(model, read_schema(fit_data), fit_data, model_dir)
     sampler: str | LatentSampler | JointSampler = "prior" if sampler_kind is None else sampler_kind

@@ -108,7 +108,9 @@ def evaluate(args: argparse.Namespace) -> None:
 
     settings = EvaluationConfig.from_dict(apply_overrides({}, args.overrides))
     out = Path(args.out) if args.out else Path(args.model).resolve().parent / EVALUATION_FOLDER
-    metrics = evaluate_model(args.model, args.data, out, settings, overwrite=args.overwrite)
+    metrics = evaluate_model(
+        args.model, args.data, out, settings, overwrite=args.overwrite, revision=args.revision
+    )
     print(f"coherence (mean over pairs): {metrics['coherence']['mean']:.4f}")
     for kind, entry in metrics.get("samplers", {}).items():
         print(f"joint coherence ({kind}): {entry['joint_coherence']:.4f}")

@@ -96,6 +96,7 @@ def sample(args: argparse.Namespace) -> None:
         args.sampler_dir,
         save_sampler=args.save_sampler,
         overwrite=args.overwrite,
+        revision=args.revision,
     )
     print(format_summary(summarize(path)))
 
@@ -106,6 +107,12 @@ def impute(args: argparse.Namespace) -> None:
     from multivae.data.summary import format_summary, summarize
 
     path = impute_command(
-        args.model, args.data, args.out, args.seed, method=args.method, overwrite=args.overwrite
+        args.model,
+        args.data,
+        args.out,
+        args.seed,
+        method=args.method,
+        overwrite=args.overwrite,
+        revision=args.revision,
     )
     print(format_summary(summarize(path)))

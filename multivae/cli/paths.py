@@ -89,8 +89,15 @@ def file_argument(
 
 
 def model_argument(parser: argparse.ArgumentParser) -> argparse.Action:
-    """``--model DIR``: the model folder (or Hub repository id) a command reads."""
-    return folder_argument(parser, "--model", source("model"), "model folder or repo id")
+    """``--model DIR``: the model folder (or Hub repository id) a command reads; ``--revision``."""
+    action = folder_argument(parser, "--model", source("model"), "model folder or repo id")
+    parser.add_argument(
+        "--revision",
+        metavar="REV",
+        help="with a Hub repo id: the branch, tag or commit hash to load (default: the "
+        "repository's default branch); refused with a folder",
+    )
+    return action
 
 
 def overwrite_argument(parser: argparse.ArgumentParser, what: str = "an earlier output") -> None:

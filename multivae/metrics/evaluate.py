@@ -348,6 +348,7 @@ def evaluate(
     *,
     progress: bool = True,
     overwrite: bool = False,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Compute every metric of a model on a dataset; write ``metrics.json`` and figures.
 
@@ -362,6 +363,7 @@ def evaluate(
         config: What to compute (defaults: :class:`EvaluationConfig`).
         progress: Show a progress bar over the metric groups.
         overwrite: Replace ``out_dir`` when it holds an earlier evaluation.
+        revision: For a Hub repository id: the branch, tag or commit hash to load.
 
     Returns:
         The metrics, as written to ``metrics.json``.
@@ -376,7 +378,13 @@ def evaluate(
     config = config or EvaluationConfig()
     data_dir = Path(data_dir)
     out_dir = Path(out_dir)
-    model = model_dir if isinstance(model_dir, MultimodalVAE) else load_model(model_dir)
+    if isinstance(model_dir, MultimodalVAE) and revision is not None:
+        raise ValueError(f"revision {revision!r}: given with a loaded model, which has none")
+    model = (
+        model_dir
+        if isinstance(model_dir, MultimodalVAE)
+        else load_model(model_dir, revision=revision)
+    )
     model.eval()
     # What the evaluation is of, by fingerprint: publishing it with another model is refused.
     source = model_source(model)

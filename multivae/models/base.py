@@ -1042,12 +1042,17 @@ class MultimodalVAE(nn.Module):
         return save_model_folder(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory_or_repo_id: str | os.PathLike[str]) -> MultimodalVAE:
-        """Load a model saved by :meth:`save_pretrained`, from a folder or a Hub repository."""
+    def from_pretrained(
+        cls, directory_or_repo_id: str | os.PathLike[str], *, revision: str | None = None
+    ) -> MultimodalVAE:
+        """Load a model saved by :meth:`save_pretrained`, from a folder or a Hub repository.
+
+        ``revision`` pins a repository's branch, tag or commit hash (refused with a folder).
+        """
         from multivae.hub import resolve_model_folder
         from multivae.model_folder import load_model_folder
 
-        model = load_model_folder(resolve_model_folder(directory_or_repo_id))
+        model = load_model_folder(resolve_model_folder(directory_or_repo_id, revision))
         if cls is not MultimodalVAE and not isinstance(model, cls):
             raise ConfigError(f"{directory_or_repo_id} holds a {model.name} model, not {cls.name}")
         return model
