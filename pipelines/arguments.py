@@ -66,9 +66,9 @@ def pipeline_arguments(args: argparse.Namespace) -> dict[str, Any]:
                 f"--sweep {path}: expected a sweep file (a mapping of sweep settings), "
                 f"found {document!r}"
             )
-        known = [entry.name for entry in dataclasses.fields(SweepConfig)]
+        sweep_fields = [entry.name for entry in dataclasses.fields(SweepConfig)]
         try:
-            check_known_keys(document, known, "sweep")
+            check_known_keys(document, sweep_fields, "sweep")
         except ConfigError as error:
             raise locate(error, f"--sweep {path}", text) from None
         arguments["sweep"] = text

@@ -327,6 +327,25 @@ def test_the_command_line_names_a_missing_sweep_file(tmp_path, capsys):
     assert "unknown pipeline parameter 'modle_name'" in capsys.readouterr().err
 
 
+def test_set_names_pipeline_parameters_when_a_sweep_is_given(tmp_path):
+    """``--set`` is checked against the pipeline's parameters, not the sweep file's fields."""
+    from pipelines.arguments import pipeline_arguments
+    from pipelines.cli import build_parser
+
+    sweep = str(Path("examples/sweep-gaussian-views.yaml").resolve())
+
+    def parsed(*sets: str) -> dict:
+        argv = ["run-local", "--out", str(tmp_path), "--sweep", sweep]
+        for entry in sets:
+            argv += ["--set", entry]
+        return pipeline_arguments(build_parser().parse_args(argv))
+
+    assert parsed("dataset=poly-digits")["dataset"] == "poly-digits"
+    # ``metric`` is a field of the sweep file, not a pipeline parameter.
+    with pytest.raises(ValueError, match="unknown pipeline parameter 'metric'"):
+        parsed("metric=1")
+
+
 # ------------------------------------------------------------------------------------------------
 # Submission
 
