@@ -11,7 +11,7 @@ from multivae.config import Config, ConfigError, read_json, read_yaml
 from multivae.data.errors import DataFormatError
 from multivae.data.schema import DatasetSchema
 from multivae.factory import create_model
-from multivae.integrations.tune import load_sweep
+from multivae.integrations.sweep_file import load_sweep
 from multivae.metrics.classifiers import ClassifierError, ClassifierSet
 from multivae.model_folder import read_model_config
 from multivae.models.base import ModalityConfig, ModelConfig

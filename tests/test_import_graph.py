@@ -49,13 +49,24 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "multivae.integrations.tracking",
             "multivae.integrations.mlflow",
             "multivae.integrations.mlflow_pyfunc",
+            "multivae.integrations.ray_cluster",
+            "multivae.integrations.ray_data",
+            "multivae.integrations.ray_worker",
             "multivae.integrations.ray_train",
             "multivae.integrations.kuberay",
             "multivae.integrations.kuberay_crds",
         ),
     ),
     ("run orchestration", ("multivae.run",)),
-    ("sweeps", ("multivae.integrations.tune",)),
+    (
+        "sweeps",
+        (
+            "multivae.integrations.sweep_file",
+            "multivae.integrations.sweep_plan",
+            "multivae.integrations.sweep_results",
+            "multivae.integrations.tune",
+        ),
+    ),
     ("pipeline steps and command line", ("multivae.workflow", "multivae.cli")),
 ]
 

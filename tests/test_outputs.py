@@ -98,7 +98,7 @@ def test_another_kind_is_refused_whatever_the_flags(tmp_path):
 
 
 def test_a_file_output_replaces_only_a_file_its_command_wrote(tmp_path):
-    from pipelines.cli import compile_pipeline
+    from pipelines.compile import compile_pipeline
 
     path = tmp_path / "pipeline.yaml"
     first = compile_pipeline(path).read_text()

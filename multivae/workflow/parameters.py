@@ -71,7 +71,7 @@ def check_parameters(
         ConfigError: For the first bad parameter.
     """
     from multivae.data.datasets import BUILTIN_DATASETS
-    from multivae.integrations.tune import SweepConfig, check_sweep
+    from multivae.integrations.sweep_file import SweepConfig, check_sweep
     from multivae.run_config import check_option_names
     from multivae.training.config import TrainingConfig
 

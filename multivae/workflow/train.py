@@ -179,7 +179,8 @@ def _sweep_document(sweep: str, base: Mapping[str, Any], output_dir: Path) -> di
 
 
 def _sweep_here(base: dict[str, Any], sweep: str, output_dir: Path, train_workers: int) -> Path:
-    from multivae.integrations.tune import SweepConfig, run_sweep
+    from multivae.integrations.sweep_file import SweepConfig
+    from multivae.integrations.tune import run_sweep
 
     document = _sweep_document(sweep, base, output_dir)
     if train_workers:

@@ -16,7 +16,8 @@ from PIL import Image
 
 from multivae.data import DataFormatError, MultimodalDataset, list_splits, read_schema
 from multivae.data.consistency import check_dataset
-from multivae.data.datasets.converters import convert_mnist_svhn, convert_polymnist
+from multivae.data.datasets.mnist_svhn import convert_mnist_svhn
+from multivae.data.datasets.polymnist import convert_polymnist
 
 # ----------------------------------------------------------------------------------------------
 # PolyMNIST fixtures: <top>/MMNIST/{train,test}/m<j>/<index>.<label>.png

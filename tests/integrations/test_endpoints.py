@@ -16,7 +16,7 @@ from multivae.integrations.endpoints import (
     probe_tcp,
     ray_endpoint,
 )
-from pipelines.cli import StepLog
+from pipelines.local import StepLog
 
 SECRET = "s3cret"
 USERINFO = "alice:" + SECRET + "@"  # assembled: no file holds a URI with credentials

@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 import multivae
 from multivae.config import ConfigError
 from multivae.data.datasets import prepare_builtin
-from multivae.integrations.tune import load_sweep, run_sweep
+from multivae.integrations.sweep_file import load_sweep
+from multivae.integrations.tune import run_sweep
 from multivae.names import MLFLOW_RUN_FILE
 from multivae.run import run_training
 from multivae.run_config import RunConfig

@@ -6,7 +6,8 @@ import ray
 from multivae.config import ConfigError
 from multivae.data import DataFormatError
 from multivae.data.datasets import prepare_builtin
-from multivae.integrations.tune import load_sweep, run_sweep
+from multivae.integrations.sweep_file import load_sweep
+from multivae.integrations.tune import run_sweep
 from multivae.run import run_training
 from multivae.run_config import RunConfig
 
@@ -126,7 +127,7 @@ def test_a_dataset_that_does_not_exist_is_refused(tmp_path):
 def test_the_example_sweeps_pass_the_checks(name, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from multivae.integrations.tune import check_sweep
+    from multivae.integrations.sweep_file import check_sweep
 
     monkeypatch.setenv("MULTIVAE_CACHE", str(tmp_path / "cache"))
     sweep, base = load_sweep(Path(__file__).resolve().parents[2] / "examples" / f"{name}.yaml")
@@ -137,7 +138,7 @@ def test_the_example_sweeps_pass_the_checks(name, tmp_path, monkeypatch):
 def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
     import ray.tune.result as tune_result
 
-    from multivae.integrations import ray_train
+    from multivae.integrations import ray_worker
     from multivae.training import TrainingResult
 
     # Every key Tune fills in or acts on is in the project's list (a Ray upgrade adding one
@@ -150,8 +151,8 @@ def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
         tune_result.TIMESTEPS_THIS_ITER,
         tune_result.EPISODES_THIS_ITER,
     }
-    assert tune_keys <= ray_train.TUNE_RESERVED_KEYS
-    assert ray_train.FINAL_REPORT_KEY not in tune_keys
+    assert tune_keys <= ray_worker.TUNE_RESERVED_KEYS
+    assert ray_worker.FINAL_REPORT_KEY not in tune_keys
 
     # The final report of a run, as the worker's callback builds it, reaches ray.train.report
     # without a reserved key; a reserved key is refused before Ray is called.
@@ -173,28 +174,29 @@ def test_no_report_of_a_run_uses_a_key_ray_tune_reserves(tmp_path):
         metrics_path=tmp_path / "metrics.json",
     )
     reported = []
-    original = ray_train._report
+    original = ray_worker._report
 
     def checked(metrics, files):
         # The real check, then the capture instead of ray.train.report (no Train session).
-        if set(metrics) & ray_train.TUNE_RESERVED_KEYS:
+        if set(metrics) & ray_worker.TUNE_RESERVED_KEYS:
             original(metrics, files)
         reported.append(dict(metrics))
 
-    ray_train._report = checked
+    ray_worker._report = checked
     try:
-        ray_train.RayReportCallback().on_train_end(result)
+        ray_worker.RayReportCallback().on_train_end(result)
     finally:
-        ray_train._report = original
+        ray_worker._report = original
     (final,) = reported
-    assert final[ray_train.FINAL_REPORT_KEY] is True
-    assert not set(final) & ray_train.TUNE_RESERVED_KEYS
+    assert final[ray_worker.FINAL_REPORT_KEY] is True
+    assert not set(final) & ray_worker.TUNE_RESERVED_KEYS
     with pytest.raises(ValueError, match=r"keys \['done'\] are reserved by Ray Tune"):
-        ray_train._report({"train_loss": 1.0, "done": True}, {})
+        ray_worker._report({"train_loss": 1.0, "done": True}, {})
 
 
 def test_the_sweep_plan_sizes_concurrency_from_the_cluster(views, tmp_path):
-    from multivae.integrations.tune import TRAIN_DRIVER_CPUS, plan_sweep
+    from multivae.integrations.sweep_file import TRAIN_DRIVER_CPUS
+    from multivae.integrations.sweep_plan import plan_sweep
 
     path = write_sweep(
         tmp_path,
@@ -223,7 +225,7 @@ def test_the_sweep_plan_sizes_concurrency_from_the_cluster(views, tmp_path):
 
 
 def test_the_sweep_plan_counts_gpus_and_custom_resources_of_the_workers(views, tmp_path):
-    from multivae.integrations.tune import plan_sweep
+    from multivae.integrations.sweep_plan import plan_sweep
 
     path = write_sweep(
         tmp_path,
@@ -338,7 +340,7 @@ def test_the_ray_data_path_refuses_the_rows_the_local_reader_refuses_with_its_me
     import pyarrow.parquet as pq
 
     from multivae.data import MultimodalDataset, read_schema
-    from multivae.integrations.ray_train import RayShardBatches
+    from multivae.integrations.ray_data import RayShardBatches
 
     data = prepare_builtin("gaussian-views", tmp_path / "data", n_train=64, n_val=16, n_test=16)
     # A NaN written behind the writer's back (it refuses them), schema metadata kept.

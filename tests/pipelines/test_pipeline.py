@@ -20,9 +20,12 @@ from multivae.data import MultimodalDataset
 from multivae.data.summary import summarize
 from multivae.models.base import MultimodalVAE
 from multivae.samplers import load_sampler
-from pipelines.cli import compile_pipeline, main, run_local, submit
+from pipelines.cli import main
+from pipelines.compile import compile_pipeline
+from pipelines.local import run_local
 from pipelines.pipeline import SHARED_MOUNT, SHARED_PVC, STEP_RESOURCES, build_pipeline
 from pipelines.settings import SETTINGS, load_settings, read_env_file
+from pipelines.submit import submit
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["preprocess", "train", "evaluate", "sample-augmentation", "register"]
@@ -307,7 +310,7 @@ def test_a_bad_parameter_fails_at_the_first_step(tmp_path):
     ],
 )
 def test_bad_parameters_are_refused_with_the_parameter_named(tmp_path, overrides, message):
-    from pipelines.cli import check_arguments
+    from pipelines.arguments import check_arguments
 
     with pytest.raises(ConfigError, match=message):
         check_arguments({"mlflow_uri": "sqlite:///unused.db", **overrides})
@@ -322,6 +325,25 @@ def test_the_command_line_names_a_missing_sweep_file(tmp_path, capsys):
     status = main(["run-local", "--out", str(tmp_path), "--set", "modle_name=mvae"])
     assert status == 2
     assert "unknown pipeline parameter 'modle_name'" in capsys.readouterr().err
+
+
+def test_set_names_pipeline_parameters_when_a_sweep_is_given(tmp_path):
+    """``--set`` is checked against the pipeline's parameters, not the sweep file's fields."""
+    from pipelines.arguments import pipeline_arguments
+    from pipelines.cli import build_parser
+
+    sweep = str(Path("examples/sweep-gaussian-views.yaml").resolve())
+
+    def parsed(*sets: str) -> dict:
+        argv = ["run-local", "--out", str(tmp_path), "--sweep", sweep]
+        for entry in sets:
+            argv += ["--set", entry]
+        return pipeline_arguments(build_parser().parse_args(argv))
+
+    assert parsed("dataset=poly-digits")["dataset"] == "poly-digits"
+    # ``metric`` is a field of the sweep file, not a pipeline parameter.
+    with pytest.raises(ValueError, match="unknown pipeline parameter 'metric'"):
+        parsed("metric=1")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from multivae.data.datasets.converters import convert_mnist_svhn, convert_polymnist
 from multivae.data.datasets.digits_label import build_digits_label
 from multivae.data.datasets.gaussian_views import build_gaussian_views
+from multivae.data.datasets.mnist_svhn import convert_mnist_svhn
 from multivae.data.datasets.poly_digits import build_poly_digits
+from multivae.data.datasets.polymnist import convert_polymnist
 from multivae.io import claim_output, staged_folder, write_output_marker
 
 PREPARE_COMMAND = "multivae prepare-data"
