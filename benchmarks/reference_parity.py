@@ -2,7 +2,8 @@
 
 For each built-in dataset, setting (complete, or 50% missing as the built-in ``missing_rate``
 draws it), model and seed, the same model is trained twice, once with this project and once with
-MultiVae 1.0.3, and both are scored by the same classifiers:
+MultiVae 1.0.3, and both are scored by the same classifiers. The models (``MODELS``): JMVAE, MVAE,
+MMVAE, MoPoE, MVTCAE, MMVAE+, DMVAE, CRMVAE, CMVAE, TELBO, JNF and CVAE.
 
 * **Data.** ``poly-digits`` with 3 modalities (3x28x28 images, Laplace likelihood with scale 1 as
   its schema suggests) and ``gaussian-views`` with 3 views (8-d vectors, normal likelihood with
@@ -15,31 +16,68 @@ MultiVae 1.0.3, and both are scored by the same classifiers:
   [512]))``, latent 16. Reference: modules written in ``reference_parity_worker.py`` with the same
   layers (Linear-ReLU blocks, linear outputs: MultiVae's own default MLP decoder ends in a sigmoid,
   which cannot fit ``gaussian-views``, so it is not used). Both MLPs flatten the images
-  themselves. JMVAE's joint encoder on the reference side is the project's (one 512-512-128
-  feature MLP per modality, concatenated, ReLU, a 512 head), not MultiVae's default.
+  themselves. The joint encoders of JMVAE, TELBO and JNF on the reference side are the
+  project's, not MultiVae's default: one 512-512-128 feature MLP per modality, concatenated,
+  ReLU, an MLP head with our config's default hidden sizes (JMVAE and TELBO [512], JNF [512,
+  512]); TELBO's and JNF's (our masked joint encoder) also read one presence bit per modality,
+  all 1 on the complete data the reference gets. CVAE on both sides is the project's: one
+  feature network per modality (its encoder MLP, 2 x 16 outputs) shared by the posterior head
+  (over all three modalities and their presence bits, hidden [512, 512]) and the main modality's
+  decoder (the ``mlp`` decoder on the latent, the conditioning features and their presence
+  bits); MultiVae's default CVAE networks (copied encoders, a decoder on the raw conditioning
+  data) are not used. JNF's flows are each library's default, the same on both: a masked
+  autoregressive flow of 2 MADE blocks of 3 hidden layers of 128, no batch norm.
 * **Training.** Adam, lr 1e-3 (ours with the fused kernel ``OptimizerConfig`` picks on CPU,
   the same update; the reference with PyTorch's default for-loop), batch 64, ``--epochs``
   epochs (10), no validation set, the weights of the last epoch kept on both sides (ours
   ``keep="last"``; the reference's ``start_keep_best_epoch`` is set past the last epoch). Our
   ``Trainer`` runs with the progress bar off and ``checkpoint_every=0``; MultiVae's
-  ``BaseTrainer`` with its console output silenced.
+  ``BaseTrainer`` with its console output silenced. Two-stage models (TELBO, JNF): stage 1
+  (the joint VAE) gets half of ``--epochs`` (rounded down), stage 2 (TELBO's unimodal
+  encoders, JNF's flows) the rest, at least 1 each (:func:`stage_epochs`): ours through
+  ``TrainingConfig.stage_epochs``, each stage with a fresh optimizer; the reference's
+  ``warmup`` set to stage 1's length, trained by its ``MultistageTrainer``, which resets the
+  optimizer at the switch (TELBO: one epoch early, before its last joint epoch, a quirk of
+  MultiVae's TELBO left as it is) and restarts from its kept model, here the last epoch's.
 * **Model settings.** Each library's defaults, except (the table's notes repeat them):
   MMVAE: both K=10 samples per expert, DReG, Laplace posteriors and prior, and the prior's scale
   learned on both sides (MultiVae's default ``learn_prior=True``; ours is
   ``learn_prior_scale=False``, set to true). MoPoE with 50% missing: ours draws each sample's
   mixture component at random among its available subsets (``mixture_sampling="random"``), as
   MultiVae does for incomplete data. MMVAE+ and DMVAE: 16-d private latents on both sides.
-  JMVAE with missing data: MultiVae refuses incomplete data, so that row has no reference.
+  TELBO: likelihood weights 1 on both sides (MultiVae's default rescaling gives 1 to modalities
+  of equal size); MultiVae's unimodal stage computes its KL with the joint encoder's
+  log-variance in place of the unimodal one, which cannot be set otherwise (ours: the unimodal
+  KL): its unimodal posterior variances collapse (about 1e-4 on ``gaussian-views`` after 10
+  epochs, against 0.9 for ours), so its generations from one modality decode near-means, which
+  raises its coherence from 1 (ours decoding the posterior means instead of draws scores about
+  as high: 0.64 against 0.52 for seed 0, the reference 0.64). JNF: HMC with each library's
+  default settings, the same (100 steps of 10 leapfrog steps of 0.01), on the same target for
+  subsets of 2 modalities (ours divides the product of experts by the prior ``|S|-1`` times,
+  MultiVae once); the chains start from a draw of one expert's flow posterior (ours) or of its
+  Gaussian base (MultiVae). CVAE: the main modality is the last
+  one, conditioned on the others, and the prior ``N(0, I)`` (both defaults, no prior network).
+  With missing data, JMVAE, TELBO, JNF (MultiVae refuses incomplete data) and CVAE (MultiVae's
+  ignores the presence masks and reads absent cells as data) have no reference
+  (``REFERENCE_COMPLETE_ONLY``).
 * **Judges.** One classifier per modality, trained once per dataset by
   ``multivae.metrics.classifiers.train_classifiers`` on the complete dataset's train split, scores
   every generation of both sides: for every conditioning subset of 1 and 2 modalities, each
   modality outside it is generated on the test split (ours ``model.predict``, the reference's
   ``model.predict``), classified, and scored by balanced accuracy (mean per-class recall); the
-  coherence from k modalities is the mean over the (subset, target) pairs of size k. Joint
-  coherence: 1,000 unconditional samples, the fraction on which all classifiers agree.
+  coherence from k modalities is the mean over the (subset, target) pairs of size k. The pairs
+  are those our model generates (its ``conditionable``, :func:`generation_pairs`: every pair
+  but for CVAE, whose one pair is the two conditioning modalities -> the main one, so it has a
+  coherence from 2 only); the reference scores those among them its ``predict`` accepts
+  (:func:`reference_pairs`: MultiVae's TELBO encodes from one modality or all, so its
+  coherence from 2 is n/a). Joint coherence: 1,000 unconditional samples, the fraction on which
+  all classifiers agree; n/a for CVAE on both sides (no unconditional generation).
 * **Likelihood.** Joint NLL on the first ``--nll-samples`` (200) test samples with K=1000
   importance samples: ours ``model.nll(batch, k=1000)``, the reference's
-  ``compute_joint_nll(..., K=1000)`` divided by the number of samples.
+  ``compute_joint_nll(..., K=1000)`` divided by the number of samples. n/a for CVAE on both
+  sides: MultiVae's has no likelihood, ours only the conditional ``-log p(main | others)``.
+* **Generation time.** Seconds spent generating the scored pairs (``generation_seconds`` in
+  the JSON; JNF's subsets of 2 modalities run HMC on both sides).
 * **Speed.** Training samples/s: samples seen over the time spent in the training epochs only
   (ours: the ``Trainer``'s per-epoch ``samples_per_s``; reference: the trainer's ``train_step``
   calls), and the ratio ours / reference (above 1: ours is faster); also over the epochs after
@@ -59,7 +97,7 @@ are cached in ``benchmarks/.parity-work/``.
 Usage::
 
     python benchmarks/reference_parity.py --smoke
-    python benchmarks/reference_parity.py      # the recorded table (about 2 hours on 2 cores)
+    python benchmarks/reference_parity.py      # the recorded table (2+ hours on 2 cores)
     python benchmarks/reference_parity.py --models jmvae mvae mmvae mopoe --seeds 0 1 2
     python benchmarks/reference_parity.py --datasets gaussian-views --settings complete --epochs 3
 """
@@ -92,7 +130,20 @@ DEFAULT_WORK = HERE / ".parity-work"
 DEFAULT_RESULTS = HERE / "results"
 WORKER = HERE / "reference_parity_worker.py"
 
-MODELS = ("jmvae", "mvae", "mmvae", "mopoe", "mvtcae", "mmvaeplus", "dmvae", "crmvae", "cmvae")
+MODELS = (
+    "jmvae",
+    "mvae",
+    "mmvae",
+    "mopoe",
+    "mvtcae",
+    "mmvaeplus",
+    "dmvae",
+    "crmvae",
+    "cmvae",
+    "telbo",
+    "jnf",
+    "cvae",
+)
 DATASETS = ("poly-digits", "gaussian-views")
 SETTINGS = {"complete": 0.0, "missing50": 0.5}
 SETTING_LABELS = {"complete": "complete", "missing50": "50% missing"}
@@ -110,18 +161,37 @@ coherence for MMVAE) needs 10 for a mean that says something; a poly-digits side
 2-5 minutes on a core."""
 DEFAULT_MODELS = {
     "gaussian-views": list(MODELS),
-    "poly-digits": [m for m in MODELS if m not in ("mmvae", "mmvaeplus", "cmvae")],
+    "poly-digits": [m for m in MODELS if m not in ("mmvae", "mmvaeplus", "cmvae", "jnf")],
 }
 """Models per dataset: on poly-digits MMVAE and MMVAE+ decode K = 10 samples per expert into
 3 x 2,352 outputs each, about 10 times the decoder work of MVAE's 2-5 minute side-runs (not
 measured), so the default run leaves them out (``--datasets poly-digits --models mmvae
-mmvaeplus`` runs them)."""
+mmvaeplus`` runs them). JNF trains as cheaply as JMVAE, but its generations from 2 modalities
+run HMC (1,000 leapfrog steps per draw): MultiVae's reruns both image encoders at each step,
+120 s for the 256 test samples of ``--smoke`` against 18 s for ours, so about 15-20 minutes
+for the 2,000 of a poly-digits run; it is left out too (``--models jnf`` runs it). TELBO and
+CVAE cost about what JMVAE does."""
 ENCODER_HIDDEN = [512, 512]
 DECODER_HIDDEN = [512]
 LATENT_DIM = 16
 PRIVATE_DIM = 16
 JOINT_ENCODER = {"feature_dim": 128, "hidden": [512]}
 """The project's JMVAE joint encoder defaults, rebuilt on the reference side."""
+JOINT_ENCODER_MODELS = ("jmvae", "telbo", "jnf", "cvae")
+"""Models whose reference side gets the project's joint encoder (:func:`joint_encoder`)."""
+STAGES = {"telbo": ("joint", "unimodal"), "jnf": ("joint", "flows")}
+"""Two-stage models and our stage names; MultiVae's train stage 1 for ``warmup`` epochs."""
+CONDITIONAL_MODELS = ("cvae",)
+"""Models that generate only given conditioning data: no unconditional samples and no joint
+likelihood on either side (MultiVae's CVAE has neither; ours has the conditional NLL only)."""
+REFERENCE_COMPLETE_ONLY = {
+    "jmvae": "MultiVae's JMVAE refuses incomplete data",
+    "telbo": "MultiVae's TELBO refuses incomplete data",
+    "jnf": "MultiVae's JNF refuses incomplete data",
+    "cvae": "MultiVae's CVAE ignores the presence masks (reads absent cells as data)",
+}
+"""Models whose reference side runs on complete data only, and why (the missing-data rows are
+ours alone)."""
 
 PRIVATE_LATENT_MODELS = ("mmvaeplus", "dmvae", "cmvae")
 PRIVATE_DIM_FIELDS = ("private_dim", "modality_dim", "style_dim", "modalities_specific_dim")
@@ -132,8 +202,51 @@ PRIVATE_DIM_FIELDS = ("private_dim", "modality_dim", "style_dim", "modalities_sp
 # Aligned settings per model: (ours, reference, note)
 
 
-def aligned_settings(model: str, setting: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """Config overrides for our model and the reference's, and the note for the table."""
+def aligned_settings(
+    model: str, setting: str, epochs: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Config overrides for our model and the reference's, and the note for the table.
+
+    ``epochs``: the run's ``--epochs``, which two-stage models split (:func:`stage_epochs`);
+    without it the note gives the rule and the reference's ``warmup`` is left out.
+    """
+    if model in STAGES:
+        first, second = STAGES[model]
+        if epochs is None:
+            split, reference = f"{first} half the epochs, {second} the rest", {}
+        else:
+            lengths = stage_epochs(model, epochs)
+            assert lengths is not None
+            split = f"{first} {lengths[first]} + {second} {lengths[second]} epochs"
+            reference = {"warmup": lengths[first]}
+        joint = joint_encoder(model)
+        head = f"joint encoder ours ({joint['feature_dim']}-d features, head {joint['hidden']})"
+        if model == "telbo":
+            return (
+                {},
+                reference,
+                f"stages {split} both (reference: warmup, its optimizer reset before its last "
+                f"joint epoch); {head} both; reference's unimodal KL uses the joint "
+                "log-variance; reference infers from 1 or all modalities (no coh. 2)",
+            )
+        return (
+            {},
+            reference,
+            f"stages {split} both (reference: warmup); {head} both; flows MAF 2 blocks of "
+            "3x128 both (defaults); HMC 100 steps of 10 leapfrog steps of 0.01 both (defaults; "
+            "the same target for 2 modalities; chains start: ours a flow draw, reference a "
+            "base Gaussian draw)",
+        )
+    if model == "cvae":
+        joint = joint_encoder(model)
+        return (
+            {},
+            {},
+            "main = last modality given the others both (coh. 2 is that one pair); prior "
+            f"N(0, I) both (defaults); reference networks as ours (shared feature MLPs, head "
+            f"{joint['hidden']}, decoder on z and the features of C); joint coh. and NLL "
+            "n/a (conditional)",
+        )
     if model == "mmvae":
         return (
             {"samples_per_expert": 10, "learn_prior_scale": True},
@@ -153,6 +266,50 @@ def aligned_settings(model: str, setting: str) -> tuple[dict[str, Any], dict[str
     return {}, {}, "defaults both"
 
 
+def stage_epochs(model: str, epochs: int) -> dict[str, int] | None:
+    """Our stage name -> epochs for a two-stage model, ``None`` for the others.
+
+    Stage 1 gets half of ``epochs`` (rounded down), stage 2 the rest, each at least 1 (so a
+    1-epoch ``--smoke`` run trains 2). Both sides get the same split: MultiVae's ``warmup`` is
+    stage 1's length.
+    """
+    if model not in STAGES:
+        return None
+    first = max(1, epochs // 2)
+    second = max(1, epochs - first)
+    return dict(zip(STAGES[model], (first, second), strict=True))
+
+
+def total_epochs(model: str, epochs: int) -> int:
+    """Epochs a run of ``model`` trains, over all its stages."""
+    lengths = stage_epochs(model, epochs)
+    return epochs if lengths is None else sum(lengths.values())
+
+
+def joint_encoder(model: str) -> dict[str, Any]:
+    """Our model's joint encoder, as the worker rebuilds it on the reference side.
+
+    ``feature_dim``: each modality's feature size (CVAE: its encoder's ``2 latent_dim``
+    outputs); ``hidden``: the head's hidden sizes, our config's defaults; ``presence_bits``:
+    whether the head also reads one presence bit per modality (the project's masked joint
+    encoder: TELBO, JNF, CVAE; constant 1 on complete data).
+    """
+    from multivae import get_model_class
+
+    defaults = {f.name: f.default for f in dataclasses.fields(get_model_class(model).config_class)}
+    if model == "cvae":
+        return {
+            "feature_dim": 2 * LATENT_DIM,
+            "hidden": list(defaults["joint_hidden"]),
+            "presence_bits": True,
+        }
+    return {
+        "feature_dim": int(defaults["joint_feature_dim"]),
+        "hidden": list(defaults["joint_hidden"]),
+        "presence_bits": model != "jmvae",
+    }
+
+
 REFERENCE_CLASS = {
     "jmvae": "JMVAE",
     "mvae": "MVAE",
@@ -163,6 +320,9 @@ REFERENCE_CLASS = {
     "dmvae": "DMVAE",
     "crmvae": "CRMVAE",
     "cmvae": "CMVAE",
+    "telbo": "TELBO",
+    "jnf": "JNF",
+    "cvae": "CVAE",
 }
 
 
@@ -357,6 +517,45 @@ def conditioning_subsets(modalities: Sequence[str]) -> list[tuple[str, ...]]:
     return [s for k in (1, 2) for s in itertools.combinations(modalities, k) if k < len(modalities)]
 
 
+Pair = tuple[tuple[str, ...], str]
+"""A scored generation: (conditioning subset, target modality)."""
+
+
+def generation_pairs(model: Any, modalities: Sequence[str]) -> list[Pair]:
+    """The (subset, target) pairs our built ``model`` generates: its ``conditionable``.
+
+    Every subset of :func:`conditioning_subsets` with every modality outside it, for most
+    models; a CVAE only its conditioning modalities -> its main modality.
+    """
+    return [
+        (subset, target)
+        for subset in conditioning_subsets(modalities)
+        for target in modalities
+        if target not in subset and model.conditionable(subset, target)
+    ]
+
+
+def reference_pairs(model: str, pairs: Sequence[Pair], modalities: Sequence[str]) -> list[Pair]:
+    """The pairs among ours that the reference's ``predict`` accepts.
+
+    MultiVae's TELBO encodes from one modality or all of them (it raises for other subsets);
+    its CVAE from its conditioning modalities exactly (here every modality but the last).
+    """
+    if model == "telbo":
+        return [(s, t) for s, t in pairs if len(s) in (1, len(modalities))]
+    if model == "cvae":
+        return [(s, t) for s, t in pairs if set(s) == set(modalities[:-1])]
+    return list(pairs)
+
+
+def grouped(pairs: Sequence[Pair]) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The pairs as (subset, targets), subsets in their first order."""
+    targets: dict[tuple[str, ...], list[str]] = {}
+    for subset, target in pairs:
+        targets.setdefault(subset, []).append(target)
+    return list(targets.items())
+
+
 # ------------------------------------------------------------------------------------------------
 # One run on each side
 
@@ -395,9 +594,14 @@ def run_reference(
     settings: RunSettings,
     classify: Any,
     labels: np.ndarray,
+    pairs: Sequence[Pair] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one model with MultiVae 1.0.3 in its venv; score its generations."""
-    _, reference_config, _ = aligned_settings(model, data.setting)
+    """Train and evaluate one model with MultiVae 1.0.3 in its venv; score its generations.
+
+    ``pairs``: the (subset, target) pairs our side generates (every one by default); the
+    reference generates those its ``predict`` accepts (:func:`reference_pairs`).
+    """
+    _, reference_config, _ = aligned_settings(model, data.setting, settings.epochs)
     if model in ("mmvaeplus", "cmvae"):
         reference_config = {**reference_config, "modalities_specific_dim": PRIVATE_DIM}
     elif model == "dmvae":
@@ -405,7 +609,17 @@ def run_reference(
             **reference_config,
             "modalities_specific_dim": dict.fromkeys(data.modalities, PRIVATE_DIM),
         }
-    subsets = conditioning_subsets(data.modalities)
+    elif model == "cvae":
+        reference_config = {
+            **reference_config,
+            "main_modality": data.modalities[-1],
+            "conditioning_modalities": list(data.modalities[:-1]),
+        }
+    if pairs is None:
+        pairs = [(s, m) for s in conditioning_subsets(data.modalities) for m in data.modalities]
+        pairs = [(s, m) for s, m in pairs if m not in s]
+    generations = grouped(reference_pairs(model, pairs, data.modalities))
+    conditional = model in CONDITIONAL_MODELS
     with tempfile.TemporaryDirectory(prefix="multivae-parity-") as tmp:
         job = {
             "project_root": str(PROJECT_ROOT),
@@ -421,14 +635,17 @@ def run_reference(
             "private_dim": PRIVATE_DIM if model in PRIVATE_LATENT_MODELS else 0,
             "encoder_hidden": ENCODER_HIDDEN,
             "decoder_hidden": DECODER_HIDDEN,
-            "joint_encoder": JOINT_ENCODER,
+            "joint_encoder": joint_encoder(model) if model in JOINT_ENCODER_MODELS else None,
             "config": reference_config,
-            "epochs": settings.epochs,
+            "epochs": total_epochs(model, settings.epochs),
             "batch_size": settings.batch_size,
             "lr": settings.lr,
-            "subsets": [list(s) for s in subsets],
-            "unconditional": settings.unconditional,
-            "nll": {"n": settings.nll_samples, "k": settings.nll_k} if settings.nll_k else None,
+            "subsets": [list(s) for s, _ in generations],
+            "generations": [[list(s), targets] for s, targets in generations],
+            "unconditional": 0 if conditional else settings.unconditional,
+            "nll": {"n": settings.nll_samples, "k": settings.nll_k}
+            if settings.nll_k and not conditional
+            else None,
             "device": settings.device,
             "threads": settings.threads,
         }
@@ -448,22 +665,24 @@ def run_reference(
             return {"error": "\n".join(tail), "wall_seconds": wall}
         report = json.loads(Path(job["out"] + ".json").read_text())
         with np.load(job["out"] + ".npz") as arrays:
-            generations = {
+            # A subset the reference failed on is missing (its error is in the report).
+            generated = {
                 (s, m): arrays[f"cond={'+'.join(s)}|gen={m}"]
-                for s in subsets
-                for m in data.modalities
-                if m not in s
+                for s, targets in generations
+                for m in targets
+                if f"cond={'+'.join(s)}|gen={m}" in arrays.files
             }
             samples = {
                 m: arrays[f"sample|gen={m}"]
                 for m in data.modalities
                 if f"sample|gen={m}" in arrays.files
             }
-            scores = score_generations(classify, generations, labels, samples or None)
+            scores = score_generations(classify, generated, labels, samples or None)
     return {
         **scores,
         "joint_nll": report.get("joint_nll"),
         "nll_seconds": report.get("nll_seconds"),
+        "generation_seconds": report.get("generation_seconds"),
         "samples_per_s": report["samples_per_s"],
         "steady_samples_per_s": steady_rate(data.n_train, report.get("epoch_seconds")),
         "train_seconds": report["train_seconds"],
@@ -499,6 +718,9 @@ def our_config(
         if name is None:
             raise ValueError(f"{model}: no private latent size among {PRIVATE_DIM_FIELDS}")
         config[name] = PRIVATE_DIM
+    if model == "cvae":
+        config["main_modality"] = data.modalities[-1]
+        config["conditioning_modalities"] = list(data.modalities[:-1])
     ours = {**ours, **(overrides or {})}
     unknown = sorted(set(ours) - fields)
     if unknown:
@@ -515,8 +737,14 @@ def run_ours(
     classify: Any,
     test: Any,
     labels: np.ndarray,
+    pairs: Sequence[Pair] | None = None,
 ) -> dict[str, Any]:
-    """Train and evaluate one model with this project; score its generations."""
+    """Train and evaluate one model with this project; score its generations.
+
+    ``pairs``: the (subset, target) pairs to generate; by default the model's own
+    (:func:`generation_pairs`). A conditional model draws no unconditional samples and has no
+    joint NLL.
+    """
     import torch
 
     import multivae
@@ -525,9 +753,13 @@ def run_ours(
 
     torch.manual_seed(seed)
     model = multivae.create_model(model_name, our_config(data, model_name, settings.ours_set))
+    if pairs is None:
+        pairs = generation_pairs(model, data.modalities)
+    stages = stage_epochs(model_name, settings.epochs)
     config = TrainingConfig.from_dict(
         {
-            "epochs": settings.epochs,
+            "epochs": settings.epochs if stages is None else max(stages.values()),
+            "stage_epochs": stages,
             "batch_size": settings.batch_size,
             "optimizer": {"name": "Adam", "kwargs": {"lr": settings.lr}},
             "seed": seed,
@@ -550,12 +782,12 @@ def run_ours(
     train_seconds = sum(epoch_seconds)
     device = next(model.parameters()).device
     model.eval()
-    subsets = conditioning_subsets(data.modalities)
-    generations: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+    conditional = bool(model.capabilities.conditional)
+    generations: dict[Pair, np.ndarray] = {}
     chunk = 500
+    generation_began = time.perf_counter()
     with torch.no_grad():
-        for subset in subsets:
-            targets = [m for m in data.modalities if m not in subset]
+        for subset, targets in grouped(pairs):
             parts: dict[str, list[np.ndarray]] = {m: [] for m in targets}
             for start in range(0, len(labels), chunk):
                 rows = _rows(test, start, start + chunk).to(device)
@@ -564,13 +796,15 @@ def run_ours(
                     parts[m].append(predicted[m].float().cpu().numpy())
             for m in targets:
                 generations[(subset, m)] = np.concatenate(parts[m])
+        generation_seconds = time.perf_counter() - generation_began
         samples = None
-        if settings.unconditional:
+        if settings.unconditional and not conditional:
             drawn = model.sample(settings.unconditional)
             samples = {m: drawn[m].float().cpu().numpy() for m in data.modalities}
     scores = score_generations(classify, generations, labels, samples)
     nll = nll_seconds = None
-    if settings.nll_k:
+    # A conditional model's nll is -log p(main | conditions): not the joint NLL of the table.
+    if settings.nll_k and not conditional:
         nll_began = time.perf_counter()
         rows = _rows(test, 0, settings.nll_samples).to(device)
         with torch.no_grad():
@@ -580,7 +814,8 @@ def run_ours(
         **scores,
         "joint_nll": nll,
         "nll_seconds": nll_seconds,
-        "samples_per_s": len(train) * settings.epochs / train_seconds,
+        "generation_seconds": generation_seconds,
+        "samples_per_s": len(train) * len(epoch_seconds) / train_seconds,
         "steady_samples_per_s": steady_rate(len(train), epoch_seconds),
         "train_seconds": train_seconds,
         "epoch_seconds": epoch_seconds,
@@ -923,8 +1158,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             labels = test.label.numpy()
             models = [m for m in args.models or DEFAULT_MODELS[dataset] if m in registered]
             seeds = args.seeds or DEFAULT_SEEDS[dataset]
+            pairs = {m: our_pairs(data, m, settings.ours_set) for m in models}
             for model, seed in itertools.product(models, seeds):
-                _, _, note = aligned_settings(model, setting)
+                _, _, note = aligned_settings(model, setting, settings.epochs)
                 if args.our_keep != "last":
                     note += f"; ours keep={args.our_keep}"
                 if settings.our_compile:
@@ -948,16 +1184,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     began = time.perf_counter()
                     if side == "reference":
                         assert python is not None
-                        if model == "jmvae" and setting != "complete":
-                            run[side] = {"skipped": "MultiVae's JMVAE refuses incomplete data"}
+                        if model in REFERENCE_COMPLETE_ONLY and setting != "complete":
+                            run[side] = {"skipped": REFERENCE_COMPLETE_ONLY[model]}
                             continue
                         run[side] = run_reference(
-                            python, data, model, seed, settings, classify, labels
+                            python, data, model, seed, settings, classify, labels, pairs[model]
                         )
                     else:
                         try:
                             run[side] = run_ours(
-                                data, model, seed, settings, classify, test, labels
+                                data, model, seed, settings, classify, test, labels, pairs[model]
                             )
                         except Exception as error:  # one failed run must not stop the rest
                             run[side] = {"error": f"{type(error).__name__}: {error}"}
@@ -967,7 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         if "error" in result
                         else [
                             f"coherence {result['per_size']} joint {result['joint']} "
-                            f"nll {result['joint_nll']} samples/s {result['samples_per_s']:,.0f}"
+                            f"nll {result['joint_nll']} samples/s {result['samples_per_s']:,.0f} "
+                            f"generation {result.get('generation_seconds') or 0:.0f}s"
                         ]
                     )
                     print(
@@ -979,6 +1216,23 @@ def main(argv: Sequence[str] | None = None) -> None:
                 runs.append(run)
                 write_results(args, runs, time.perf_counter() - started, torch.__version__)
     print(markdown(summarize(runs)))
+
+
+def our_pairs(
+    data: PreparedData, model: str, overrides: Mapping[str, Any] | None = None
+) -> list[Pair] | None:
+    """The (subset, target) pairs our model generates, both sides' to score.
+
+    ``None`` (each side's default) when our model cannot be built: ``run_ours`` then reports
+    that error.
+    """
+    import multivae
+
+    try:
+        built = multivae.create_model(model, our_config(data, model, overrides))
+    except Exception:
+        return None
+    return generation_pairs(built, data.modalities)
 
 
 def merge(args: argparse.Namespace) -> None:

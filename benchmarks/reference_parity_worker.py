@@ -12,17 +12,25 @@ built-in dataset), one model, one seed and the training settings. The worker
 1. builds the model with networks written here to match the project's ``mlp`` encoder and
    decoder layer for layer (encoder: Linear-ReLU per hidden size, then one linear layer giving
    mean and log-variance; decoder: Linear-ReLU, then a linear output layer, no sigmoid), and for
-   JMVAE a joint encoder matching the project's (one such feature MLP per modality, the features
-   concatenated, ReLU, an MLP head);
-2. trains it with the reference's ``BaseTrainer`` (Adam, the job's learning rate, batch size and
-   epochs, no evaluation set), timing only the trainer's ``train_step`` calls;
-3. writes, for the complete test split, the generations of every modality outside every
-   conditioning subset of the job (``model.predict``), unconditional samples
-   (``generate_from_prior`` then ``decode``) and the joint NLL (``compute_joint_nll``) on the
-   first test samples, to ``OUT.npz`` and ``OUT.json``.
+   JMVAE, TELBO and JNF a joint encoder matching the project's (one such feature MLP per
+   modality, the features concatenated, for TELBO and JNF with one presence bit per modality,
+   constant 1 on complete data, then ReLU and an MLP head; sizes from the job). JNF's flows are
+   MultiVae's default (pythae's MAF). CVAE gets the project's CVAE networks: one feature MLP
+   per modality, shared by the posterior (a joint encoder over every modality, with presence
+   bits) and the main modality's conditional decoder (an MLP on the latent, the conditioning
+   modalities' features and their presence bits);
+2. trains it with the reference's ``BaseTrainer``, or for the two-stage TELBO and JNF its
+   ``MultistageTrainer`` (stage 1 is the config's ``warmup``, set by the job), with Adam, the
+   job's learning rate, batch size and epochs, no evaluation set, timing only the trainer's
+   ``train_step`` calls;
+3. writes, for the complete test split, the generations of the job's (subset, targets) pairs
+   (``model.predict``; by default every modality outside every conditioning subset),
+   unconditional samples (``generate_from_prior`` then ``decode``) and the joint NLL
+   (``compute_joint_nll``) on the first test samples, to ``OUT.npz`` and ``OUT.json``. The job
+   asks no samples and no NLL of CVAE (MultiVae's CVAE has neither).
 
 Everything the main script needs comes back in those two files; a failure in an optional part
-(samples, NLL) is reported in the JSON instead of stopping the job.
+(a subset the model refuses, samples, NLL) is reported in the JSON instead of stopping the job.
 """
 
 from __future__ import annotations
@@ -117,8 +125,17 @@ def main() -> None:
     import numpy as np
     import torch
     from multivae.data.datasets.base import IncompleteDataset, MultimodalBaseDataset
-    from multivae.models.nn.base_architectures import BaseJointEncoder, BaseMultilatentEncoder
-    from multivae.trainers import BaseTrainer, BaseTrainerConfig
+    from multivae.models.nn.base_architectures import (
+        BaseConditionalDecoder,
+        BaseJointEncoder,
+        BaseMultilatentEncoder,
+    )
+    from multivae.trainers import (
+        BaseTrainer,
+        BaseTrainerConfig,
+        MultistageTrainer,
+        MultistageTrainerConfig,
+    )
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn.base_architectures import BaseDecoder, BaseEncoder
     from torch import nn
@@ -126,15 +143,20 @@ def main() -> None:
     from multivae.models import (
         CMVAE,
         CRMVAE,
+        CVAE,
         DMVAE,
         JMVAE,
+        JNF,
         MMVAE,
         MVAE,
         MVTCAE,
+        TELBO,
         CMVAEConfig,
         CRMVAEConfig,
+        CVAEConfig,
         DMVAEConfig,
         JMVAEConfig,
+        JNFConfig,
         MMVAEConfig,
         MMVAEPlus,
         MMVAEPlusConfig,
@@ -142,6 +164,7 @@ def main() -> None:
         MoPoEConfig,
         MVAEConfig,
         MVTCAEConfig,
+        TELBOConfig,
     )
 
     logging.disable(logging.INFO)
@@ -156,7 +179,14 @@ def main() -> None:
         "dmvae": (DMVAE, DMVAEConfig),
         "crmvae": (CRMVAE, CRMVAEConfig),
         "cmvae": (CMVAE, CMVAEConfig),
+        "telbo": (TELBO, TELBOConfig),
+        "jnf": (JNF, JNFConfig),
+        "cvae": (CVAE, CVAEConfig),
     }
+    # Given the project's joint encoder (MultiVae's default joint encoder is its own).
+    joint_models = ("jmvae", "telbo", "jnf")
+    # Trained in two stages by MultiVae's MultistageTrainer (stage 1: the config's warmup).
+    staged_models = ("telbo", "jnf")
 
     def mlp(sizes: list[int]) -> nn.Sequential:
         # Linear-ReLU between every pair of sizes, a bare Linear last: the project's _mlp.
@@ -215,8 +245,23 @@ def main() -> None:
             out = self.network(z)
             return ModelOutput(reconstruction=out.reshape(*z.shape[:-1], *self.shape))
 
+    def features_of(networks: nn.ModuleDict, x: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Each network on its flattened modality, in the networks' order."""
+        return [net(x[m].reshape(x[m].shape[0], -1).float()) for m, net in networks.items()]
+
+    def presence(features: list[torch.Tensor]) -> torch.Tensor:
+        """One presence bit per modality, all 1: these jobs' data is complete."""
+        first = features[0]
+        return torch.ones(first.shape[0], len(features), dtype=first.dtype, device=first.device)
+
     class JointEncoder(BaseJointEncoder):
-        """The project's JMVAE joint encoder: feature MLPs, concat, ReLU, MLP head."""
+        """The project's joint encoders: feature MLPs, concat, ReLU, MLP head.
+
+        JMVAE's concatenates the features alone; TELBO's and JNF's (the project's masked joint
+        encoder) and CVAE's posterior head append one presence bit per modality, constant 1
+        here (complete data). ``features``: the feature network of each modality, or ``None``
+        to build them (``hidden`` then ``feature_dim``) from ``shapes``.
+        """
 
         def __init__(
             self,
@@ -225,34 +270,66 @@ def main() -> None:
             hidden: list[int],
             feature_dim: int,
             head_hidden: list[int],
+            presence_bits: bool = False,
+            features: dict[str, nn.Module] | None = None,
         ) -> None:
             BaseJointEncoder.__init__(self)
             self.latent_dim = latent_dim
-            self.features = nn.ModuleDict(
-                {m: mlp([math.prod(s), *hidden, feature_dim]) for m, s in shapes.items()}
-            )
-            self.head = nn.Sequential(
-                nn.ReLU(), mlp([len(shapes) * feature_dim, *head_hidden, 2 * latent_dim])
-            )
+            self.presence_bits = presence_bits
+            if features is None:
+                features = {m: mlp([math.prod(s), *hidden, feature_dim]) for m, s in shapes.items()}
+            self.features = nn.ModuleDict(features)
+            width = len(shapes) * (feature_dim + int(presence_bits))
+            self.head = nn.Sequential(nn.ReLU(), mlp([width, *head_hidden, 2 * latent_dim]))
 
         def forward(self, x: dict[str, torch.Tensor]) -> ModelOutput:
-            features = torch.cat(
-                [net(x[m].reshape(x[m].shape[0], -1).float()) for m, net in self.features.items()],
-                dim=-1,
-            )
-            mean, log_var = self.head(features).chunk(2, dim=-1)
+            features = features_of(self.features, x)
+            if self.presence_bits:
+                features.append(presence(features))
+            mean, log_var = self.head(torch.cat(features, dim=-1)).chunk(2, dim=-1)
             return ModelOutput(embedding=mean.clone(), log_covariance=log_var.clone())
 
-    class TimedTrainer(BaseTrainer):
-        """BaseTrainer whose train_step calls are timed (the rest of train() is not)."""
+    class ConditionalDecoder(BaseConditionalDecoder):
+        """The project's CVAE decoder: an MLP on ``[z, features of C, presence bits of C]``.
 
-        def train_step(self, epoch: int):  # type: ignore[no-untyped-def]
-            began = time.perf_counter()
-            result = super().train_step(epoch)
-            seconds = time.perf_counter() - began
-            self.train_seconds = getattr(self, "train_seconds", 0.0) + seconds
-            self.epoch_seconds = [*getattr(self, "epoch_seconds", []), seconds]
-            return result
+        ``features`` are the conditioning modalities' feature networks, the same modules as
+        the posterior's (the project shares one feature network per modality).
+        """
+
+        def __init__(
+            self,
+            features: dict[str, nn.Module],
+            latent_dim: int,
+            feature_dim: int,
+            shape: tuple[int, ...],
+            hidden: list[int],
+        ) -> None:
+            BaseConditionalDecoder.__init__(self)
+            self.latent_dim = latent_dim
+            self.shape = tuple(shape)
+            self.features = nn.ModuleDict(features)
+            width = latent_dim + len(features) * (feature_dim + 1)
+            self.network = mlp([width, *hidden, math.prod(shape)])
+
+        def forward(self, z: torch.Tensor, cond_mods: dict[str, torch.Tensor]) -> ModelOutput:
+            features = features_of(self.features, cond_mods)
+            inputs = torch.cat([z, *features, presence(features)], dim=-1)
+            out = self.network(inputs)
+            return ModelOutput(reconstruction=out.reshape(z.shape[0], *self.shape))
+
+    def timed(trainer_class: type) -> type:
+        """A trainer class whose train_step calls are timed (the rest of train() is not)."""
+
+        class TimedTrainer(trainer_class):  # type: ignore[misc, valid-type]
+            def train_step(self, epoch: int):  # type: ignore[no-untyped-def]
+                began = time.perf_counter()
+                result = super().train_step(epoch)
+                seconds = time.perf_counter() - began
+                self.train_seconds = getattr(self, "train_seconds", 0.0) + seconds
+                self.epoch_seconds = [*getattr(self, "epoch_seconds", []), seconds]
+                return result
+
+        return TimedTrainer
 
     name = job["model"]
     seed = int(job["seed"])
@@ -270,31 +347,77 @@ def main() -> None:
     torch.manual_seed(seed)
 
     model_class, config_class = models[name]
-    if private_dim:
-        encoders = {
-            m: PrivateEncoder(shapes[m], latent_dim, private_dim, job["encoder_hidden"])
+    if name == "cvae":
+        # The project's CVAE: one feature network per modality (its encoder MLP, 2 latent_dim
+        # outputs) shared by the posterior head (over every modality of {y} + C) and y's
+        # decoder (over z and the features of C).
+        main_modality = job["config"]["main_modality"]
+        conditions = list(job["config"]["conditioning_modalities"])
+        feature_dim = 2 * latent_dim
+        features = {
+            m: mlp([math.prod(shapes[m]), *job["encoder_hidden"], feature_dim])
+            for m in modalities
+            if m == main_modality or m in conditions
+        }
+        joint = job["joint_encoder"]
+        encoder = JointEncoder(
+            {m: shapes[m] for m in features},
+            latent_dim,
+            job["encoder_hidden"],
+            feature_dim,
+            joint["hidden"],
+            presence_bits=True,
+            features=features,
+        )
+        decoder = ConditionalDecoder(
+            {m: features[m] for m in conditions},
+            latent_dim,
+            feature_dim,
+            shapes[main_modality],
+            job["decoder_hidden"],
+        )
+        config = config_class(
+            latent_dim=latent_dim,
+            input_dims={m: shapes[m] for m in modalities},
+            decoder_dist=job["likelihoods"][main_modality],
+            decoder_dist_params={"scale": float(job["scales"][main_modality])},
+            **job["config"],
+        )
+        model = model_class(config, encoder=encoder, decoder=decoder)
+    else:
+        if private_dim:
+            encoders = {
+                m: PrivateEncoder(shapes[m], latent_dim, private_dim, job["encoder_hidden"])
+                for m in modalities
+            }
+        else:
+            encoders = {
+                m: Encoder(shapes[m], latent_dim, job["encoder_hidden"]) for m in modalities
+            }
+        decoders = {
+            m: Decoder(latent_dim + private_dim, shapes[m], job["decoder_hidden"])
             for m in modalities
         }
-    else:
-        encoders = {m: Encoder(shapes[m], latent_dim, job["encoder_hidden"]) for m in modalities}
-    decoders = {
-        m: Decoder(latent_dim + private_dim, shapes[m], job["decoder_hidden"]) for m in modalities
-    }
-    config = config_class(
-        n_modalities=len(modalities),
-        latent_dim=latent_dim,
-        input_dims={m: shapes[m] for m in modalities},
-        decoders_dist={m: job["likelihoods"][m] for m in modalities},
-        decoder_dist_params={m: {"scale": float(job["scales"][m])} for m in modalities},
-        **job.get("config", {}),
-    )
-    extra = {}
-    if name == "jmvae":
-        joint = job["joint_encoder"]
-        extra["joint_encoder"] = JointEncoder(
-            shapes, latent_dim, job["encoder_hidden"], joint["feature_dim"], joint["hidden"]
+        config = config_class(
+            n_modalities=len(modalities),
+            latent_dim=latent_dim,
+            input_dims={m: shapes[m] for m in modalities},
+            decoders_dist={m: job["likelihoods"][m] for m in modalities},
+            decoder_dist_params={m: {"scale": float(job["scales"][m])} for m in modalities},
+            **job.get("config", {}),
         )
-    model = model_class(config, encoders=encoders, decoders=decoders, **extra)
+        extra = {}
+        if name in joint_models:
+            joint = job["joint_encoder"]
+            extra["joint_encoder"] = JointEncoder(
+                shapes,
+                latent_dim,
+                job["encoder_hidden"],
+                joint["feature_dim"],
+                joint["hidden"],
+                presence_bits=bool(joint.get("presence_bits", False)),
+            )
+        model = model_class(config, encoders=encoders, decoders=decoders, **extra)
     # Keep the weights of the last epoch, as the project's side does (keep="last"): the
     # reference keeps the last model up to start_keep_best_epoch, then the best on train.
     model.start_keep_best_epoch = int(job["epochs"]) + 1
@@ -315,7 +438,8 @@ def main() -> None:
     device = "cuda" if job.get("device") == "cuda" else "cpu"
     report: dict[str, object] = {"model": name, "seed": seed, "errors": {}}
     with tempfile.TemporaryDirectory(prefix="multivae-ref-") as tmp:
-        trainer_config = BaseTrainerConfig(
+        staged = name in staged_models
+        trainer_config = (MultistageTrainerConfig if staged else BaseTrainerConfig)(
             output_dir=tmp,
             num_epochs=int(job["epochs"]),
             learning_rate=float(job["lr"]),
@@ -326,7 +450,8 @@ def main() -> None:
             steps_saving=None,
             steps_predict=None,
         )
-        trainer = TimedTrainer(model, train_set, None, trainer_config)
+        trainer_class = timed(MultistageTrainer if staged else BaseTrainer)
+        trainer = trainer_class(model, train_set, None, trainer_config)
         trainer.train()
         model = trainer._best_model
     seconds = float(trainer.train_seconds)
@@ -342,19 +467,29 @@ def main() -> None:
     n_test = len(next(iter(test.values())))
     chunk = int(job.get("generation_chunk", 500))
     outputs: dict[str, np.ndarray] = {}
+    # (subset, targets) to generate: the job's list, or every modality outside each subset.
+    generations = job.get("generations") or [
+        [cond, [m for m in modalities if m not in cond]] for cond in job["subsets"]
+    ]
+    began = time.perf_counter()
     with torch.no_grad():
-        for cond in job["subsets"]:
-            targets = [m for m in modalities if m not in cond]
+        for cond, targets in generations:
             parts: dict[str, list[np.ndarray]] = {m: [] for m in targets}
-            for start in range(0, n_test, chunk):
-                rows = {m: t[start : start + chunk] for m, t in test.items()}
-                predicted = model.predict(
-                    MultimodalBaseDataset(data=rows), cond_mod=list(cond), gen_mod=targets
-                )
-                for m in targets:
-                    parts[m].append(predicted[m].float().cpu().numpy())
+            try:
+                for start in range(0, n_test, chunk):
+                    rows = {m: t[start : start + chunk] for m, t in test.items()}
+                    predicted = model.predict(
+                        MultimodalBaseDataset(data=rows), cond_mod=list(cond), gen_mod=targets
+                    )
+                    for m in targets:
+                        parts[m].append(predicted[m].float().cpu().numpy())
+            except Exception:
+                # One subset the model cannot condition on leaves the others' scores.
+                report["errors"][f"predict {'+'.join(cond)}"] = traceback.format_exc(limit=3)
+                continue
             for m in targets:
                 outputs[f"cond={'+'.join(cond)}|gen={m}"] = np.concatenate(parts[m])
+        report["generation_seconds"] = time.perf_counter() - began
 
         n_samples = int(job.get("unconditional", 0))
         if n_samples:

@@ -89,3 +89,98 @@ def test_paired_differences_give_a_t_interval_and_a_verdict(parity):
     # Unpaired or single seeds give no interval; a side without the size is left out.
     assert parity.paired_difference(_runs([(0.4, 0.5)]), "1") is None
     assert parity.paired_difference([*_runs([(0.4, 0.5)]), {"ours": {"error": "x"}}], "1") is None
+
+
+class _Conditional:
+    """A model that, like a CVAE with main modality c, generates c from a and b only."""
+
+    def conditionable(self, subset, target=None):
+        return {"a", "b"} <= set(subset) and target == "c"
+
+
+class _Everything:
+    def conditionable(self, subset, target=None):
+        return target not in subset
+
+
+def test_generation_pairs_follow_the_models_conditionable(parity):
+    assert parity.generation_pairs(_Conditional(), ["a", "b", "c"]) == [(("a", "b"), "c")]
+    every = parity.generation_pairs(_Everything(), ["a", "b", "c"])
+    assert len(every) == 9  # 3 subsets of 1 with 2 targets each, 3 of 2 with 1 each
+    assert (("a",), "b") in every and (("b", "c"), "a") in every
+
+
+def _data(parity, shapes):
+    from pathlib import Path
+
+    return parity.PreparedData(
+        dataset="x",
+        setting="complete",
+        folder=Path("."),
+        export=Path("."),
+        modalities=tuple(shapes),
+        likelihoods=dict.fromkeys(shapes, "normal"),
+        shapes=shapes,
+        n_train=1,
+    )
+
+
+def test_our_cvae_generates_the_last_modality_from_the_others(parity):
+    data = _data(parity, {"m0": (4,), "m1": (4,), "m2": (4,)})
+    assert parity.our_pairs(data, "cvae") == [(("m0", "m1"), "m2")]
+    assert len(parity.our_pairs(data, "telbo")) == 9
+
+
+def test_the_reference_scores_only_the_pairs_its_predict_accepts(parity):
+    modalities = ["a", "b", "c"]
+    every = parity.generation_pairs(_Everything(), modalities)
+    # MultiVae's TELBO encodes from one modality or all: no subset of two of three.
+    telbo = parity.reference_pairs("telbo", every, modalities)
+    assert telbo == [p for p in every if len(p[0]) == 1] and len(telbo) == 6
+    # Its CVAE from exactly its conditioning modalities (all but the last here).
+    assert parity.reference_pairs("cvae", every, modalities) == [(("a", "b"), "c")]
+    assert parity.reference_pairs("jnf", every, modalities) == every
+    assert parity.grouped(telbo)[0] == (("a",), ["b", "c"])
+
+
+def test_two_stage_models_split_the_epochs_alike_on_both_sides(parity):
+    assert parity.stage_epochs("telbo", 10) == {"joint": 5, "unimodal": 5}
+    assert parity.stage_epochs("jnf", 7) == {"joint": 3, "flows": 4}
+    assert parity.stage_epochs("jnf", 1) == {"joint": 1, "flows": 1}
+    assert parity.stage_epochs("mvae", 10) is None
+    assert parity.total_epochs("jnf", 1) == 2 and parity.total_epochs("mvae", 3) == 3
+    _, reference, note = parity.aligned_settings("telbo", "complete", 10)
+    assert reference == {"warmup": 5} and "joint 5 + unimodal 5 epochs" in note
+    _, reference, _ = parity.aligned_settings("jnf", "complete", 7)
+    assert reference == {"warmup": 3}
+
+
+def test_the_table_prints_rows_without_joint_metrics(parity):
+    side = {"per_size": {"2": 0.5}, "joint": None, "joint_nll": None, "samples_per_s": 10.0}
+    runs = [
+        {
+            "dataset": "gaussian-views",
+            "setting": "complete",
+            "model": "cvae",
+            "seed": seed,
+            "note": "n",
+            "ours": {**side, "per_size": {"2": 0.5 + seed / 10}},
+            "reference": side,
+        }
+        for seed in (0, 1)
+    ]
+    (row,) = parity.summarize(runs)
+    line = parity.markdown([row]).splitlines()[-1]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    # ref coh. 1, ref coh. 2, ours coh. 1, ours coh. 2, joint coh. both, joint NLL both.
+    assert cells[3:11] == [
+        "n/a",
+        "0.500 ± 0.000",
+        "n/a",
+        "0.550 ± 0.071",
+        "n/a",
+        "n/a",
+        "n/a",
+        "n/a",
+    ]
+    assert row["difference_1"] is None and row["difference_2"]["verdict"] == "above"
