@@ -1,6 +1,7 @@
 """The register step: the Hub folder and its card, the push (Hub mocked at its API), MLflow."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from mlflow import MlflowClient
 import multivae
 from multivae import hub
 from multivae.models.base import MultimodalVAE
+from multivae.names import REGISTER_RECORD_ARTIFACT
 from multivae.workflow import register_step, step_run
+from multivae.workflow.tracking import step_source_tags, tag_step_run
 
 METRICS = {
     "split": "test",
@@ -47,6 +50,28 @@ def pipeline_run(tmp_path):
     with step_run(uri, parent, "train") as (_, train_run):
         pass
     return uri, parent, train_run
+
+
+def test_runs_of_the_pipeline_and_its_steps_carry_their_source(tmp_path):
+    from multivae.integrations.mlflow import start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = start_parent_run(uri, "multivae", "pipeline", tags=step_source_tags())
+    with step_run(uri, parent, "sample-augmentation") as (client, step):
+        pass
+    training = start_parent_run(uri, "multivae", "train")  # as MLflowCallback makes it
+    assert client.get_run(training).data.tags["mlflow.source.type"] == "LOCAL"
+    tag_step_run(uri, training, "train")
+    expected = {
+        parent: ("JOB", "pipelines/pipeline.py", None),
+        step: ("JOB", "components/sample_augmentation.py", "sample-augmentation"),
+        training: ("JOB", "components/train.py", "train"),
+    }
+    for run_id, (kind, name, step_name) in expected.items():
+        tags = client.get_run(run_id).data.tags
+        assert (tags["mlflow.source.type"], tags["mlflow.source.name"]) == (kind, name)
+        assert tags.get("multivae.step") == step_name
+        assert tags["mlflow.user"]
 
 
 def test_the_hub_folder_loads_and_its_card_reports_metrics_data_use_and_limits(model_dir, tmp_path):
@@ -122,8 +147,85 @@ def test_a_dry_run_writes_the_folder_and_registers_in_mlflow(model_dir, tmp_path
     assert record["registered_model"] == "toy-model" and record["registered_version"] == "1"
     client = MlflowClient(uri)
     (version,) = client.search_model_versions("name='toy-model'")
-    assert version.run_id == train_run
     assert client.get_run(parent).info.status == "FINISHED"
+
+    # The model is the pipeline's: logged and registered from its run (MLflow's Models column
+    # of the pipeline's row), linked to the training run it comes from, an input of the
+    # register step's run.
+    assert version.run_id == parent
+    assert version.tags["multivae.train_run_id"] == train_run
+    model_id = version.tags["multivae.model_id"]
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == parent
+    assert logged.tags["multivae.train_run_id"] == train_run
+    for run_id in (parent, train_run):
+        run = client.get_run(run_id)
+        assert [m.model_id for m in run.outputs.model_outputs] == [model_id]
+        assert run.data.tags["multivae.registered_model"] == "toy-model"
+        assert run.data.tags["multivae.registered_version"] == "1"
+    register_run = client.get_run(runs_named(client, parent, "register")[0])
+    assert [m.model_id for m in register_run.inputs.model_inputs] == [model_id]
+    # Every step's run names its source: the step's component, run as a job.
+    for run in (register_run, client.get_run(train_run)):
+        step = run.info.run_name
+        assert run.data.tags["multivae.step"] == step
+        assert run.data.tags["mlflow.source.type"] == "JOB"
+        assert run.data.tags["mlflow.source.name"] == f"components/{step}.py"
+        assert run.data.tags["mlflow.user"]
+
+    # The first version is the champion; the decision is in the step's output.
+    assert aliases(client, "toy-model") == {"champion": "1"}
+    champion = record["champion"]
+    assert champion["promoted"] is True and champion["previous_version"] is None
+    assert (champion["metric"], champion["value"]) == ("coherence.mean", 0.4321)
+    assert champion["higher_is_better"] is True
+    assert register_run.data.tags["multivae.champion"] == "true"
+    (tmp_path / "record").mkdir()
+    saved = client.download_artifacts(
+        register_run.info.run_id, REGISTER_RECORD_ARTIFACT, str(tmp_path / "record")
+    )
+    assert json.loads(Path(saved).read_text())["champion"] == champion
+
+    # Another pipeline run, whose model is less coherent: the alias stays.
+    def register_again(metrics):
+        uri_, parent_, train_ = pipeline_run(tmp_path)
+        return register_step(
+            model_dir,
+            metrics,
+            SUMMARY,
+            tmp_path / f"hub-{parent_}",
+            registered_name="toy-model",
+            tracking_uri=uri_,
+            parent_run_id=parent_,
+            train_run_id=train_,
+        )
+
+    worse = register_again({**METRICS, "coherence": {"mean": 0.3}})
+    assert worse["registered_version"] == "2"
+    assert worse["champion"]["promoted"] is False
+    assert worse["champion"]["previous_version"] == "1"
+    assert "0.3 does not beat 0.4321 of version 1" in worse["champion"]["reason"]
+    assert aliases(client, "toy-model") == {"champion": "1"}
+    # One without coherence is ranked on its joint NLL, lower better; the champion has none.
+    nll_only = register_again({k: v for k, v in METRICS.items() if k != "coherence"})
+    assert nll_only["champion"]["metric"] == "likelihood.joint.mean"
+    assert nll_only["champion"]["higher_is_better"] is False
+    assert nll_only["champion"]["promoted"] is False
+    assert aliases(client, "toy-model") == {"champion": "1"}
+
+
+def aliases(client, name):
+    """The aliases of a registered model (the SQL registry gives int versions)."""
+    return {alias: str(v) for alias, v in client.get_registered_model(name).aliases.items()}
+
+
+def runs_named(client, parent, name):
+    experiment = client.get_run(parent).info.experiment_id
+    return [
+        r.info.run_id
+        for r in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+        if r.info.run_name == name
+    ]
 
 
 def test_a_push_creates_the_repo_and_uploads_the_folder(model_dir, tmp_path, monkeypatch):

@@ -10,7 +10,11 @@ installed.
 one column per modality and one sample per cell (an array, nested lists, or the sample
 flattened), and returns conditional generations: ``name -> array (N, *shape)`` of likelihood
 means (class indices for categorical modalities), for the modalities named by the param ``gen``
-(all by default)::
+(all by default). The model's signature says so
+(:func:`multivae.integrations.mlflow.model_signature`): every modality an optional input
+column, every generated one an output tensor. Through ``mlflow.pyfunc.load_model``, MLflow
+checks an input against it and hands ``predict`` a mapping as a DataFrame of one sample per
+row::
 
     model = mlflow.pyfunc.load_model("models:/my-model/1")
     model.predict({"view0": x0}, params={"gen": ["view1"]})  # {"view1": array (N, 8)}
@@ -82,9 +86,9 @@ class MultimodalVAEModel(PythonModel):
         """Load the model folder logged as the artifact ``model_dir``."""
         self.model = load_model(context.artifacts[PYFUNC_MODEL_ARTIFACT])
 
-    # MLflow validates inputs against the annotation of ``model_input``, warns about any
-    # annotation but ``list[...]``, and leaves a DataFrame one alone (no validation, no warning):
-    # a mapping of arrays is accepted as well.
+    # MLflow leaves a DataFrame annotation of ``model_input`` alone (no schema inferred from
+    # it, no warning; it warns about any other annotation but ``list[...]``): the signature's
+    # input schema is what inputs are checked against. A mapping of arrays is accepted as well.
     def predict(
         self,
         context: PythonModelContext,

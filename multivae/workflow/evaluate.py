@@ -10,7 +10,13 @@ from typing import Any
 from multivae.names import FIGURES_FOLDER, METRICS_FILE
 from multivae.workflow.artifacts import model_folder_in
 from multivae.workflow.parameters import integral
-from multivae.workflow.tracking import log_metrics, scalar_metrics, step_run, tracking_uri_for
+from multivae.workflow.tracking import (
+    log_dataset_input,
+    log_metrics,
+    scalar_metrics,
+    step_run,
+    tracking_uri_for,
+)
 
 
 def evaluate_step(
@@ -52,6 +58,7 @@ def evaluate_step(
     with step_run(tracking_uri, parent_run_id, "evaluate", config.to_dict()) as (client, run_id):
         if train_run_id:
             client.set_tag(run_id, "multivae.train_run_id", train_run_id)
+        log_dataset_input(client, run_id, data, "evaluation")
         metrics = evaluate(model_path, data, out, config, progress=False)
         log_metrics(client, run_id, scalar_metrics(metrics))
         client.log_artifact(run_id, str(out / METRICS_FILE))

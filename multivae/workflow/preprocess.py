@@ -11,7 +11,14 @@ from typing import Any
 from multivae.io import atomic_write_text
 from multivae.names import SUMMARY_FILE
 from multivae.workflow.parameters import CHECKED_PARAMETERS, check_parameters, integral
-from multivae.workflow.tracking import EXPERIMENT, log_metrics, step_run, tracking_uri_for
+from multivae.workflow.tracking import (
+    EXPERIMENT,
+    log_dataset_input,
+    log_metrics,
+    step_run,
+    step_source_tags,
+    tracking_uri_for,
+)
 
 
 def preprocess_step(
@@ -73,7 +80,11 @@ def preprocess_step(
         EXPERIMENT,
         run_name,
         params=dict(parameters or {}),
-        tags={**run_tags(str((parameters or {}).get("model", ""))), "multivae.kind": "pipeline"},
+        tags={
+            **run_tags(str((parameters or {}).get("model", ""))),
+            **step_source_tags(),
+            "multivae.kind": "pipeline",
+        },
     )
     with step_run(tracking_uri, parent, "preprocess", {"dataset": dataset}) as (client, run_id):
         if dataset == "polymnist":
@@ -98,6 +109,7 @@ def preprocess_step(
                 dataset, out, missing_rate=missing_rate, seed=seed, **dict(dataset_params or {})
             )
         summary = summarize(out, validate=True)
+        log_dataset_input(client, parent, out, "training")  # the pipeline trains on it
         accuracy: dict[str, float] = {}
         if classifier_epochs > 0 and summary.get("num_classes"):
             classifiers = train_classifiers(

@@ -1,4 +1,12 @@
-"""MLflow for the pipeline: one run per step, nested under the pipeline's parent run."""
+"""MLflow for the pipeline: one run per step, nested under the pipeline's parent run.
+
+Every run a step makes carries its source, as MLflow's UI shows it in the Source column
+(MLflow detects one only for the scripts and notebooks that call ``mlflow.start_run``):
+``mlflow.source.type`` ``JOB`` (a run of an orchestrated pipeline) and ``mlflow.source.name``
+the file that defines what ran, ``pipelines/pipeline.py`` for the pipeline's run and
+``components/<step>.py`` for a step's (:func:`step_source_tags`), with the git commit when the
+step runs inside a git checkout (``mlflow.source.git.commit``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +23,47 @@ from multivae.names import MLFLOW_DATABASE_FILE
 
 EXPERIMENT = "multivae"
 STEP_TAG = "multivae.step"
+PIPELINE_SOURCE = "pipelines/pipeline.py"
+"""The source of the pipeline's parent run: the file that defines the pipeline."""
+SOURCE_TYPE = "JOB"
+"""MLflow's source type of the runs of the pipeline and its steps."""
+
+
+def step_source_tags(step: str | None = None) -> dict[str, str]:
+    """The source tags of the pipeline's run (``step=None``) or of one of its steps' runs.
+
+    ``mlflow.source.type: JOB``; ``mlflow.source.name``: :data:`PIPELINE_SOURCE`, or the
+    step's component, ``components/<step>.py`` (``sample-augmentation``:
+    ``components/sample_augmentation.py``); the user, and the git commit of the working
+    directory when there is one. A step's run is also tagged ``multivae.step``.
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    from multivae.integrations.mlflow import git_commit, source_tags
+
+    name = PIPELINE_SOURCE if step is None else f"components/{step.replace('-', '_')}.py"
+    tags = source_tags(name, SOURCE_TYPE)
+    if commit := git_commit():
+        tags[MLFLOW_GIT_COMMIT] = commit
+    if step is not None:
+        tags[STEP_TAG] = step
+    return tags
+
+
+def tag_step_run(tracking_uri: str, run_id: str, step: str) -> None:
+    """Tag a run that a step made through another API (training's) as that step's run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import RunTag
+
+    tags = [RunTag(key, value) for key, value in step_source_tags(step).items()]
+    MlflowClient(tracking_uri).log_batch(run_id, tags=tags)
+
+
+def log_dataset_input(client: Any, run_id: str, data: str | os.PathLike[str], context: str) -> None:
+    """Log the dataset folder ``data`` as an input of a run, with ``context``."""
+    from multivae.integrations.mlflow import log_dataset
+
+    log_dataset(client, run_id, data, context)
 
 
 def tracking_uri_for(uri: str, folder: str | os.PathLike[str]) -> str:
@@ -34,15 +83,15 @@ def step_run(
 ) -> Iterator[tuple[Any, str]]:
     """An MLflow run for one pipeline step, nested under the pipeline's run.
 
-    Yields the client and the run id; the run ends ``FINISHED``, or ``FAILED`` when the block
-    raises.
+    Tagged with the step's source (:func:`step_source_tags`). Yields the client and the run
+    id; the run ends ``FINISHED``, or ``FAILED`` when the block raises.
     """
     from mlflow import MlflowClient
 
     from multivae.integrations.mlflow import experiment_id_for, flatten_config, package_version
 
     client = MlflowClient(tracking_uri)
-    tags = {STEP_TAG: step, "multivae.version": package_version()}
+    tags = {**step_source_tags(step), "multivae.version": package_version()}
     if parent_run_id:
         experiment_id = client.get_run(parent_run_id).info.experiment_id
         tags["mlflow.parentRunId"] = parent_run_id

@@ -28,7 +28,7 @@ from multivae.names import (
     TRIALS_FOLDER,
 )
 from multivae.workflow.parameters import TRAIN_MODES, integral
-from multivae.workflow.tracking import EXPERIMENT, tracking_uri_for
+from multivae.workflow.tracking import EXPERIMENT, tag_step_run, tracking_uri_for
 
 
 def _base_run(
@@ -151,6 +151,8 @@ def train_step(
         for name in (RUN_CONFIG_FILE, METRICS_FILE):
             shutil.copy2(result_dir / name, out / name)
         run_id = _mlflow_run_id(result_dir)
+    if run_id:
+        tag_step_run(tracking_uri, run_id, "train")  # its source: the train step
     metrics = json.loads((out / METRICS_FILE).read_text())
     record = {"mlflow_run_id": run_id, "metrics": metrics, "mode": mode, "sweep": bool(sweep)}
     atomic_write_text(out / TRAIN_RECORD_FILE, json.dumps(record, indent=2, default=str))

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from importlib import metadata
@@ -24,11 +25,18 @@ from multivae.data.datasets import prepare_builtin
 from multivae.data.fingerprint import dataset_fingerprint
 from multivae.distribution import DISTRIBUTION
 from multivae.integrations.mlflow import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_ID_TAG,
+    MODEL_TRAINING_KIND,
     TRUNCATED,
     MLflowCallback,
     default_tracking_uri,
+    experiment_id_for,
     finish_run,
     flatten_config,
+    higher_is_better,
+    log_dataset,
+    promote_champion,
     register_model,
     run_tags,
     start_parent_run,
@@ -40,14 +48,22 @@ from multivae.training import Callback
 from multivae.training.config import TrainingConfig
 
 
+def monitor_threads():
+    return [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor" and t.is_alive()]
+
+
 @pytest.fixture(autouse=True)
 def working_dir(tmp_path, monkeypatch):
-    """An empty working directory, which MLflow must leave alone (no ./mlflow.db, ./mlruns)."""
+    """An empty working directory, which MLflow must leave alone (no ./mlflow.db, ./mlruns).
+
+    No system metrics thread outlives a test either.
+    """
     folder = tmp_path / "cwd"
     folder.mkdir()
     monkeypatch.chdir(folder)
     yield folder
     assert not list(folder.iterdir())
+    assert not monitor_threads()
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +216,192 @@ def test_a_run_logs_params_tags_metrics_and_artifacts(tmp_path, dataset, trackin
         torch.testing.assert_close(outputs[0][name], outputs[1][name], rtol=0, atol=0)
 
 
+def test_a_training_run_fills_what_the_mlflow_ui_shows(
+    tmp_path, dataset, tracking_uri, client, monkeypatch
+):
+    """Experiment kind, dataset input, source, system metrics: what MLflow's UI reads."""
+    monkeypatch.delenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", raising=False)
+    callback = MLflowCallback(
+        tracking_uri=tracking_uri,
+        experiment="ui",
+        dataset=dataset,
+        # Longer than the run: its one sample is taken when it ends.
+        system_metrics_interval=600,
+    )
+    run_training(run_config(tmp_path / "run", dataset, epochs=2), callbacks=[callback])
+    assert not monitor_threads()
+
+    run = client.get_run(callback.run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND == "custom_model_development"
+
+    # The Source and User columns: as mlflow.start_run would set them for this process.
+    assert run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["mlflow.source.name"] == sys.argv[0]
+    assert run.data.tags["mlflow.user"]
+
+    # The Dataset column: the folder as a training input, its fingerprint as digest.
+    (logged,) = run.inputs.dataset_inputs
+    assert {(tag.key, tag.value) for tag in logged.tags} == {("mlflow.data.context", "training")}
+    assert logged.dataset.name == "gaussian-views"
+    assert logged.dataset.digest == dataset_fingerprint(dataset)
+    assert logged.dataset.digest == run.data.tags["multivae.dataset_fingerprint"]
+    assert logged.dataset.source_type == "local"
+    assert json.loads(logged.dataset.source) == {"uri": Path(dataset).resolve().as_uri()}
+    columns = json.loads(logged.dataset.schema)["mlflow_colspec"]
+    assert [(c["name"], c["type"]) for c in columns] == [
+        ("sample_id", "long"),
+        ("view0", "array"),
+        ("view0__present", "boolean"),
+        ("view1", "array"),
+        ("view1__present", "boolean"),
+        ("label", "long"),
+    ]
+    assert columns[1]["items"] == {"type": "float"}  # float32 values of shape (8,)
+    profile = json.loads(logged.dataset.profile)
+    assert {split: info["rows"] for split, info in profile["splits"].items()} == {
+        "train": 200,
+        "val": 50,
+        "test": 50,
+    }
+    assert 0.5 < profile["splits"]["train"]["presence"]["view0"] < 1.0  # missing rate 0.3
+    # A run that evaluates on it has it as an input too, with that context: one dataset.
+    evaluation = start_parent_run(tracking_uri, "ui", "evaluate")
+    log_dataset(client, evaluation, dataset, "evaluation")
+    (evaluated,) = client.get_run(evaluation).inputs.dataset_inputs
+    assert [(tag.key, tag.value) for tag in evaluated.tags] == [
+        ("mlflow.data.context", "evaluation")
+    ]
+    assert (evaluated.dataset.name, evaluated.dataset.digest) == (
+        logged.dataset.name,
+        logged.dataset.digest,
+    )
+
+    # System metrics, sampled in a thread that is gone once the run ends.
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    assert "system/system_memory_usage_megabytes" in run.data.metrics
+    history = client.get_metric_history(callback.run_id, "system/cpu_utilization_percentage")
+    assert [m.step for m in history] == [0]
+
+    # Without them: none.
+    quiet = MLflowCallback(tracking_uri=tracking_uri, experiment="ui", log_system_metrics=False)
+    run_training(run_config(tmp_path / "quiet", dataset, epochs=1), callbacks=[quiet])
+    assert not [k for k in client.get_run(quiet.run_id).data.metrics if k.startswith("system/")]
+
+
+def test_system_metrics_are_sampled_while_a_run_trains(tmp_path, dataset, tracking_uri, client):
+    callback = MLflowCallback(
+        tracking_uri=tracking_uri, experiment="ui", system_metrics_interval=0.2
+    )
+    run_training(run_config(tmp_path / "run", dataset, epochs=6), callbacks=[callback])
+    steps = [
+        m.step for m in client.get_metric_history(callback.run_id, "system/disk_usage_megabytes")
+    ]
+    assert steps == list(range(len(steps))) and len(steps) >= 2
+
+
+def test_experiments_are_marked_model_training_unless_their_user_chose(tracking_uri, client):
+    created = experiment_id_for(client, "kind-new")
+    assert client.get_experiment(created).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    bare = client.create_experiment("kind-bare")  # made elsewhere, without a kind
+    assert experiment_id_for(client, "kind-bare") == bare
+    assert client.get_experiment(bare).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    chosen = client.create_experiment(
+        "kind-chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"}
+    )
+    assert experiment_id_for(client, "kind-chosen") == chosen
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    parent = start_parent_run(tracking_uri, "kind-parent", "sweep")
+    parent_run = client.get_run(parent)
+    experiment = client.get_experiment(parent_run.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert parent_run.data.tags["mlflow.source.type"] == "LOCAL"  # a parent run has a source
+    named = start_parent_run(
+        tracking_uri,
+        "kind-parent",
+        "pipeline",
+        tags={"mlflow.source.name": "pipelines/pipeline.py", "mlflow.source.type": "JOB"},
+    )
+    tags = client.get_run(named).data.tags
+    assert (tags["mlflow.source.name"], tags["mlflow.source.type"]) == (
+        "pipelines/pipeline.py",
+        "JOB",
+    )
+
+
+def test_metric_directions_follow_their_names():
+    for lower in (
+        "likelihood.joint.mean",
+        "likelihood.conditional.view0.mean",
+        "val_loss",
+        "samplers.gmm.fid_classifier.m0",
+        "reconstruction.view0.mse",
+    ):
+        assert not higher_is_better(lower), lower
+    for higher in (
+        "coherence.mean",
+        "coherence.per_size.1",
+        "samplers.gmm.joint_coherence",
+        "latents.clustering.accuracy",
+        "reconstruction.view0.ssim",
+    ):
+        assert higher_is_better(higher), higher
+
+
+def test_the_champion_alias_moves_only_to_a_better_version(tracking_uri, client):
+    """A real SQLite registry; versions ranked on a higher-better and a lower-better metric."""
+    run_id = start_parent_run(tracking_uri, "champions", "source")
+
+    def new_version(name):
+        if not client.search_registered_models(f"name = '{name}'"):
+            client.create_registered_model(name)
+        return str(client.create_model_version(name, f"runs:/{run_id}/model", run_id).version)
+
+    def holder(name):
+        return str(client.get_model_version_by_alias(name, "champion").version)
+
+    def rank(name, value, metric="coherence.mean"):
+        version = new_version(name)
+        return version, promote_champion(client, name, version, metric, value)
+
+    version, decision = rank("coherent", 0.5)
+    assert decision["promoted"] and decision["previous_version"] is None
+    assert decision["higher_is_better"] is True
+    assert holder("coherent") == version == "1"
+    assert client.get_model_version("coherent", "1").tags["multivae.metric.coherence.mean"] == (
+        "0.5"
+    )
+    _, decision = rank("coherent", 0.4)  # worse
+    assert not decision["promoted"] and holder("coherent") == "1"
+    assert decision["previous_version"] == "1" and decision["previous_value"] == 0.5
+    assert "does not beat" in decision["reason"]
+    assert client.get_model_version("coherent", "2").tags["multivae.champion"] == "false"
+    _, decision = rank("coherent", 0.5)  # a tie keeps the champion
+    assert not decision["promoted"] and holder("coherent") == "1"
+    version, decision = rank("coherent", 0.6)  # better
+    assert decision["promoted"] and holder("coherent") == version == "4"
+    assert decision["previous_version"] == "1"
+    assert client.get_model_version("coherent", "4").tags["multivae.champion"] == "true"
+    for missing in (None, float("nan")):  # no finite value: never ranked above
+        _, decision = rank("coherent", missing)
+        assert not decision["promoted"] and holder("coherent") == "4"
+    _, decision = rank("coherent", 0.9, metric="latents.clustering.accuracy")
+    assert (
+        not decision["promoted"]
+        and "no recorded latents.clustering.accuracy" in (decision["reason"])
+    )
+    assert holder("coherent") == "4"
+
+    # An NLL: lower is better.
+    assert rank("likely", 1000.0, "likelihood.joint.mean")[1]["promoted"]
+    _, decision = rank("likely", 1200.0, "likelihood.joint.mean")
+    assert not decision["promoted"] and decision["higher_is_better"] is False
+    assert holder("likely") == "1"
+    version, decision = rank("likely", 900.0, "likelihood.joint.mean")
+    assert decision["promoted"] and holder("likely") == version == "3"
+    assert "lower is better" in decision["reason"]
+
+
 def test_children_of_a_parent_run_are_nested_runs(tmp_path, dataset, tracking_uri, client):
     parent = start_parent_run(
         tracking_uri,
@@ -313,11 +515,45 @@ def test_registered_model_loads_as_pyfunc_and_predicts(
     assert run.data.tags["multivae.registered_model"] == "poly-model"
     assert run.data.tags["multivae.registered_version"] == "1"
 
+    # The logged model (MLflow 3's LoggedModel) comes from the run and is an output of it: the
+    # run's Models column.
+    model_id = version.tags[MODEL_ID_TAG]
+    logged = client.get_logged_model(model_id)
+    assert logged.source_run_id == callback.run_id
+    assert logged.experiment_id == run.info.experiment_id
+    assert [output.model_id for output in run.outputs.model_outputs] == [model_id]
+    assert json.loads(logged.tags["mlflow.modelVersions"]) == [
+        {"name": "poly-model", "version": "1"}
+    ]
+    # Its signature: every modality an optional input, every generated one an output tensor.
+    from mlflow.models import Model
+
+    source = client.get_model_version_download_uri("poly-model", "1")
+    mlmodel = Model.load(source.removeprefix("file://"))
+    assert mlmodel.model_id == model_id and mlmodel.run_id == callback.run_id
+    signature = mlmodel.signature
+    inputs = signature.inputs.to_dict()
+    assert [(c["name"], c["type"], c["required"]) for c in inputs] == [
+        ("view0", "any", False),
+        ("view1", "any", False),
+    ]
+    outputs = signature.outputs.to_dict()
+    assert [(t["name"], t["tensor-spec"]) for t in outputs] == [
+        ("view0", {"dtype": "float32", "shape": (-1, 8)}),
+        ("view1", {"dtype": "float32", "shape": (-1, 8)}),
+    ]
+    (gen,) = signature.params.params
+    assert (gen.name, gen.default) == ("gen", ["view0", "view1"])
+    assert mlmodel.metadata["multivae"]["modalities"]["view0"] == {
+        "shape": [8],
+        "dtype": "float32",
+        "likelihood": "normal",
+    }
+
     assert register_model(tracking_uri, callback.run_id, "poly-model") == "2"  # from artifacts
     assert len(client.search_model_versions("name = 'poly-model'")) == 2
     assert client.get_run(callback.run_id).data.tags["multivae.registered_version"] == "2"
 
-    source = client.get_model_version_download_uri("poly-model", "1")
     files = {
         path.relative_to(source.removeprefix("file://")).as_posix()
         for path in Path(source.removeprefix("file://")).rglob("*")

@@ -17,6 +17,7 @@ import yaml
 import multivae
 from multivae.config import ConfigError
 from multivae.data import MultimodalDataset
+from multivae.data.fingerprint import dataset_fingerprint
 from multivae.data.summary import summarize
 from multivae.models.base import MultimodalVAE
 from multivae.samplers import load_sampler
@@ -259,8 +260,43 @@ def test_mlflow_holds_one_parent_run_with_a_nested_run_per_step(local_run):
     assert evaluate_run.data.tags["multivae.train_run_id"] == train_run.info.run_id
     assert "coherence.mean" in evaluate_run.data.metrics
     versions = client.search_model_versions("name='multivae'")
-    assert [v.run_id for v in versions] == [train_run.info.run_id]
+    # Registered from the pipeline's run, linked to the training run it comes from.
+    assert [v.run_id for v in versions] == [parent.info.run_id]
+    assert versions[0].tags["multivae.train_run_id"] == train_run.info.run_id
     assert children["register"].data.tags["multivae.registered_version"] == str(versions[0].version)
+
+    # What MLflow's UI shows: a model-training experiment; the parent run's Dataset, Source
+    # and Models columns; every step's source; the evaluation's dataset; system metrics.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    data = Path(result["outputs"]["preprocess"]["data"])
+    parent, evaluate_run, train_run = (
+        client.get_run(run.info.run_id) for run in (parent, evaluate_run, train_run)
+    )
+    (dataset,) = parent.inputs.dataset_inputs
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
+    assert dataset.dataset.digest == dataset_fingerprint(data)
+    assert json.loads(dataset.dataset.source) == {"uri": data.resolve().as_uri()}
+    (evaluated,) = evaluate_run.inputs.dataset_inputs
+    assert [(t.key, t.value) for t in evaluated.tags] == [("mlflow.data.context", "evaluation")]
+    assert evaluated.dataset.digest == dataset.dataset.digest
+    (trained,) = train_run.inputs.dataset_inputs
+    assert trained.dataset.digest == dataset.dataset.digest
+    model_id = versions[0].tags["multivae.model_id"]
+    assert client.get_logged_model(model_id).source_run_id == parent.info.run_id
+    assert [m.model_id for m in parent.outputs.model_outputs] == [model_id]
+    assert [m.model_id for m in train_run.outputs.model_outputs] == [model_id]
+    assert (parent.data.tags["mlflow.source.type"], parent.data.tags["mlflow.source.name"]) == (
+        "JOB",
+        "pipelines/pipeline.py",
+    )
+    for step, run in children.items():
+        assert run.data.tags["mlflow.source.type"] == "JOB", step
+        assert run.data.tags["mlflow.source.name"] == f"components/{step.replace('-', '_')}.py"
+        assert run.data.tags["multivae.step"] == step
+    assert "system/cpu_utilization_percentage" in train_run.data.metrics
+    # The first registered version is the champion.
+    assert client.get_registered_model("multivae").aliases == {"champion": versions[0].version}
+    assert children["register"].data.tags["multivae.champion"] == "true"
 
 
 @pytest.mark.integration

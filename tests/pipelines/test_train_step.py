@@ -58,6 +58,16 @@ def test_a_sweep_in_the_train_step_keeps_the_best_trial_under_the_pipeline_run(t
     ]
     assert len(trials) == 2
     assert record["mlflow_run_id"] in {t.info.run_id for t in trials}
+    # The run the step reports is its run: the step's source, the dataset it trained on.
+    best = client.get_run(record["mlflow_run_id"])
+    assert best.data.tags["multivae.step"] == "train"
+    assert best.data.tags["mlflow.source.type"] == "JOB"
+    assert best.data.tags["mlflow.source.name"] == "components/train.py"
+    (dataset,) = best.inputs.dataset_inputs
+    assert [(t.key, t.value) for t in dataset.tags] == [("mlflow.data.context", "training")]
+    assert client.get_experiment(experiment).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
     # The sweep started Ray and shut it down: nothing is left running in this process.
     import ray
 
