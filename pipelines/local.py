@@ -180,7 +180,7 @@ def report(result: dict[str, Any]) -> str:
         f"  MLflow store:                    {uri}",
         "",
         f"Open the MLflow UI:  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri "
-        f"{uri}  (then http://127.0.0.1:5000)",
+        f"{uri}  (then http://127.0.0.1:5000/#/?workflowType=machine_learning)",
     ]
     metrics_path = outputs.get("evaluate", {}).get("report")
     if metrics_path and (Path(metrics_path) / METRICS_FILE).is_file():
