@@ -117,3 +117,37 @@ def test_sampling_with_a_fitted_kind_and_no_data_fails_cleanly(trained, capsys):
     )
     assert code == 2
     assert "maf" in capsys.readouterr().err
+
+
+def test_evaluate_reports_what_a_conditional_model_cannot_do(trained, capsys):
+    """A CVAE has no prior samples: ``evaluate`` says so where it prints joint coherences."""
+    data, _, root = trained
+    run = root / "cvae.yaml"
+    run.write_text(
+        "\n".join(
+            [
+                "model: cvae",
+                f"data: {data}",
+                "model_config: {latent_dim: 4, main_modality: view1, "
+                "conditioning_modalities: [view0], joint_hidden: [16], prior_hidden: [16]}",
+                "training: {epochs: 1, batch_size: 64, progress_bar: false}",
+                "mlflow: {enabled: false}",
+                f"output_dir: {root / 'cvae'}",
+            ]
+        )
+    )
+    assert main(["train", "--config", str(run)]) == 0
+    judges = root / "cvae-judges"
+    assert main(["train-classifiers", str(data), "--epochs", "1", "--out", str(judges)]) == 0
+    out = root / "cvae-evaluation"
+    settings = ["k=5", "likelihood_samples=10", "n_generated=20", 'samplers=["prior"]']
+    settings.append(f"classifiers={judges}")
+    argv = ["evaluate", "--model", str(root / "cvae" / "model"), "--data", str(data)]
+    argv += ["--out", str(out)]
+    for setting in settings:
+        argv += ["--set", setting]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "not_applicable" in metrics["samplers"]
+    assert f"joint coherence: not applicable ({metrics['samplers']['not_applicable']})" in printed

@@ -100,6 +100,14 @@ def train_classifiers(args: argparse.Namespace) -> None:
         print(f"{name:<16} test accuracy {accuracy:.4f}")
 
 
+def _figure(value: object, section: object) -> str:
+    """A metric for the summary lines: 4 decimals, or why the section has none."""
+    if isinstance(value, int | float):
+        return f"{value:.4f}"
+    reason = section.get("not_applicable") if isinstance(section, dict) else None
+    return f"not applicable ({reason})" if reason else "not computed"
+
+
 def evaluate(args: argparse.Namespace) -> None:
     """``multivae evaluate``: every metric; prints the coherences and where the files are."""
     from multivae.metrics import EvaluationConfig
@@ -111,8 +119,13 @@ def evaluate(args: argparse.Namespace) -> None:
     metrics = evaluate_model(
         args.model, args.data, out, settings, overwrite=args.overwrite, revision=args.revision
     )
-    print(f"coherence (mean over pairs): {metrics['coherence']['mean']:.4f}")
-    for kind, entry in metrics.get("samplers", {}).items():
-        print(f"joint coherence ({kind}): {entry['joint_coherence']:.4f}")
+    coherence = metrics.get("coherence") or {}
+    print(f"coherence (mean over pairs): {_figure(coherence.get('mean'), coherence)}")
+    samplers = metrics.get("samplers") or {}
+    if "not_applicable" in samplers:
+        print(f"joint coherence: not applicable ({samplers['not_applicable']})")
+    else:
+        for kind, entry in samplers.items():
+            print(f"joint coherence ({kind}): {_figure(entry.get('joint_coherence'), entry)}")
     print(f"metrics: {out / METRICS_FILE}")
     print(f"figures: {out / FIGURES_FOLDER}")
